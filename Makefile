@@ -1,0 +1,29 @@
+# taube: the two commands a user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/taube serve
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-test
+	bash bench/install-peers.sh
+	$(PY) bench/smtp_bench.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

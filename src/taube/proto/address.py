@@ -1,0 +1,168 @@
+"""RFC 5321 paths and ESMTP parameters (sections 4.1.2, 4.1.1.2, 4.1.1.3, 4.5.3.1).
+
+``MAIL FROM:<path> params`` and ``RCPT TO:<path> params`` are parsed here into a :class:`Path`
+and a parameter dict. Source routes (``<@a,@b:user@c>``) are accepted and ignored as RFC 5321
+4.1.1.3 and appendix C require; the local part is kept verbatim (quoted strings unquoted), so
+``user%other@local`` or ``"a@b"@local`` are just unusual local parts and never routing
+instructions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["AddressError", "Path", "parse_mail_argument", "parse_path", "split_params"]
+
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+MAX_DOMAIN = 255  # 4.5.3.1.2
+MAX_PATH = 256  # 4.5.3.1.3, angle brackets included
+
+# Atext of RFC 5322 3.2.3; with SMTPUTF8 (RFC 6531 3.3) any non-ASCII UTF-8 character as well.
+_ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
+_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
+_DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*")
+# Quoted-string: qtextSMTP is %d32-33 / %d35-91 / %d93-126; quoted-pairSMTP is "\" %d32-126.
+_QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"')
+_QUOTED_UTF8 = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*)"')
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_LABEL_UTF8 = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_DOMAIN_UTF8 = re.compile(rf"{_LABEL_UTF8}(?:\.{_LABEL_UTF8})*")
+_IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
+_ADDRESS_LITERAL = re.compile(rf"\[(?:{_IPV4}|IPv6:[0-9A-Fa-f:.]+|[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]")
+_ROUTE = re.compile(rf"@{_LABEL}(?:\.{_LABEL})*(?:,@{_LABEL}(?:\.{_LABEL})*)*:")
+_PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?")
+
+
+class AddressError(ValueError):
+    """The path does not follow RFC 5321 4.1.2; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """A forward- or reverse-path. The null path ``<>`` has ``local == domain == ""``."""
+
+    local: str
+    domain: str
+    quoted: bool = False
+
+    @property
+    def is_null(self) -> bool:
+        return not self.local and not self.domain
+
+    @property
+    def address(self) -> str:
+        """``local@domain`` with the local part as given (unquoted), or ``""`` for ``<>``."""
+        if self.is_null:
+            return ""
+        return f"{self.local}@{self.domain}" if self.domain else self.local
+
+    def __str__(self) -> str:
+        if self.is_null:
+            return "<>"
+        local = self.local
+        if self.quoted:
+            local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"<{local}@{self.domain}>" if self.domain else f"<{local}>"
+
+
+def parse_path(text: str, *, utf8: bool = False, allow_null: bool = False,
+               allow_bare_postmaster: bool = False) -> Path:
+    """Parse ``<local@domain>`` (brackets optional, as Postfix accepts by default)."""
+    if len(text.encode("utf-8")) > MAX_PATH:
+        raise AddressError("address too long")
+    inner = text[1:-1] if text.startswith("<") and text.endswith(">") else text
+    if not inner:
+        if allow_null and text == "<>":
+            return Path("", "")
+        raise AddressError("empty address")
+    route = _ROUTE.match(inner)
+    if route:
+        inner = inner[route.end():]  # RFC 5321 4.1.1.3: source routes MUST be accepted, SHOULD be ignored
+    if allow_bare_postmaster and inner.lower() == "postmaster":
+        return Path("postmaster", "")
+    at = inner.rfind("@")
+    if at <= 0:
+        raise AddressError("address must be local-part@domain")
+    local_text, domain = inner[:at], inner[at + 1:]
+    local, quoted = _parse_local(local_text, utf8)
+    _check_domain(domain, utf8)
+    return Path(local, domain.lower() if domain.isascii() else domain, quoted)
+
+
+def _parse_local(text: str, utf8: bool) -> tuple[str, bool]:
+    if not utf8 and not text.isascii():
+        raise AddressError("non-ASCII address requires SMTPUTF8")
+    if len(text.encode("utf-8")) > MAX_LOCAL_PART:
+        raise AddressError("local part too long")
+    if (_DOT_STRING_UTF8 if utf8 else _DOT_STRING).fullmatch(text):
+        return text, False
+    m = (_QUOTED_UTF8 if utf8 else _QUOTED).fullmatch(text)
+    if m:
+        return re.sub(r"\\(.)", r"\1", m.group(1)), True
+    raise AddressError("bad local part")
+
+
+def _check_domain(domain: str, utf8: bool) -> None:
+    if not domain:
+        raise AddressError("missing domain")
+    if not utf8 and not domain.isascii():
+        raise AddressError("non-ASCII domain requires SMTPUTF8")
+    if len(domain.encode("utf-8")) > MAX_DOMAIN:
+        raise AddressError("domain too long")
+    if domain.startswith("["):
+        if not _ADDRESS_LITERAL.fullmatch(domain):
+            raise AddressError("bad address literal")
+        return
+    if not (_DOMAIN_UTF8 if utf8 else _DOMAIN).fullmatch(domain):
+        raise AddressError("bad domain")
+
+
+def split_params(text: str) -> dict[str, str | None]:
+    """``SIZE=1000 BODY=8BITMIME SMTPUTF8`` -> ``{"SIZE": "1000", ...}`` (RFC 5321 4.1.2
+    esmtp-param; keywords are case-insensitive). Raises AddressError on bad syntax."""
+    params: dict[str, str | None] = {}
+    for word in text.split():
+        m = _PARAM.fullmatch(word)
+        if not m:
+            raise AddressError(f"bad parameter {word[:40]!r}")
+        key = m.group(1).upper()
+        if key in params:
+            raise AddressError(f"duplicate parameter {key}")
+        params[key] = m.group(2)
+    return params
+
+
+def parse_mail_argument(arg: str, keyword: str) -> tuple[str, str]:
+    """Split ``FROM:<path> params`` into the path text and the parameter text.
+
+    ``keyword`` is ``"FROM"`` or ``"TO"``. A space after the colon is tolerated (common in the
+    wild and in the seeds' examples); the path ends at the first ``>`` outside a quoted string,
+    or at the first space for a path given without brackets.
+    """
+    head = keyword + ":"
+    if arg[: len(head)].upper() != head:
+        raise AddressError(f"expected {head}")
+    rest = arg[len(head):].lstrip(" ")
+    if not rest:
+        raise AddressError("missing address")
+    if rest.startswith("<"):
+        end = _closing_bracket(rest)
+        return rest[: end + 1], rest[end + 1:].strip(" ")
+    path, _, params = rest.partition(" ")
+    return path, params.strip(" ")
+
+
+def _closing_bracket(text: str) -> int:
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ">" and not quoted:
+            return i
+    raise AddressError("missing '>'")

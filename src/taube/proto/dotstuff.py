@@ -1,0 +1,127 @@
+"""Incremental DATA decoder and encoder: RFC 5321 4.5.2 transparency and 4.1.1.4 end of data.
+
+Rules enforced here, and why:
+
+* The data ends only at ``CRLF . CRLF`` (the message content starts at a line start, so a first
+  line of ``.CRLF`` ends an empty message). A ``.`` followed by a bare LF or bare CR, or a ``.``
+  after a bare LF/CR, never ends it: that difference between servers is what SMTP smuggling
+  (CVE-2023-51764, CVE-2023-51765, CVE-2023-51766) exploits. The bytes after such a false end
+  stay message content and are never taken as commands.
+* A bare CR or LF (RFC 5321 2.3.8 forbids them) is either recorded, so that the whole message is
+  refused at its end (``"reject"``), or turned into CRLF (``"normalize"``, as Postfix's
+  ``smtpd_forbid_bare_newline = normalize``).
+* Text lines are at most 1000 octets with CRLF (4.5.3.1.6); a longer line is recorded and the
+  message refused at its end. Memory stays bounded: an unfinished line is kept only up to that
+  limit.
+* A leading dot on a line is removed (4.5.2); the ``Received:`` header fields of the header
+  section are counted for the loop check (RFC 5321 6.3).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DataDecoder", "DecodeResult", "stuff"]
+
+MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included
+
+
+class DecodeResult:
+    """What one :meth:`DataDecoder.feed` produced: content octets, and the rest after the end."""
+
+    __slots__ = ("content", "ended", "rest")
+
+    def __init__(self, content: bytes, ended: bool, rest: bytes) -> None:
+        self.content = content
+        self.ended = ended
+        self.rest = rest
+
+
+class DataDecoder:
+    """Bytes of the DATA phase in, unstuffed content out; knows where the data ends."""
+
+    __slots__ = (
+        "_pending",
+        "_overlong",
+        "_normalize",
+        "_in_headers",
+        "bare_newline",
+        "line_too_long",
+        "received_count",
+    )
+
+    def __init__(self, *, normalize: bool = False) -> None:
+        self._pending = b""  # the unfinished last line, at most MAX_TEXT_LINE octets
+        self._overlong = False  # the unfinished line already exceeded the limit (start dropped)
+        self._normalize = normalize
+        self._in_headers = True
+        self.bare_newline = False
+        self.line_too_long = False
+        self.received_count = 0
+
+    def feed(self, data: bytes) -> DecodeResult:
+        """Decode ``data``; once the end marker is seen, ``ended`` is true and ``rest`` holds
+        the bytes that followed it (the next commands)."""
+        buf = self._pending + data if self._pending else data
+        out: list[bytes] = []
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line = buf[start:nl + 1]
+            start = nl + 1
+            if self._overlong:
+                self._overlong = False
+                self._check_line_end(line)  # only to see bare CRs; content is refused anyway
+                continue
+            if line == b".\r\n":
+                self._pending = b""
+                return DecodeResult(b"".join(out), True, buf[start:])
+            out.append(self._line(line))
+        tail = buf[start:]
+        if len(tail) >= MAX_TEXT_LINE:
+            self.line_too_long = True
+            self._overlong = True
+            self._pending = tail[-1:]  # keep a trailing CR so CRLF split across reads is seen
+            if b"\r" in tail[:-1]:
+                self.bare_newline = True
+        else:
+            self._pending = tail
+        return DecodeResult(b"".join(out), False, b"")
+
+    def _check_line_end(self, line: bytes) -> bool:
+        """True for a proper CRLF-terminated line with no other CR; records bare CR/LF."""
+        if line.endswith(b"\r\n") and line.find(b"\r", 0, len(line) - 2) < 0:
+            return True
+        self.bare_newline = True
+        return False
+
+    def _line(self, line: bytes) -> bytes:
+        if len(line) > MAX_TEXT_LINE:
+            self.line_too_long = True
+        if line[:1] == b"." and line != b".\n":  # ".\n" is a lone dot, not a stuffed line
+            line = line[1:]
+        if not self._check_line_end(line) and self._normalize:
+            line = _normalize(line)
+        if self._in_headers:
+            self._scan_header(line)
+        return line
+
+    def _scan_header(self, line: bytes) -> None:
+        if line in (b"\r\n", b"\n"):
+            self._in_headers = False
+        elif line[:9].lower() == b"received:":
+            self.received_count += 1
+
+
+def _normalize(line: bytes) -> bytes:
+    """Turn every bare CR and bare LF of ``line`` into CRLF."""
+    return line.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def stuff(data: bytes, at_line_start: bool = True) -> bytes:
+    """Dot-stuff message content for sending (RFC 5321 4.5.2): a line starting with ``.``
+    gets another ``.``. The caller appends ``.\\r\\n`` (after a final CRLF) to end the data."""
+    out = data.replace(b"\n.", b"\n..")
+    if at_line_start and out[:1] == b".":
+        out = b"." + out
+    return out

@@ -1,0 +1,97 @@
+"""SMTP replies: a code (RFC 5321 4.2), an enhanced status code (RFC 3463, RFC 2034) and text.
+
+The catalogue below is the one place where the server's wording lives, so that the same situation
+always gets the same reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Reply", "SMTPError"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply, possibly multi-line.
+
+    ``enhanced`` is ``None`` for the replies RFC 2034 section 3 exempts (greeting, HELO/EHLO).
+    """
+
+    code: int
+    enhanced: str | None
+    text: str | tuple[str, ...]
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return (self.text,) if isinstance(self.text, str) else self.text
+
+    @property
+    def is_positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    def encode(self) -> bytes:
+        """Wire form: ``250-first`` ... ``250 last`` (RFC 5321 4.2.1), each line with CRLF.
+
+        RFC 2034 section 4: the enhanced code starts the text of every line of a multi-line reply.
+        """
+        lines = self.lines or ("",)
+        out = []
+        last = len(lines) - 1
+        for i, line in enumerate(lines):
+            sep = " " if i == last else "-"
+            text = f"{self.enhanced} {line}" if self.enhanced else line
+            out.append(f"{self.code}{sep}{text}\r\n")
+        return "".join(out).encode("utf-8")
+
+    def __str__(self) -> str:
+        return " ".join(p for p in (str(self.code), self.enhanced, " / ".join(self.lines)) if p)
+
+
+class SMTPError(Exception):
+    """A decision that ends in a negative reply: the reply for the client, the reason for the log."""
+
+    def __init__(self, reply: Reply, reason: str = "") -> None:
+        super().__init__(str(reply) if not reason else f"{reply} ({reason})")
+        self.reply = reply
+        self.reason = reason
+
+
+# --- the catalogue -------------------------------------------------------------------------
+OK = Reply(250, "2.0.0", "Ok")
+SENDER_OK = Reply(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+RESET_OK = Reply(250, "2.0.0", "Ok")
+NOOP_OK = Reply(250, "2.0.0", "Ok")
+VRFY_AMBIGUOUS = Reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
+
+LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
+BAD_CHARACTERS = Reply(500, "5.5.2", "Error: invalid characters in command")
+UNRECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+VRFY_DISABLED = Reply(502, "5.5.1", "VRFY command is disabled")
+EXPN_DISABLED = Reply(502, "5.5.1", "EXPN command is disabled")
+NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Error: message size exceeds fixed maximum message size")
+BARE_NEWLINE = Reply(554, "5.5.2", "Error: bare <CR> or <LF> in message text, use <CR><LF> (RFC 5321 2.3.8)")
+TEXT_LINE_TOO_LONG = Reply(554, "5.6.0", "Error: message text line longer than 1000 octets (RFC 5321 4.5.3.1.6)")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Error: too many hops (mail loop?)")
+UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Error: unsupported parameter")
+TRANSIENT_FAILURE = Reply(451, "4.3.0", "Error: internal error, please try again later")
+STORAGE_FULL = Reply(452, "4.3.1", "Error: insufficient system storage")
+
+
+def syntax(usage: str) -> Reply:
+    """``501 5.5.4 Syntax: <usage>`` for a known command with bad arguments (RFC 3463 5.5.4)."""
+    return Reply(501, "5.5.4", f"Syntax: {usage}")
+
+
+def closing(hostname: str, enhanced: str, why: str) -> Reply:
+    """A 421: RFC 5321 4.2 wants the server's name first in the text."""
+    return Reply(421, enhanced, f"{hostname} {why}, closing transmission channel")

@@ -1,0 +1,601 @@
+"""The SMTP server protocol (RFC 5321, with RFC 1870, 1652, 2034, 2920, 6531) as a sans-I/O
+state machine: bytes in, events out; decisions in, reply bytes out. No sockets, no clock.
+
+How to drive it::
+
+    conn = SMTPConnection(SMTPConfig(hostname="mx.example"))
+    send(conn.data_to_send())                     # the 220 greeting
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            send(conn.data_to_send())             # every reply so far, in order (RFC 2920)
+            conn.receive_data(await recv())       # b"" means the peer closed
+        elif isinstance(event, Decision):          # Hello, MailFrom, RcptTo, DataStart, ...
+            conn.accept() or conn.reject(reply)   # exactly one answer before next_event()
+        ...
+
+The rules:
+
+* Commands are handled strictly in order; while a decision is pending, no further input is
+  parsed, so pipelined commands (RFC 2920) get their replies in order.
+* Every state change happens in one place, :meth:`SMTPConnection._dispatch`, from the table
+  :data:`ALLOWED`; a command out of order gets ``503 5.5.1`` from :func:`_out_of_sequence`.
+* The engine answers what needs no policy itself (syntax, sequence, limits, NOOP, HELP, RSET,
+  QUIT) and emits an informational event so the session can log or clean up.
+* Peer mistakes are replies, never exceptions; misuse of the API raises :class:`LocalProtocolError`.
+* Each protocol error counts; past ``max_errors`` the engine says ``421 4.7.0`` and closes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Final
+
+from . import replies as R
+from .address import AddressError, Path, parse_mail_argument, parse_path, split_params
+from .buffer import TOO_LONG, LineBuffer
+from .dotstuff import DataDecoder
+from .replies import Reply
+
+__all__ = [
+    "NEED_DATA",
+    "Closed",
+    "DataAborted",
+    "DataChunk",
+    "DataStart",
+    "Decision",
+    "EndOfData",
+    "Event",
+    "Expn",
+    "Hello",
+    "LocalProtocolError",
+    "MailFrom",
+    "RcptTo",
+    "Reset",
+    "SMTPConfig",
+    "SMTPConnection",
+    "State",
+    "Vrfy",
+]
+
+# RFC 5321 4.5.3.1.4: command lines are at most 512 octets with CRLF. MAIL and RCPT may carry
+# ESMTP parameters that extensions allow to grow the line (RFC 1870 section 3, RFC 3461 4,
+# RFC 4954 5); 512 + 1024 covers every parameter we accept. The buffer never holds more.
+COMMAND_LINE_MAX: Final = 512
+PARAM_LINE_MAX: Final = COMMAND_LINE_MAX + 1024
+# RFC 5321 6.3 leaves the hop limit to the server; "at least 100" is its advice.
+MAX_RECEIVED_HEADERS: Final = 100
+
+
+class LocalProtocolError(Exception):
+    """The caller misused the engine (answered twice, forgot to answer, ...)."""
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"  # greeting sent, no HELO/EHLO yet
+    GREETED = "greeted"  # HELO/EHLO done, no transaction
+    MAIL = "mail"  # MAIL accepted, no recipient yet
+    RCPT = "rcpt"  # at least one recipient accepted
+    DATA = "data"  # receiving the message content
+    CLOSED = "closed"  # QUIT or 421 sent: flush and close
+
+
+# --- events --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of everything next_event() returns."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision(Event):
+    """An event the session must answer with accept() or reject() before reading on."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Decision):
+    esmtp: bool
+    domain: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailFrom(Decision):
+    path: Path
+    params: dict[str, str | None] = field(default_factory=dict)
+    size: int | None = None  # RFC 1870 SIZE= declared by the client
+    body: str | None = None  # RFC 1652 BODY=7BIT|8BITMIME
+    smtputf8: bool = False  # RFC 6531
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RcptTo(Decision):
+    path: Path
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataStart(Decision):
+    """DATA with at least one recipient: accept() sends 354."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfData(Decision):
+    """The final dot: commit the message, then accept(250 ... queued as) or reject()."""
+
+    size: int
+    received_count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Vrfy(Decision):
+    argument: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expn(Decision):
+    argument: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataChunk(Event):
+    """Unstuffed message content; the chunks concatenated are the message."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataAborted(Event):
+    """The message was refused at its end; the engine has sent ``reply``. Discard the content."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reset(Event):
+    """The transaction was abandoned (RSET, HELO/EHLO): drop envelope and content."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Closed(Event):
+    """The engine is done (QUIT answered, 421 sent, or the peer closed): flush and close."""
+
+    reason: str
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SMTPConfig:
+    """What the engine must know; the session builds it from the settings."""
+
+    hostname: str
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_errors: int = 10
+    normalize_bare_newlines: bool = False
+    vrfy: bool = True  # list VRFY in EHLO (Postfix does unless disable_vrfy_command)
+    greeting_text: str = "ESMTP taube"
+    extra_extensions: tuple[str, ...] = ()  # STARTTLS, AUTH ..., from the session
+
+
+# --- the transition table ------------------------------------------------------------------
+_ANY_BUT_DATA = frozenset({State.CONNECTED, State.GREETED, State.MAIL, State.RCPT})
+ALLOWED: Final[dict[str, frozenset[State]]] = {
+    "HELO": _ANY_BUT_DATA,
+    "EHLO": _ANY_BUT_DATA,
+    "MAIL": frozenset({State.GREETED}),
+    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "DATA": frozenset({State.RCPT}),
+    "RSET": _ANY_BUT_DATA,
+    "NOOP": _ANY_BUT_DATA,
+    "QUIT": _ANY_BUT_DATA,
+    "HELP": _ANY_BUT_DATA,
+    "VRFY": _ANY_BUT_DATA,
+    "EXPN": _ANY_BUT_DATA,
+}
+# Known to RFC 821/5321 or common, but not offered: 502 rather than 500 (RFC 5321 4.2.4).
+NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ETRN", "STARTTLS", "AUTH", "ATRN"})
+
+
+def _out_of_sequence(verb: str, state: State) -> Reply:
+    if state is State.CONNECTED:
+        return R.NEED_HELO
+    if verb == "MAIL":
+        return R.NESTED_MAIL
+    if verb == "RCPT":
+        return R.NEED_MAIL
+    if verb == "DATA" and state is State.MAIL:
+        return R.NO_VALID_RECIPIENTS  # RFC 5321 3.3: 554 once every RCPT was refused
+    return R.NEED_MAIL if state is State.GREETED else R.NEED_RCPT
+
+
+_USAGE: Final = {
+    "HELO": "HELO hostname",
+    "EHLO": "EHLO hostname",
+    "MAIL": "MAIL FROM:<address>",
+    "RCPT": "RCPT TO:<address>",
+    "DATA": "DATA",
+    "RSET": "RSET",
+    "QUIT": "QUIT",
+    "VRFY": "VRFY address",
+    "EXPN": "EXPN mailing-list",
+}
+
+
+class SMTPConnection:
+    """One SMTP server connection's protocol state. See the module docstring."""
+
+    def __init__(self, config: SMTPConfig) -> None:
+        self.config = config
+        self.state = State.CONNECTED
+        self.esmtp = False
+        self.helo = ""
+        self.errors = 0
+        self.recipients = 0
+        self.mail: MailFrom | None = None  # the accepted MAIL of the open transaction
+        self._lines = LineBuffer(PARAM_LINE_MAX)
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._pending: Decision | None = None
+        self._decoder: DataDecoder | None = None
+        self._data_size = 0
+        self._peer_closed = False
+        self._send(Reply(220, None, f"{config.hostname} {config.greeting_text}"))
+
+    # --- the I/O side ----------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if not data:
+            self._peer_closed = True
+        elif self.state is not State.CLOSED:
+            self._lines.feed(data)
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | _NeedData:
+        if self._pending is not None:
+            raise LocalProtocolError(f"{type(self._pending).__name__} has not been answered")
+        while not self._events:
+            if self.state is State.CLOSED:
+                return NEED_DATA if self._out else Closed(reason="closed")
+            if self.state is State.DATA:
+                if not self._pump_data():
+                    break
+                continue
+            line = self._lines.next_line()
+            if line is None:
+                break
+            self._command(line)
+        if self._events:
+            event = self._events.pop(0)
+            if isinstance(event, Decision):
+                self._pending = event
+            return event
+        if self._peer_closed:
+            self.state = State.CLOSED
+            return Closed(reason="peer closed the connection")
+        return NEED_DATA
+
+    # --- answers to decisions --------------------------------------------------------------
+    def accept(self, reply: Reply | None = None) -> None:
+        """Say yes to the pending decision (``reply`` replaces the default positive reply)."""
+        event = self._take_pending()
+        match event:
+            case Hello():
+                self._hello_accepted(event, reply)
+            case MailFrom():
+                self.state = State.MAIL
+                self.mail = event
+                self._send(reply or R.SENDER_OK)
+            case RcptTo():
+                self.state = State.RCPT
+                self.recipients += 1
+                self._send(reply or R.RECIPIENT_OK)
+            case DataStart():
+                self.state = State.DATA
+                self._decoder = DataDecoder(normalize=self.config.normalize_bare_newlines)
+                self._data_size = 0
+                self._send(reply or R.START_DATA)
+            case EndOfData():
+                self._end_transaction(reply or R.OK)
+            case Vrfy() | Expn():
+                if reply is None:
+                    raise LocalProtocolError("VRFY/EXPN need an explicit reply")
+                self._send(reply)
+
+    def reject(self, reply: Reply) -> None:
+        """Say no to the pending decision with a 4xx/5xx ``reply``."""
+        if reply.is_positive:
+            raise LocalProtocolError(f"reject() needs a negative reply, got {reply.code}")
+        event = self._take_pending()
+        if isinstance(event, EndOfData):
+            self._end_transaction(reply)
+        else:
+            self._error(reply)
+
+    def close_with(self, reply: Reply) -> None:
+        """Send a final reply (421 on shutdown or timeout) and stop."""
+        self._pending = None
+        self._events.clear()
+        self._close(reply)
+
+    def _close(self, reply: Reply) -> None:
+        self._send(reply)
+        self.state = State.CLOSED
+
+    def start_tls_reset(self) -> None:
+        """After a TLS handshake: forget everything said in plaintext (RFC 3207 4.2)."""
+        self._lines.clear()
+        self._events.clear()
+        self._pending = None
+        self.state = State.CONNECTED
+        self.esmtp = False
+        self.helo = ""
+        self.recipients = 0
+        self.mail = None
+
+    # --- internals -------------------------------------------------------------------------
+    def _take_pending(self) -> Decision:
+        event = self._pending
+        if event is None:
+            raise LocalProtocolError("no decision is pending")
+        self._pending = None
+        return event
+
+    def _send(self, reply: Reply) -> None:
+        self._out.append(reply.encode())
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _error(self, reply: Reply) -> None:
+        """Send a negative reply; too many of them end the session (Postfix: hard_error_limit)."""
+        self._send(reply)
+        self.errors += 1
+        if self.errors >= self.config.max_errors and self.state is not State.CLOSED:
+            self._close(R.closing(self.config.hostname, "4.7.0", "Error: too many errors"))
+            self._emit(Closed(reason="too many errors"))
+
+    def _reset_transaction(self) -> None:
+        if self.state in (State.MAIL, State.RCPT):
+            self._emit(Reset())
+        if self.state is not State.CONNECTED:
+            self.state = State.GREETED
+        self.recipients = 0
+        self.mail = None
+
+    def _end_transaction(self, reply: Reply) -> None:
+        self.state = State.GREETED
+        self.recipients = 0
+        self.mail = None
+        self._decoder = None
+        if reply.is_positive:
+            self._send(reply)
+        else:
+            self._error(reply)
+
+    # --- commands --------------------------------------------------------------------------
+    def _command(self, raw: bytes | object) -> None:
+        if raw is TOO_LONG:
+            self._error(R.LINE_TOO_LONG)
+            return
+        assert isinstance(raw, bytes)
+        line = raw.rstrip(b"\r\n")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(R.BAD_CHARACTERS)
+            return
+        if "\x00" in text or "\r" in text:
+            self._error(R.BAD_CHARACTERS)
+            return
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        limit = PARAM_LINE_MAX if verb in ("MAIL", "RCPT") and self.esmtp else COMMAND_LINE_MAX
+        if len(raw) > limit:
+            self._error(R.LINE_TOO_LONG)
+            return
+        self._dispatch(verb, arg.strip(" "))
+
+    def _dispatch(self, verb: str, arg: str) -> None:
+        allowed = ALLOWED.get(verb)
+        if allowed is None:
+            self._error(R.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED else R.UNRECOGNIZED)
+        elif self.state not in allowed:
+            self._error(_out_of_sequence(verb, self.state))
+        else:
+            getattr(self, f"_do_{verb.lower()}")(arg)
+
+    def _do_helo(self, arg: str, esmtp: bool = False) -> None:
+        domain = arg.split(" ")[0] if arg else ""
+        if not domain:
+            self._error(R.syntax(_USAGE["EHLO" if esmtp else "HELO"]))
+            return
+        self._reset_transaction()
+        self._emit(Hello(esmtp=esmtp, domain=domain))
+
+    def _do_ehlo(self, arg: str) -> None:
+        self._do_helo(arg, esmtp=True)
+
+    def _hello_accepted(self, event: Hello, reply: Reply | None) -> None:
+        self.state = State.GREETED
+        self.esmtp = event.esmtp
+        self.helo = event.domain
+        if reply is not None:
+            self._send(reply)
+        elif event.esmtp:
+            self._send(Reply(250, None, (self.config.hostname, *self.extensions())))
+        else:
+            self._send(Reply(250, None, self.config.hostname))
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords, in Postfix's order."""
+        c = self.config
+        ext = ["PIPELINING", f"SIZE {c.max_message_size}"]
+        if c.vrfy:
+            ext.append("VRFY")
+        ext += list(c.extra_extensions)
+        ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
+        return ext
+
+    def _do_mail(self, arg: str) -> None:
+        try:
+            path_text, param_text = parse_mail_argument(arg, "FROM")
+            params = split_params(param_text)
+        except AddressError:
+            self._error(R.syntax(_USAGE["MAIL"]))
+            return
+        if params and not self.esmtp:
+            self._error(R.UNSUPPORTED_PARAMETER)  # RFC 5321 4.1.1.2: parameters need EHLO
+            return
+        checked = self._mail_params(params)
+        if isinstance(checked, Reply):
+            self._error(checked)
+            return
+        size, body, utf8 = checked
+        try:
+            path = parse_path(path_text, utf8=utf8, allow_null=True)
+        except AddressError as e:
+            self._error(_address_reply(e, "5.1.7", "sender", utf8))
+            return
+        self._emit(MailFrom(path=path, params=params, size=size, body=body, smtputf8=utf8))
+
+    def _mail_params(self, params: dict[str, str | None]) -> Reply | tuple[int | None, str | None, bool]:
+        size: int | None = None
+        body: str | None = None
+        utf8 = False
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    return R.syntax("SIZE=<octets> (RFC 1870)")
+                size = int(value)
+                if size > self.config.max_message_size:
+                    return R.MESSAGE_TOO_BIG
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return R.syntax("BODY=7BIT|8BITMIME (RFC 1652)")
+                body = value.upper()
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return R.syntax("SMTPUTF8 takes no value (RFC 6531)")
+                utf8 = True
+            else:
+                return R.UNSUPPORTED_PARAMETER
+        return size, body, utf8
+
+    def _do_rcpt(self, arg: str) -> None:
+        try:
+            path_text, param_text = parse_mail_argument(arg, "TO")
+            params = split_params(param_text)
+        except AddressError:
+            self._error(R.syntax(_USAGE["RCPT"]))
+            return
+        if params:
+            self._error(R.UNSUPPORTED_PARAMETER)
+            return
+        if self.recipients >= self.config.max_recipients:
+            self._error(R.TOO_MANY_RECIPIENTS)  # RFC 5321 4.5.3.1.10
+            return
+        try:
+            path = parse_path(path_text, utf8=self._smtputf8, allow_bare_postmaster=True)
+        except AddressError as e:
+            self._error(_address_reply(e, "5.1.3", "recipient", self._smtputf8))
+            return
+        self._emit(RcptTo(path=path, params=params))
+
+    @property
+    def _smtputf8(self) -> bool:
+        return self.mail is not None and self.mail.smtputf8
+
+    def _do_data(self, arg: str) -> None:
+        if arg:
+            self._error(R.syntax(_USAGE["DATA"]))
+            return
+        self._emit(DataStart())
+
+    def _do_rset(self, arg: str) -> None:
+        if arg:
+            self._error(R.syntax(_USAGE["RSET"]))
+            return
+        self._reset_transaction()
+        self._send(R.RESET_OK)
+
+    def _do_noop(self, arg: str) -> None:
+        self._send(R.NOOP_OK)  # RFC 5321 4.1.1.9: a parameter is allowed and ignored
+
+    def _do_quit(self, arg: str) -> None:
+        if arg:
+            self._error(R.syntax(_USAGE["QUIT"]))
+            return
+        self._send(Reply(221, "2.0.0", f"{self.config.hostname} Bye"))
+        self.state = State.CLOSED
+        self._emit(Closed(reason="quit"))
+
+    def _do_help(self, arg: str) -> None:
+        self._send(Reply(214, "2.0.0", (
+            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
+            "See RFC 5321 for their syntax",
+        )))
+
+    def _do_vrfy(self, arg: str) -> None:
+        if not arg:
+            self._error(R.syntax(_USAGE["VRFY"]))
+            return
+        self._emit(Vrfy(argument=arg))
+
+    def _do_expn(self, arg: str) -> None:
+        if not arg:
+            self._error(R.syntax(_USAGE["EXPN"]))
+            return
+        self._emit(Expn(argument=arg))
+
+    # --- DATA ------------------------------------------------------------------------------
+    def _pump_data(self) -> bool:
+        """Move buffered bytes through the DATA decoder; False when more input is needed."""
+        raw = self._lines.take_rest()
+        if not raw:
+            return False
+        decoder = self._decoder
+        assert decoder is not None
+        result = decoder.feed(raw)
+        if result.content:
+            self._data_size += len(result.content)
+            if self._data_size <= self.config.max_message_size:
+                self._emit(DataChunk(data=result.content))
+        if result.ended:
+            self._lines.feed(result.rest)  # the next commands, parsed after the final reply
+            self._finish_data(decoder)
+        return True
+
+    def _finish_data(self, decoder: DataDecoder) -> None:
+        problem = None
+        if self._data_size > self.config.max_message_size:
+            problem = R.MESSAGE_TOO_BIG
+        elif decoder.bare_newline and not self.config.normalize_bare_newlines:
+            problem = R.BARE_NEWLINE
+        elif decoder.line_too_long:
+            problem = R.TEXT_LINE_TOO_LONG
+        elif decoder.received_count >= MAX_RECEIVED_HEADERS:
+            problem = R.TOO_MANY_HOPS
+        if problem is None:
+            self._emit(EndOfData(size=self._data_size, received_count=decoder.received_count))
+        else:
+            self._emit(DataAborted(reply=problem))
+            self._end_transaction(problem)
+
+
+def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
+    if not utf8 and "SMTPUTF8" in str(error):
+        return Reply(553, "5.6.7", f"Error: non-ASCII {role} address needs SMTPUTF8 (RFC 6531)")
+    return Reply(501, enhanced, f"Error: bad {role} address syntax: {error}")
