@@ -287,6 +287,11 @@ class SMTPConnection:
             return Closed(reason="peer closed the connection")
         return NEED_DATA
 
+    @property
+    def awaiting_decision(self) -> bool:
+        """True between a Decision event and its accept()/reject()."""
+        return self._pending is not None
+
     # --- answers to decisions --------------------------------------------------------------
     def accept(self, reply: Reply | None = None) -> None:
         """Say yes to the pending decision (``reply`` replaces the default positive reply)."""

@@ -1,0 +1,106 @@
+"""Composition root: settings -> directory, policy, spool -> listeners; signals.
+
+The only module that names concrete classes. SIGTERM/SIGINT drain and stop; SIGHUP re-reads the
+configuration (domains, trusted networks, limits, users) without dropping connections; the
+listening addresses themselves need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from .config import ConfigError, Settings, load_settings
+from .directory.sqlite import SQLiteDirectory
+from .net.listener import Listener
+from .net.smtp_session import SMTPServices, SMTPSession
+from .policy.relay import RelayPolicy
+from .proto import replies as R
+from .queue.spool import Spool
+from .sharedstate import LocalState
+from .store.maildir import MaildirStore
+
+__all__ = ["App", "serve"]
+
+log = logging.getLogger("taube")
+# Commits wait on fsync; many in flight at once let the filesystem batch them into one journal
+# commit, so the pool is sized for concurrency, not for CPUs.
+COMMIT_THREADS = 64
+
+
+def build_services(settings: Settings) -> SMTPServices:
+    data = settings.data_dir
+    directory = SQLiteDirectory(data / "taube.db", settings.domains)
+    spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
+    return SMTPServices(settings=settings, directory=directory,
+                        relay=RelayPolicy(settings.networks()), spool=spool)
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.services = build_services(settings)
+        self.state = LocalState()
+        self.listeners: list[Listener] = []
+        self._stop = asyncio.Event()
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def _smtp_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      client_ip: str) -> SMTPSession:
+        return SMTPSession(self.services, reader, writer, client_ip)
+
+    def _smtp_limits(self) -> tuple[int, int]:
+        s = self.settings.smtp
+        return s.max_connections, s.max_connections_per_client
+
+    def _smtp_refusal(self, reason: str) -> bytes:
+        return R.closing(self.settings.hostname, "4.7.0", f"Error: {reason}").encode()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="taube-io"))
+        self.services.spool.recover()
+        smtp = Listener("smtp", self.settings.smtp.listen, self._smtp_session, self.state,
+                        self._smtp_limits, self._smtp_refusal)
+        try:
+            await smtp.start()
+        except OSError as e:
+            log.error("cannot listen: %s", e)
+            return 1
+        self.listeners.append(smtp)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        log.info("taube ready: hostname=%s data_dir=%s", self.settings.hostname, self.settings.data_dir)
+        await self._stop.wait()
+        log.info("shutting down: draining %d connection(s)", self.state.connection_count())
+        grace = self.settings.smtp.shutdown_grace
+        await asyncio.gather(*(listener.stop(grace) for listener in self.listeners))
+        log.info("stopped")
+        return 0
+
+    def reload(self) -> None:
+        """SIGHUP: new settings and directory for new transactions; old ones finish as they are."""
+        try:
+            settings = load_settings(self.settings.source)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration:\n%s", e)
+            return
+        if settings.smtp.listen != self.settings.smtp.listen:
+            log.warning("reload: [smtp] listen changed; restart to apply it")
+        self.services = build_services(settings)
+        log.info("configuration reloaded from %s", settings.source or "built-in defaults")
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(App(settings).run())

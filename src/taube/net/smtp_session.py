@@ -1,0 +1,341 @@
+"""One SMTP connection: moves bytes between the socket and :mod:`taube.proto.smtp`, and turns
+the engine's decisions into calls on the directory, the relay policy and the spool.
+
+There is no SMTP grammar here. Every wait has a deadline (RFC 5321 4.5.3.2), every transaction
+that does not end in ``250`` is aborted in the spool, and an unexpected exception becomes
+``451 4.3.0`` with a logged traceback, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ..config import Settings
+from ..directory.resolve import resolve_recipient
+from ..policy.relay import RelayPolicy
+from ..proto import replies as R
+from ..proto.replies import Reply, SMTPError
+from ..proto.smtp import (
+    NEED_DATA,
+    Closed,
+    DataAborted,
+    DataChunk,
+    DataStart,
+    EndOfData,
+    Event,
+    Expn,
+    Hello,
+    MailFrom,
+    RcptTo,
+    Reset,
+    SMTPConfig,
+    SMTPConnection,
+    State,
+    Vrfy,
+)
+from ..proto.address import AddressError, parse_path
+from ..proto.trace import received_header, with_protocol
+from ..queue.envelope import Envelope, Target
+from ..queue.spool import Spool, SpoolFile, StorageFullError
+
+__all__ = ["SMTPServices", "SMTPSession"]
+
+log = logging.getLogger("taube.smtp")
+READ_SIZE = 65536
+
+
+@dataclass(slots=True)
+class SMTPServices:
+    """What an SMTP session uses; assembled by the application, replaced whole on reload."""
+
+    settings: Settings
+    directory: object  # taube.directory.base.Directory
+    relay: RelayPolicy
+    spool: Spool
+
+    def engine_config(self) -> SMTPConfig:
+        s = self.settings.smtp
+        return SMTPConfig(
+            hostname=self.settings.hostname,
+            max_message_size=s.max_message_size,
+            max_recipients=s.max_recipients,
+            max_errors=s.max_errors,
+            normalize_bare_newlines=s.bare_newline == "normalize",
+            vrfy=s.vrfy != "off",
+        )
+
+
+@dataclass(slots=True)
+class _Transaction:
+    """The per-message state (aiosmtpd's Envelope): reset by RSET, HELO/EHLO and the final reply."""
+
+    sender: MailFrom | None = None
+    targets: list[Target] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)
+    queue_id: str = ""
+    spool_file: SpoolFile | None = None
+    started: float = 0.0
+    written: int = 0
+
+    def discard(self) -> None:
+        if self.spool_file is not None:
+            self.spool_file.abort()
+            self.spool_file = None
+
+
+class SMTPSession:
+    """Drive one connection to the end. ``run()`` never raises for anything the peer does."""
+
+    def __init__(self, services: SMTPServices, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, client_ip: str) -> None:
+        self.services = services
+        self.reader = reader
+        self.writer = writer
+        self.client_ip = client_ip
+        self.conn = SMTPConnection(services.engine_config())
+        self.tx = _Transaction()
+        self.stopping = False  # set by the listener on shutdown
+        self.committing = False  # a commit is running in a worker thread: do not cancel
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions: safe to say 421 and close right away."""
+        return self.conn.state in (State.CONNECTED, State.GREETED) and not self.committing
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            self._say_goodbye(R.closing(self.services.settings.hostname, "4.3.2", "Service shutting down"))
+        finally:
+            self.tx.discard()
+            await self._close()
+
+    async def _loop(self) -> None:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                await self._flush()
+                if self.stopping and self.idle:
+                    self._say_goodbye(R.closing(self.services.settings.hostname, "4.3.2", "Service shutting down"))
+                    return
+                data = await self._read()
+                if data is None:
+                    return
+                conn.receive_data(data)
+                continue
+            if isinstance(event, Closed):
+                await self._flush()
+                return
+            await self._handle(event)
+
+    async def _read(self) -> bytes | None:
+        s = self.services.settings.smtp
+        timeout = s.timeout_data_block if self.conn.state is State.DATA else s.timeout_command
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            self._say_goodbye(R.closing(self.services.settings.hostname, "4.4.2", "Error: timeout exceeded"))
+            log.info("timeout client=%s state=%s", self.client_ip, self.conn.state.value)
+            return None
+
+    async def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.writer.write(out)
+            await self.writer.drain()
+
+    def _say_goodbye(self, reply: Reply) -> None:
+        self.conn.close_with(reply)
+        out = self.conn.data_to_send()
+        if out and not self.writer.is_closing():
+            self.writer.write(out)
+
+    async def _close(self) -> None:
+        try:
+            if not self.writer.is_closing():
+                self.writer.close()
+            async with asyncio.timeout(5):
+                await self.writer.wait_closed()
+        except (ConnectionError, TimeoutError, OSError):
+            pass
+
+    # --- events ----------------------------------------------------------------------------
+    async def _handle(self, event: Event) -> None:
+        try:
+            match event:
+                case DataChunk():
+                    self._data_chunk(event)
+                case Hello():
+                    self.conn.accept()
+                case MailFrom():
+                    self._mail(event)
+                case RcptTo():
+                    self._rcpt(event)
+                case DataStart():
+                    self._data_start()
+                case EndOfData():
+                    await self._end_of_data(event)
+                case DataAborted():
+                    log.info("rejected client=%s from=<%s> reason=%s", self.client_ip,
+                             self._sender_text(), event.reply)
+                    self._new_transaction()
+                case Reset():
+                    self._new_transaction()
+                case Vrfy():
+                    self._vrfy(event)
+                case Expn():
+                    self._expn(event)
+        except SMTPError as e:
+            log.info("reject client=%s %s", self.client_ip, e)
+            self.conn.reject(e.reply)
+        except Exception:
+            log.exception("internal error client=%s event=%s", self.client_ip, type(event).__name__)
+            if self.conn.awaiting_decision:
+                self.conn.reject(R.TRANSIENT_FAILURE)
+            self._new_transaction()
+
+    def _new_transaction(self) -> None:
+        self.tx.discard()
+        self.tx = _Transaction()
+
+    def _sender_text(self) -> str:
+        return self.tx.sender.path.address if self.tx.sender else ""
+
+    def _mail(self, event: MailFrom) -> None:
+        self._new_transaction()
+        self.tx.sender = event
+        self.conn.accept()
+
+    def _rcpt(self, event: RcptTo) -> None:
+        path = event.path
+        address = path.address
+        if not path.domain:  # RFC 5321 4.5.1: <postmaster> without domain must be accepted
+            address = self._postmaster()
+        resolution = resolve_recipient(self.services.directory, address)
+        if resolution.status == "unknown_user":
+            raise SMTPError(Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
+                                  "User unknown in local recipient table"), reason="unknown user")
+        if resolution.status == "remote" and not self.services.relay.may_relay(self.client_ip):
+            raise SMTPError(Reply(554, "5.7.1", f"<{address}>: Relay access denied"),
+                            reason=f"relay to {path.domain} from untrusted client")
+        self.tx.targets.extend(resolution.targets)
+        self.tx.recipients.append(address)
+        self.conn.accept()
+
+    def _postmaster(self) -> str:
+        pm = self.services.settings.postmaster
+        if "@" in pm:
+            return pm
+        domains = self.services.settings.domains
+        return f"{pm}@{domains[0] if domains else self.services.settings.hostname}"
+
+    def _data_start(self) -> None:
+        tx = self.tx
+        assert tx.sender is not None
+        spool = self.services.spool
+        tx.queue_id = spool.new_queue_id()
+        tx.started = time.time()
+        tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address)
+        tx.spool_file.write(self._received(tx))
+        self.conn.accept()
+
+    def _received(self, tx: _Transaction) -> bytes:
+        assert tx.sender is not None
+        return received_header(
+            helo=self.conn.helo,
+            client_ip=self.client_ip,
+            hostname=self.services.settings.hostname,
+            protocol=with_protocol(esmtp=self.conn.esmtp, utf8=tx.sender.smtputf8),
+            queue_id=tx.queue_id,
+            when=datetime.fromtimestamp(tx.started, timezone.utc).astimezone(),
+            recipient=tx.recipients[0] if len(tx.recipients) == 1 else None,
+        )
+
+    def _data_chunk(self, event: DataChunk) -> None:
+        if self.tx.spool_file is not None:
+            self.tx.spool_file.write(event.data)
+
+    async def _end_of_data(self, event: EndOfData) -> None:
+        tx = self.tx
+        assert tx.sender is not None and tx.spool_file is not None
+        envelope = Envelope(
+            queue_id=tx.queue_id,
+            sender=tx.sender.path.address,
+            targets=_unique(tx.targets),
+            client_address=self.client_ip,
+            helo=self.conn.helo,
+            received_at=tx.started,
+            size=tx.spool_file.size,
+            params={k: v or "" for k, v in tx.sender.params.items()},
+        )
+        spool_file, tx.spool_file = tx.spool_file, None
+        self.committing = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, spool_file.commit, envelope)
+        except StorageFullError:
+            self._log_message(envelope, "deferred (storage full)")
+            raise SMTPError(R.STORAGE_FULL, reason="storage full") from None
+        finally:
+            self.committing = False
+        self._log_message(envelope, "queued")
+        self.conn.accept(Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}"))
+        self._new_transaction()
+
+    def _log_message(self, envelope: Envelope, result: str) -> None:
+        log.info(
+            "%s: client=%s from=<%s> to=%s size=%d nrcpt=%d result=%s",
+            envelope.queue_id, self.client_ip, envelope.sender,
+            ",".join(f"<{r}>" for r in self.tx.recipients), envelope.size,
+            len(envelope.targets), result,
+        )
+
+    def _vrfy(self, event: Vrfy) -> None:
+        mode = self.services.settings.smtp.vrfy
+        if mode == "off":
+            raise SMTPError(R.VRFY_DISABLED)
+        if mode == "ambiguous":
+            self.conn.accept(R.VRFY_AMBIGUOUS)  # RFC 5321 3.5.3: 252, no user enumeration
+            return
+        address = self._argument_address(event.argument)
+        if address and self.services.directory.user_exists(address):
+            self.conn.accept(Reply(250, "2.0.0", f"<{address}>"))
+        else:
+            raise SMTPError(Reply(550, "5.1.1", f"<{event.argument}>: User unknown"))
+
+    def _expn(self, event: Expn) -> None:
+        if self.services.settings.smtp.expn == "off" or not self.services.relay.is_trusted(self.client_ip):
+            raise SMTPError(R.EXPN_DISABLED)
+        address = self._argument_address(event.argument)
+        targets = self.services.directory.get_alias(address) if address else None
+        if not targets:
+            raise SMTPError(Reply(550, "5.1.1", f"<{event.argument}>: No such mailing list"))
+        self.conn.accept(Reply(250, "2.1.5", tuple(f"<{t}>" for t in targets)))
+
+    def _argument_address(self, argument: str) -> str | None:
+        try:
+            return parse_path(argument.strip(), utf8=True).address.lower()
+        except AddressError:
+            return None
+
+
+def _unique(targets: list[Target]) -> tuple[Target, ...]:
+    """One copy per final destination, even if two RCPTs (or aliases) lead to it."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for t in targets:
+        key = (t.kind, t.address)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return tuple(out)

@@ -1,0 +1,33 @@
+"""Who may relay: RFC 5321 3.6.2 leaves it to the site; an open relay is never acceptable.
+
+Mail for local domains is taken from anyone. Mail for other domains only from clients in
+``trusted_networks`` (later also authenticated clients). The decision is made on the recipient
+as resolved by the directory, so address tricks (``user%other@local``, source routes, bang paths,
+quoted local parts) can only ever reach a local lookup, never a remote destination.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+__all__ = ["RelayPolicy"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RelayPolicy:
+    def __init__(self, trusted_networks: Iterable[Network]) -> None:
+        self._networks = tuple(trusted_networks)
+
+    def is_trusted(self, client_ip: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:192.0.2.1 is 192.0.2.1 for policy purposes
+        return any(ip in net for net in self._networks)
+
+    def may_relay(self, client_ip: str, *, authenticated: bool = False) -> bool:
+        return authenticated or self.is_trusted(client_ip)
