@@ -88,7 +88,9 @@ def parse_path(text: str, *, utf8: bool = False, allow_null: bool = False,
     local_text, domain = inner[:at], inner[at + 1:]
     local, quoted = _parse_local(local_text, utf8)
     _check_domain(domain, utf8)
-    return Path(local, domain.lower() if domain.isascii() else domain, quoted)
+    if domain.isascii() and not domain.startswith("["):
+        domain = domain.lower()
+    return Path(local, domain, quoted)
 
 
 def _parse_local(text: str, utf8: bool) -> tuple[str, bool]:

@@ -43,6 +43,7 @@ class DataDecoder:
         "_overlong",
         "_normalize",
         "_in_headers",
+        "_after_crlf",
         "bare_newline",
         "line_too_long",
         "received_count",
@@ -53,6 +54,7 @@ class DataDecoder:
         self._overlong = False  # the unfinished line already exceeded the limit (start dropped)
         self._normalize = normalize
         self._in_headers = True
+        self._after_crlf = True  # the data starts at a line start, as if after a CRLF
         self.bare_newline = False
         self.line_too_long = False
         self.received_count = 0
@@ -71,9 +73,9 @@ class DataDecoder:
             start = nl + 1
             if self._overlong:
                 self._overlong = False
-                self._check_line_end(line)  # only to see bare CRs; content is refused anyway
+                self._after_crlf = self._check_line_end(line)  # content is refused anyway
                 continue
-            if line == b".\r\n":
+            if line == b".\r\n" and self._after_crlf:
                 self._pending = b""
                 return DecodeResult(b"".join(out), True, buf[start:])
             out.append(self._line(line))
@@ -100,7 +102,8 @@ class DataDecoder:
             self.line_too_long = True
         if line[:1] == b"." and line != b".\n":  # ".\n" is a lone dot, not a stuffed line
             line = line[1:]
-        if not self._check_line_end(line) and self._normalize:
+        self._after_crlf = self._check_line_end(line)
+        if not self._after_crlf and self._normalize:
             line = _normalize(line)
         if self._in_headers:
             self._scan_header(line)
