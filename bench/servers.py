@@ -1,0 +1,259 @@
+"""The SMTP servers under test: start one on a free loopback port, count what it stored, stop it.
+
+Every server lives in a work directory of its own that the caller creates and removes. Only
+processes started here are ever signalled, by their PID.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+from postfix_instance import PostfixInstance
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+VENV_BIN = REPO_DIR / ".venv" / "bin"
+DOMAIN = "bench.test"
+USER = "user"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+
+
+class ServerUnavailable(Exception):
+    """The server cannot be run here; the message says why."""
+
+
+class Server(Protocol):
+    name: str
+    port: int
+    delivers_later: bool  # acknowledges before the message reaches the Maildir
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def stored_count(self) -> int | None:
+        """Messages in the Maildir's ``new/``, or None for a server that stores nothing."""
+        ...
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def count_files(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for entry in entries if entry.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return 0
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def greeting_ok(port: int) -> bool:
+    """True once the server accepts a connection and greets with 220."""
+    try:
+        with socket.create_connection((HOST, port), timeout=2.0) as sock:
+            greeting = sock.makefile("rb").readline()
+            if not greeting.startswith(b"220"):
+                return False
+            sock.sendall(b"QUIT\r\n")
+            return True
+    except OSError:
+        return False
+
+
+def wait_ready(port: int, deadline: float, process: subprocess.Popen[bytes] | None,
+               log: Path) -> None:
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log_tail(log)
+            raise ServerUnavailable(f"exited with status {process.returncode}: "
+                                    f"{tail.splitlines()[-1] if tail else 'no output'}\n{tail}")
+        if greeting_ok(port):
+            return
+        time.sleep(0.05)
+    raise ServerUnavailable(f"no 220 greeting on {HOST}:{port} within {START_TIMEOUT:.0f} s:\n"
+                            f"{log_tail(log)}")
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the PID we started, a bounded wait, SIGKILL only if it hangs."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        print(f"warning: PID {process.pid} ignored SIGTERM; killing it", file=sys.stderr)
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+
+
+class ProcessServer:
+    """A server that is one child process, stopped with SIGTERM."""
+
+    name = "process"
+    delivers_later = False
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log = workdir / f"{self.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Writes configuration and data before the process starts."""
+
+    def maildir_new(self) -> Path | None:
+        return None
+
+    def start(self) -> None:
+        self.prepare()
+        with self.log.open("wb") as log:
+            try:
+                self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                                stdout=log, stderr=subprocess.STDOUT,
+                                                cwd=self.workdir)
+            except OSError as exc:
+                raise ServerUnavailable(f"cannot run {self.command()[0]}: {exc}") from exc
+        try:
+            wait_ready(self.port, time.monotonic() + START_TIMEOUT, self.process, self.log)
+        except ServerUnavailable:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate(self.process)
+
+    def stored_count(self) -> int | None:
+        folder = self.maildir_new()
+        return None if folder is None else count_files(folder)
+
+
+class TaubeServer(ProcessServer):
+    name = "taube"
+    executable = VENV_BIN / "taube"
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "taube.toml"
+
+    def command(self) -> list[str]:
+        return [str(self.executable), "serve", "--config", str(self.config)]
+
+    def config_text(self) -> str:
+        return (f'hostname = "{DOMAIN}"\n'
+                'data_dir = "var"\n'
+                f'domains = ["{DOMAIN}"]\n'
+                'trusted_networks = ["127.0.0.0/8"]\n'
+                "[smtp]\n"
+                f'listen = ["{HOST}:{self.port}"]\n'
+                "max_connections = 500\n"
+                "max_connections_per_client = 500\n")
+
+    def prepare(self) -> None:
+        if not self.executable.exists():
+            raise ServerUnavailable(f"{self.executable} is not installed")
+        self.config.write_text(self.config_text())
+        add_user = [str(self.executable), "user", "add", f"{USER}@{DOMAIN}",
+                    "--config", str(self.config)]
+        try:
+            done = subprocess.run(add_user, input=b"bench-password\n", capture_output=True,
+                                  cwd=self.workdir, timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise ServerUnavailable("`taube user add` did not finish") from exc
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace").strip()
+            last_line = output.splitlines()[-1] if output else "no output"
+            raise ServerUnavailable(f"`taube user add` failed ({done.returncode}): {last_line}\n"
+                                    f"{output[-1500:]}")
+
+    def maildir_new(self) -> Path:
+        return self.workdir / "var" / "mail" / DOMAIN / USER / "new"
+
+
+class AiosmtpdServer(ProcessServer):
+    name = "aiosmtpd"
+
+    def command(self) -> list[str]:
+        return [str(VENV_BIN / "python"), str(BENCH_DIR / "aiosmtpd_maildir.py"),
+                "--host", HOST, "--port", str(self.port), "--maildir", str(self.workdir / "Maildir")]
+
+    def maildir_new(self) -> Path:
+        return self.workdir / "Maildir" / "new"
+
+
+class SmtpSinkServer(ProcessServer):
+    """Postfix's smtp-sink: speaks SMTP (with PIPELINING) and throws every message away."""
+
+    name = "smtp-sink"
+    backlog = 1024
+
+    def command(self) -> list[str]:
+        executable = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        return [executable, *user, f"{HOST}:{self.port}", str(self.backlog)]
+
+    def prepare(self) -> None:
+        if not Path(self.command()[0]).exists():
+            raise ServerUnavailable("smtp-sink is not installed (bash bench/install-peers.sh)")
+
+
+class PostfixServer:
+    """A private Postfix instance; acknowledges after its queue fsync, delivers afterwards."""
+
+    name = "postfix"
+    delivers_later = True
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.instance = PostfixInstance(workdir, HOST, self.port, DOMAIN, USER,
+                                        delivery_user=pwd.getpwnam("nobody"))
+
+    def start(self) -> None:
+        try:
+            self.instance.start(START_TIMEOUT)
+        except RuntimeError as exc:
+            raise ServerUnavailable(str(exc)) from exc
+        try:
+            wait_ready(self.port, time.monotonic() + START_TIMEOUT, None, self.instance.log)
+        except ServerUnavailable:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.instance.stop(STOP_TIMEOUT)
+
+    def stored_count(self) -> int:
+        return count_files(self.instance.maildir_new)
+
+
+SERVERS: dict[str, type[ProcessServer] | type[PostfixServer]] = {
+    "taube": TaubeServer,
+    "aiosmtpd": AiosmtpdServer,
+    "smtp-sink": SmtpSinkServer,
+    "postfix": PostfixServer,
+}
