@@ -134,7 +134,7 @@ class PostfixInstance:
             return None
 
     def stop(self, timeout: float) -> None:
-        """``postfix stop``, a bounded wait for the master to exit, ``postfix abort`` if it hangs."""
+        """``postfix stop``, a bounded wait for the master to exit, then ``postfix abort``."""
         pid = self.master_pid()
         if pid is None:
             return

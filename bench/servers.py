@@ -46,6 +46,10 @@ class Server(Protocol):
         """Messages in the Maildir's ``new/``, or None for a server that stores nothing."""
         ...
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system, all threads) the server has used so far, if known."""
+        ...
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -59,6 +63,16 @@ def count_files(folder: Path) -> int:
             return sum(1 for entry in entries if entry.is_file(follow_symlinks=False))
     except FileNotFoundError:
         return 0
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -152,6 +166,9 @@ class ProcessServer:
         folder = self.maildir_new()
         return None if folder is None else count_files(folder)
 
+    def cpu_seconds(self) -> float | None:
+        return None if self.process is None else process_cpu_seconds(self.process.pid)
+
 
 class TaubeServer(ProcessServer):
     name = "taube"
@@ -200,7 +217,8 @@ class AiosmtpdServer(ProcessServer):
 
     def command(self) -> list[str]:
         return [str(VENV_BIN / "python"), str(BENCH_DIR / "aiosmtpd_maildir.py"),
-                "--host", HOST, "--port", str(self.port), "--maildir", str(self.workdir / "Maildir")]
+                "--host", HOST, "--port", str(self.port),
+                "--maildir", str(self.workdir / "Maildir")]
 
     def maildir_new(self) -> Path:
         return self.workdir / "Maildir" / "new"
@@ -249,6 +267,10 @@ class PostfixServer:
 
     def stored_count(self) -> int:
         return count_files(self.instance.maildir_new)
+
+    def cpu_seconds(self) -> None:
+        """Postfix is a dozen processes that come and go: not measured."""
+        return None
 
 
 SERVERS: dict[str, type[ProcessServer] | type[PostfixServer]] = {

@@ -48,6 +48,7 @@ class Measurement:
     seconds: float = 0.0
     stored: int | None = None
     delivered_seconds: float | None = None
+    server_cpu_seconds: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -61,6 +62,13 @@ class Measurement:
         return None
 
     @property
+    def server_cpu_share(self) -> float | None:
+        """The server's CPU time over the load's wall time: 1.0 is one core kept busy."""
+        if self.server_cpu_seconds is None or self.seconds <= 0:
+            return None
+        return self.server_cpu_seconds / self.seconds
+
+    @property
     def mismatch(self) -> bool:
         """The Maildir does not hold exactly the acknowledged messages."""
         return None not in (self.stored, self.accepted) and self.stored != self.accepted
@@ -72,6 +80,8 @@ class Row:
     loadgen: str
     concurrency: int
     median: float | None
+    low: float | None
+    high: float | None
     runs: int
     requested_runs: int
     ratio: float | None = None
@@ -140,8 +150,12 @@ def wait_delivered(server: Server, expected: int, began: float) -> tuple[int | N
 def measure(server: Server, loadgen: str, concurrency: int, run: int, messages: int,
             size: int) -> Measurement:
     m = Measurement(server.name, loadgen, concurrency, run, messages)
+    cpu_before = server.cpu_seconds()
     began = time.perf_counter()
     outcome = LOAD_RUNNERS[loadgen](server.port, messages, concurrency, size)
+    cpu_after = server.cpu_seconds()
+    if cpu_before is not None and cpu_after is not None:
+        m.server_cpu_seconds = cpu_after - cpu_before
     m.accepted, m.seconds, m.errors = outcome.accepted, outcome.seconds, outcome.errors
     if server.delivers_later and outcome.accepted:
         m.stored, m.delivered_seconds = wait_delivered(server, outcome.accepted, began)
@@ -174,6 +188,8 @@ def describe(m: Measurement) -> str:
         text += f", stored {m.stored}"
     if m.delivered_rate:
         text += f", delivered {m.delivered_rate:.1f} msgs/s"
+    if m.server_cpu_share is not None:
+        text += f", server CPU {m.server_cpu_share:.0%}"
     if m.errors:
         text += f", errors {m.errors}"
     if m.mismatch:
@@ -215,8 +231,8 @@ def median_row(label: str, group: list[Measurement], rates: list[float]) -> Row:
     if errors:
         notes.append(f"{sum(errors.values())} error(s)")
     return Row(label, first.loadgen, first.concurrency,
-               statistics.median(rates) if rates else None, len(rates), len(group),
-               notes="; ".join(notes))
+               statistics.median(rates) if rates else None, min(rates, default=None),
+               max(rates, default=None), len(rates), len(group), notes="; ".join(notes))
 
 
 def summarize(measurements: list[Measurement]) -> list[Row]:
@@ -248,12 +264,14 @@ def add_ratios(rows: list[Row]) -> None:
 def table_cells(row: Row) -> list[str]:
     return [row.implementation, row.loadgen, str(row.concurrency),
             f"{row.median:.1f}" if row.median else "-",
+            f"{row.low:.0f}–{row.high:.0f}" if row.low and row.high else "-",
             f"{row.runs}/{row.requested_runs}",
             f"{row.ratio:.2f}" if row.ratio else "-", row.notes]
 
 
-HEADERS = ["implementation", "load generator", "concurrency", "msgs/s (median)", "runs",
-           "taube ÷ peer", "notes"]
+HEADERS = ["implementation", "load generator", "concurrency", "msgs/s (median)", "min–max",
+           "runs", "taube ÷ peer", "notes"]
+NUMERIC_HEADERS = {"concurrency", "msgs/s (median)", "min–max", "runs", "taube ÷ peer"}
 
 
 def print_table(rows: list[Row], title: str) -> None:
@@ -265,7 +283,7 @@ def print_table(rows: list[Row], title: str) -> None:
         return
     table = Table(title=title)
     for header in HEADERS:
-        table.add_column(header, justify="right" if header[0] in "mcrt" else "left")
+        table.add_column(header, justify="right" if header in NUMERIC_HEADERS else "left")
     for row in rows:
         table.add_row(*table_cells(row))
     console = Console()
@@ -313,6 +331,7 @@ def write_json(path: Path, header: dict[str, object], skipped: dict[str, str],
         "skipped": skipped,
         "summary": [asdict(row) for row in rows],
         "measurements": [asdict(m) | {"rate": m.rate, "delivered_rate": m.delivered_rate,
+                                      "server_cpu_share": m.server_cpu_share,
                                       "mismatch": m.mismatch} for m in measurements],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
