@@ -69,6 +69,12 @@ class Measurement:
         return self.server_cpu_seconds / self.seconds
 
     @property
+    def server_cpu_ms_per_message(self) -> float | None:
+        if self.server_cpu_seconds is None or not self.accepted:
+            return None
+        return 1000 * self.server_cpu_seconds / self.accepted
+
+    @property
     def mismatch(self) -> bool:
         """The Maildir does not hold exactly the acknowledged messages."""
         return None not in (self.stored, self.accepted) and self.stored != self.accepted
@@ -188,8 +194,9 @@ def describe(m: Measurement) -> str:
         text += f", stored {m.stored}"
     if m.delivered_rate:
         text += f", delivered {m.delivered_rate:.1f} msgs/s"
-    if m.server_cpu_share is not None:
-        text += f", server CPU {m.server_cpu_share:.0%}"
+    if m.server_cpu_share is not None and m.server_cpu_ms_per_message is not None:
+        text += (f", server CPU {m.server_cpu_share:.0%} "
+                 f"({m.server_cpu_ms_per_message:.2f} ms/msg)")
     if m.errors:
         text += f", errors {m.errors}"
     if m.mismatch:
@@ -332,6 +339,7 @@ def write_json(path: Path, header: dict[str, object], skipped: dict[str, str],
         "summary": [asdict(row) for row in rows],
         "measurements": [asdict(m) | {"rate": m.rate, "delivered_rate": m.delivered_rate,
                                       "server_cpu_share": m.server_cpu_share,
+                                      "server_cpu_ms_per_message": m.server_cpu_ms_per_message,
                                       "mismatch": m.mismatch} for m in measurements],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
