@@ -1,0 +1,443 @@
+"""The spool: where a message is written while it arrives, and made durable before the 250.
+
+"Responsibility after 250": the SMTP server answers ``250 2.0.0 Ok: queued as <id>`` only after
+:meth:`SpoolFile.commit` returned, and then the message is on stable storage in every local
+recipient's Maildir and, for remote recipients, in the outbound queue. Until commit returns
+nothing is visible anywhere, whatever happens (crash, disk full, I/O error).
+
+Layout under ``<data_dir>/queue``::
+
+    incoming/<id>           the message while it arrives; never acknowledged, removed at start
+    messages/<id>           outbound queue data: a hard link of the incoming file
+    envelopes/<id>.json     outbound queue envelope, the queue's commit marker (written last)
+
+Every stored copy starts with ``Return-Path: <sender>`` and then holds the message exactly as
+received (trace headers included), CRLF line ends and all: one byte-exact file that a POP3
+server can serve with the size it announces. Local copies keep the Return-Path line (RFC 5321
+4.4: the final delivery adds it); the queue records ``body_offset`` to skip it when relaying.
+
+The body is written once. Local copies and the queue's data file are hard links of the incoming
+file, so per message the cost is one data fsync plus one fsync per directory that gained a name
+(see :meth:`SpoolFile.commit`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import string
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ..store.maildir import MaildirStore, create_directories, fsync_directory, maildir_filename
+from .envelope import Envelope
+
+__all__ = [
+    "QueueEntry",
+    "QueueStore",
+    "QueuedRecipient",
+    "Spool",
+    "SpoolFile",
+    "StorageError",
+    "StorageFullError",
+]
+
+log = logging.getLogger("taube.spool")
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_FILE_MODE = 0o600
+# Large enough that a typical message reaches the kernel in one or two write(2) calls, small
+# enough that thousands of concurrent transactions do not add up to much memory.
+_WRITE_BUFFER = 128 * 1024
+# Digits, then upper, then lower case: ASCII order, so fixed-width numbers sort like strings.
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
+_ENVELOPE_VERSION = 1
+_ENVELOPE_SUFFIX = ".json"
+_STAGED_SUFFIX = ".json.tmp"
+
+
+class StorageError(Exception):
+    """The message could not be stored; nothing of it is visible. The sender should retry (4xx)."""
+
+
+class StorageFullError(StorageError):
+    """No space or quota left (ENOSPC, EDQUOT): RFC 3463 4.3.1, "452 insufficient storage"."""
+
+
+def _storage_error(exc: OSError) -> StorageError:
+    """The StorageError for an OSError: StorageFullError when the disk or quota is full."""
+    kind = StorageFullError if exc.errno in _FULL else StorageError
+    return kind(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits.append(_BASE62[digit])
+    if number:
+        raise OverflowError(f"does not fit in {width} base-62 digits")
+    return "".join(reversed(digits))
+
+
+def _check_queue_id(queue_id: str) -> str:
+    """Queue ids become file names: only ``[0-9A-Za-z]`` so no id can escape its directory."""
+    if not _QUEUE_ID.fullmatch(queue_id):
+        raise ValueError(f"invalid queue id {queue_id!r}")
+    return queue_id
+
+
+def _unlink_all(paths: Iterable[Path]) -> None:
+    """Best-effort removal on the error path: one failure must not keep the others in place."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _make_durable_directories(paths: Iterable[Path]) -> None:
+    """Create missing directories and fsync the parents of those created."""
+    parents = {d.parent for path in paths for d in create_directories(path)}
+    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        fsync_directory(parent)
+
+
+class _QueueIds:
+    """Queue ids like Postfix's long ones: unique across processes and restarts, time-sortable.
+
+    13 characters ``[0-9A-Za-z]``: 9 base-62 digits of microseconds since the epoch (good until
+    the year 2398), then 4 of the process id (Linux ``pid_max`` is at most 2**22 < 62**4). Within
+    a process the microseconds are made strictly increasing, so ids are unique without a counter;
+    concurrent processes differ in pid, and a restarted process reusing a pid does so much later
+    in time. Should the clock be stepped back and a pid reused at the same microsecond, files
+    are still created exclusively (``O_EXCL``, ``link``): the transaction fails, nothing is lost.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            now = max(time.time_ns() // 1000, self._last + 1)
+            self._last = now
+        return _base62(now, 9) + _base62(os.getpid(), 4)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedRecipient:
+    """Delivery state of one remote recipient; the queue runner replaces it as it tries."""
+
+    address: str
+    original: str
+    status: str = "queued"
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueEntry:
+    """One message in the outbound queue, as stored in ``envelopes/<id>.json``."""
+
+    queue_id: str
+    sender: str  # "" for the null reverse-path <>
+    recipients: tuple[QueuedRecipient, ...]
+    client_address: str
+    helo: str
+    received_at: float
+    size: int  # octets after the Return-Path line
+    body_offset: int  # where the message starts in the data file: after Return-Path
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope, body_offset: int, now: float) -> QueueEntry:
+        """The entry for the remote recipients of ``envelope``, all due at once."""
+        recipients = tuple(
+            QueuedRecipient(address=t.address, original=t.original, next_attempt=now)
+            for t in envelope.remote
+        )
+        return cls(
+            queue_id=envelope.queue_id,
+            sender=envelope.sender,
+            recipients=recipients,
+            client_address=envelope.client_address,
+            helo=envelope.helo,
+            received_at=envelope.received_at,
+            size=envelope.size,
+            body_offset=body_offset,
+            params=dict(envelope.params),
+        )
+
+    def to_json(self) -> bytes:
+        document = {"version": _ENVELOPE_VERSION, **asdict(self)}
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> QueueEntry:
+        document = json.loads(data)
+        version = document.pop("version", None)
+        if version != _ENVELOPE_VERSION:
+            raise ValueError(f"unsupported queue envelope version {version!r}")
+        recipients = tuple(QueuedRecipient(**r) for r in document.pop("recipients"))
+        return cls(recipients=recipients, **document)
+
+
+class QueueStore:
+    """The durable outbound queue under ``<data_dir>/queue``: ``messages/`` and ``envelopes/``.
+
+    Invariant, kept across crashes: an envelope never exists without its data file. Commit
+    links the data (and fsyncs ``messages/``) before the envelope appears; :meth:`remove` takes
+    the envelope away (durably) before the data; :meth:`recover` drops data left without an
+    envelope by a crash in between. The data files are stored exactly as received (CRLF), with
+    the ``Return-Path`` line first.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.messages = data_dir / "queue" / "messages"
+        self.envelopes = data_dir / "queue" / "envelopes"
+
+    def message_path(self, queue_id: str) -> Path:
+        return self.messages / _check_queue_id(queue_id)
+
+    def envelope_path(self, queue_id: str) -> Path:
+        return self.envelopes / (_check_queue_id(queue_id) + _ENVELOPE_SUFFIX)
+
+    def stage(self, entry: QueueEntry) -> Path:
+        """Write ``entry`` to a temporary file next to its envelope and fsync it; return the
+        file. Invisible until renamed to :meth:`envelope_path` (rename is atomic: a reader sees
+        the whole old envelope or the whole new one). The caller fsyncs ``envelopes/`` after."""
+        staged = self.envelopes / (_check_queue_id(entry.queue_id) + _STAGED_SUFFIX)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            with open(fd, "wb") as out:
+                out.write(entry.to_json())
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return staged
+
+    def load(self, queue_id: str) -> QueueEntry:
+        """The entry of ``queue_id``; FileNotFoundError if it is not (or no longer) queued."""
+        return QueueEntry.from_json(self.envelope_path(queue_id).read_bytes())
+
+    def open_message(self, queue_id: str) -> BinaryIO:
+        """The message of ``queue_id`` as received (CRLF), positioned after the Return-Path line."""
+        offset = self.load(queue_id).body_offset
+        message = open(self.message_path(queue_id), "rb")
+        message.seek(offset)
+        return message
+
+    def remove(self, queue_id: str) -> None:
+        """Forget ``queue_id`` (delivered or bounced).
+
+        The envelope goes first, durably (fsync of ``envelopes/``), then the data: a crash in
+        between leaves data without envelope, which :meth:`recover` drops. The other order could
+        leave an envelope whose data is gone: a queue entry that can never be delivered.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            self.envelope_path(queue_id).unlink()
+            fsync_directory(self.envelopes)
+        self.message_path(queue_id).unlink(missing_ok=True)
+
+    def recover(self) -> None:
+        """At start, before any commit: drop staged envelopes never renamed (their transaction
+        was never acknowledged) and data files without an envelope (same, or half removed)."""
+        queued = set()
+        for path in self.envelopes.iterdir():
+            if path.name.endswith(_STAGED_SUFFIX):
+                path.unlink()
+            elif path.name.endswith(_ENVELOPE_SUFFIX):
+                queued.add(path.name[: -len(_ENVELOPE_SUFFIX)])
+        for path in self.messages.iterdir():
+            if path.name in queued:
+                queued.remove(path.name)
+            else:
+                log.info("queue: dropping orphan data file %s", path.name)
+                path.unlink()
+        for queue_id in sorted(queued):
+            log.error("queue: envelope %s has no data file; left for inspection", queue_id)
+
+    def list(self) -> list[QueueEntry]:
+        """All queued entries, oldest first (queue ids sort by time)."""
+        entries = []
+        for path in sorted(self.envelopes.glob("*" + _ENVELOPE_SUFFIX)):
+            with contextlib.suppress(FileNotFoundError):  # removed while we were listing
+                entries.append(QueueEntry.from_json(path.read_bytes()))
+        return entries
+
+
+class Spool:
+    """Creates spool files for arriving messages; one per process, shared by all connections."""
+
+    def __init__(self, data_dir: Path, hostname: str, maildirs: MaildirStore) -> None:
+        self.hostname = hostname
+        self.maildirs = maildirs
+        self.queue = QueueStore(data_dir)
+        self.incoming = data_dir / "queue" / "incoming"
+        self._ids = _QueueIds()
+        _make_durable_directories((self.incoming, self.queue.messages, self.queue.envelopes))
+
+    def new_queue_id(self) -> str:
+        """A fresh queue id, see :class:`_QueueIds`."""
+        return self._ids.next()
+
+    def open(self, queue_id: str, sender: str) -> SpoolFile:
+        """Start ``incoming/<queue_id>`` with the ``Return-Path: <sender>`` line.
+
+        Raises StorageFullError/StorageError if the file cannot even be created.
+        """
+        if "\r" in sender or "\n" in sender:
+            raise ValueError(f"line break in sender {sender!r}")
+        path = self.incoming / _check_queue_id(queue_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        file = open(fd, "wb", buffering=_WRITE_BUFFER)
+        header = b"Return-Path: <" + sender.encode("utf-8") + b">\r\n"
+        file.write(header)
+        return SpoolFile(self, queue_id, path, file, len(header))
+
+    def recover(self) -> None:
+        """At start, before accepting mail: remove incoming files (none was ever acknowledged:
+        commit removes its own) and repair the outbound queue (:meth:`QueueStore.recover`)."""
+        for path in self.incoming.iterdir():
+            log.info("spool: removing unacknowledged incoming file %s", path.name)
+            path.unlink()
+        self.queue.recover()
+
+
+class SpoolFile:
+    """One arriving message: :meth:`write` the chunks, then :meth:`commit` or :meth:`abort`.
+
+    :meth:`write` runs on the event loop (it only fills a buffer); :meth:`commit` blocks on
+    fsync and runs in a worker thread. The content is stored byte for byte as written, so the
+    caller writes CRLF line ends.
+    """
+
+    def __init__(self, spool: Spool, queue_id: str, path: Path, file: BinaryIO,
+                 header_size: int) -> None:
+        self.queue_id = queue_id
+        self.size = 0  # octets written after the Return-Path line
+        self._spool = spool
+        self._path = path
+        self._file = file
+        self._header_size = header_size
+        self._error: OSError | None = None
+        self._finished = False
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``. A storage error is kept for :meth:`commit` to report (the client
+        can only be answered after the final dot, as Postfix's cleanup does); the rest of the
+        message is then counted but dropped, and the file removed at once to free the space."""
+        if self._finished:
+            raise StorageError(f"{self.queue_id}: spool file already committed or aborted")
+        self.size += len(data)
+        if self._error is not None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._error = exc
+            self._discard()
+
+    def commit(self, envelope: Envelope) -> None:
+        """Make the message durable for every target; return only when it is.
+
+        Steps, with the fsyncs they cost:
+
+        1. flush and fsync the data: 1 fsync;
+        2. remote targets: link ``messages/<id>``, write the envelope to a staged file and
+           fsync it, fsync ``messages/``: 2 fsyncs (invisible so far);
+        3. link the file into each distinct Maildir's ``new/`` (visible to readers now);
+        4. remote targets: rename the staged envelope to ``envelopes/<id>.json`` (the queue's
+           commit marker, last);
+        5. fsync each distinct ``new/`` and, with remote targets, ``envelopes/``: 1 fsync per
+           Maildir + 1.
+
+        So a local-only message to k Maildirs costs 1 + k fsyncs, a remote-only one 4, both
+        4 + k; the first delivery to a Maildir in a process adds the fsyncs of
+        :meth:`MaildirStore.ensure`. ``incoming/`` is never fsync'd: a lost unlink there is
+        undone by :meth:`Spool.recover`.
+
+        On any failure everything created is removed again, the incoming file too, and the
+        error raised (OSError as StorageFullError/StorageError). A reader fast enough to have
+        moved a copy out of ``new/`` between steps 3 and a failure keeps it (the sender retries
+        and it arrives twice: duplicates, never losses, as with any MTA).
+        """
+        if self._finished:
+            raise StorageError(f"{self.queue_id}: spool file already committed or aborted")
+        self._finished = True
+        created: list[Path] = []
+        try:
+            self._sync_data()
+            self._publish(envelope, created)
+        except BaseException as exc:
+            _unlink_all(reversed(created))
+            if isinstance(exc, OSError):
+                raise _storage_error(exc) from exc
+            raise
+        finally:
+            self._discard()
+
+    def abort(self) -> None:
+        """Drop the message (transaction failed, client gone). Safe to call more than once."""
+        if not self._finished:
+            self._finished = True
+            self._discard()
+
+    def _sync_data(self) -> None:
+        if self._error is not None:
+            raise self._error
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def _publish(self, envelope: Envelope, created: list[Path]) -> None:
+        """Steps 2-5 of :meth:`commit`; every name made is appended to ``created`` (only once
+        made: a name that already existed is not ours to remove)."""
+        maildirs = self._spool.maildirs
+        targets = list(dict.fromkeys(maildirs.maildir_path(t.address) for t in envelope.local))
+        staged = self._stage_remote(envelope, created) if envelope.remote else None
+        name = maildir_filename(self.queue_id, self._spool.hostname, self._header_size + self.size)
+        for maildir in targets:
+            maildirs.ensure(maildir)
+            created.append(maildirs.deliver(self._path, maildir, name))
+        if staged is not None:
+            marker = self._spool.queue.envelope_path(self.queue_id)
+            os.rename(staged, marker)
+            created.append(marker)
+        for maildir in targets:
+            fsync_directory(maildir / "new")
+        if staged is not None:
+            fsync_directory(self._spool.queue.envelopes)
+
+    def _stage_remote(self, envelope: Envelope, created: list[Path]) -> Path:
+        """Step 2: the queue's data file and staged envelope, durable but not yet visible."""
+        queue = self._spool.queue
+        data = queue.message_path(self.queue_id)
+        os.link(self._path, data)
+        created.append(data)
+        entry = QueueEntry.from_envelope(envelope, body_offset=self._header_size, now=time.time())
+        staged = queue.stage(entry)
+        created.append(staged)
+        fsync_directory(queue.messages)  # the data's name is durable before an envelope names it
+        return staged
+
+    def _discard(self) -> None:
+        """Close and remove the incoming file; on the error path, errors are not interesting."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self._path.unlink(missing_ok=True)
