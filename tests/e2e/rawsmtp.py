@@ -6,7 +6,7 @@ import re
 import socket
 import time
 
-FINAL = re.compile(rb"^(\d{3}) .*$", re.M)
+FINAL = re.compile(rb"^\d{3} [^\r\n]*\r\n", re.M)
 
 
 class RawSMTP:
@@ -24,8 +24,8 @@ class RawSMTP:
         deadline = time.monotonic() + self.timeout
         while True:
             m = FINAL.search(self.buf)
-            if m and self.buf[m.end():m.end() + 2] == b"\r\n":
-                end = m.end() + 2
+            if m:
+                end = m.end()
                 text, self.buf = self.buf[:end], self.buf[end:]
                 return text.decode()
             if time.monotonic() > deadline:

@@ -42,14 +42,13 @@ def test_sigkill_right_after_250_loses_nothing(server: TaubeServer) -> None:
 
 
 def test_sigkill_mid_data_leaves_nothing_visible(server: TaubeServer) -> None:
-    c = RawSMTP(server.port)
-    c.cmd("EHLO x")
-    c.cmd("MAIL FROM:<lb@trash.test>")
-    c.cmd("RCPT TO:<alice@example.test>")
-    c.cmd("DATA")
-    c.send(b"Subject: half\r\n\r\n" + b"x" * 70_000)
-    server.kill()
-    c.close()
+    with RawSMTP(server.port) as c:
+        c.cmd("EHLO x")
+        c.cmd("MAIL FROM:<lb@trash.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        c.cmd("DATA")
+        c.send(b"Subject: half\r\n\r\n" + b"x" * 70_000)
+        server.kill()
     server.start()
     maildir = server.maildir("alice@example.test")
     assert not maildir.exists() or list(mailbox.Maildir(maildir, create=False)) == []
@@ -58,17 +57,16 @@ def test_sigkill_mid_data_leaves_nothing_visible(server: TaubeServer) -> None:
 
 
 def test_graceful_shutdown_finishes_transaction_then_421(server: TaubeServer) -> None:
-    busy = RawSMTP(server.port)
-    idle = RawSMTP(server.port)
-    busy.cmd("EHLO x")
-    assert busy.cmd("MAIL FROM:<lb@trash.test>").startswith("250")
-    idle.cmd("EHLO y")
-    server.signal(signal.SIGTERM)
-    assert idle.reply().startswith("421 4.3.2")  # idle clients are told at once
-    assert busy.cmd("RCPT TO:<alice@example.test>").startswith("250")
-    assert busy.cmd("DATA").startswith("354")
-    assert busy.cmd("Subject: in flight\r\n\r\nx\r\n.").startswith("250 2.0.0")
-    assert busy.reply().startswith("421 4.3.2")  # after its transaction, the busy one too
+    with RawSMTP(server.port) as busy, RawSMTP(server.port) as idle:
+        busy.cmd("EHLO x")
+        assert busy.cmd("MAIL FROM:<lb@trash.test>").startswith("250")
+        idle.cmd("EHLO y")
+        server.send_signal(signal.SIGTERM)
+        assert idle.reply().startswith("421 4.3.2")  # idle clients are told at once
+        assert busy.cmd("RCPT TO:<alice@example.test>").startswith("250")
+        assert busy.cmd("DATA").startswith("354")
+        assert busy.cmd("Subject: in flight\r\n\r\nx\r\n.").startswith("250 2.0.0")
+        assert busy.reply().startswith("421 4.3.2")  # after its transaction, the busy one too
     assert server.stop() == 0
     [msg] = list(mailbox.Maildir(server.maildir("alice@example.test"), create=False))
     assert msg["Subject"] == "in flight"
@@ -81,7 +79,7 @@ def test_shutdown_grace_expires_with_421(make_server) -> None:
     with RawSMTP(server.port) as c:
         c.cmd("EHLO x")
         c.cmd("MAIL FROM:<lb@trash.test>")
-        server.signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         assert c.reply().startswith("421 4.3.2")
     assert server.stop() == 0
 
@@ -96,7 +94,7 @@ def test_sighup_reloads_domains_and_users(server: TaubeServer) -> None:
         server.config.write_text(text.replace('domains = ["example.test"]',
                                               'domains = ["example.test", "new.test"]'))
         server.add_user("carol@new.test")
-        server.signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         wait_for(lambda: "configuration reloaded" in server.log, what="reload")
         # the open connection survives the reload
         assert c.cmd("NOOP").startswith("250")
@@ -109,7 +107,7 @@ def test_sighup_reloads_domains_and_users(server: TaubeServer) -> None:
 
 def test_bad_reload_keeps_running_config(server: TaubeServer) -> None:
     server.config.write_text(server.config.read_text() + "\nbogus_key = 1\n")
-    server.signal(signal.SIGHUP)
+    server.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload failed" in server.log, what="reload failure in the log")
     assert "bogus_key" in server.log
     send(server.port, ["alice@example.test"])

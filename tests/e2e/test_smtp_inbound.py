@@ -5,6 +5,7 @@ from __future__ import annotations
 import mailbox
 import smtplib
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_reply_says_queued_as_id(server: TaubeServer) -> None:
         c.ehlo("x")
         c.mail("lb@trash.test")
         c.rcpt("alice@example.test")
-        code, text = c.data(message().as_bytes())
+        code, text = c.data(message().as_bytes(policy=SMTP_POLICY))
     assert code == 250
     assert text.decode().startswith("2.0.0 Ok: queued as ")
     queue_id = text.decode().rsplit(" ", 1)[1]
@@ -156,7 +157,7 @@ def test_size_limits(make_server) -> None:
         c.rset()
         c.mail("lb@trash.test")
         c.rcpt("alice@example.test")
-        code, text = c.data(b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 100)
+        code, text = c.data(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 100)
         assert (code, text[:5]) == (552, b"5.3.4")
     assert inbox(server, "alice@example.test") == []
 

@@ -246,7 +246,10 @@ class SMTPSession:
         spool = self.services.spool
         tx.queue_id = spool.new_queue_id()
         tx.started = time.time()
-        tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address)
+        try:
+            tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address)
+        except StorageFullError:
+            raise SMTPError(R.STORAGE_FULL, reason="storage full at DATA") from None
         tx.spool_file.write(self._received(tx))
         self.conn.accept()
 
