@@ -1,0 +1,5 @@
+"""``python -m taube``: the ``taube`` command."""
+
+from .cli import main
+
+main(prog_name="taube")
