@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from taube.queue.envelope import Envelope, Target
-from taube.queue.spool import QueueStore, Spool, StorageError, StorageFullError
+from taube.queue.spool import SPILL_THRESHOLD, QueueStore, Spool, StorageError, StorageFullError
 from taube.store.maildir import MaildirStore
 
 HOST = "mx.example.test"
@@ -292,19 +292,19 @@ def test_unusable_local_address_fails_cleanly(spool: Spool, tmp_path: Path) -> N
 def test_write_error_is_reported_by_commit_as_storage_full(
     spool: Spool, tmp_path: Path, code: int
 ) -> None:
-    class FullDisk:
-        def write(self, data: bytes) -> int:
-            raise OSError(code, os.strerror(code))
-
-        def close(self) -> None:
-            pass
-
     spooled = spool.open(spool.new_queue_id(), "a@b.test")
-    spooled._file.close()
-    spooled._file = FullDisk()  # type: ignore[assignment]
-    spooled.write(b"x" * 10)  # the error is kept, not raised in the middle of DATA
+    spooled.write(b"x" * SPILL_THRESHOLD)
+    assert spooled.needs_spill
+
+    def full(*args: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "open", full)
+        spooled.spill()  # the error is kept, not raised in the middle of DATA
     spooled.write(b"y" * 5)
-    assert spooled.size == 15
+    assert not spooled.needs_spill
+    assert spooled.size == SPILL_THRESHOLD + 5
     assert list(spool.incoming.iterdir()) == []  # space given back at once
     with pytest.raises(StorageFullError):
         spooled.commit(envelope(spooled.queue_id, (local("alice@example.test"),)))
@@ -355,8 +355,10 @@ CHILD = textwrap.dedent("""
     spool = Spool(data, "mx.example.test", MaildirStore(data / "mail"))
     queue_id = spool.new_queue_id()
     spooled = spool.open(queue_id, "from@sender.test")
-    for _ in range(100):
-        spooled.write(b"x" * 998 + b"\\r\\n")  # 100 KB: most of it already in the file
+    for _ in range(200):
+        spooled.write(b"x" * 998 + b"\\r\\n")  # 200 KB: most of it already in the file
+        if spooled.needs_spill:
+            spooled.spill()
     if mode == "mid-data":
         os.kill(os.getpid(), 9)
     if mode == "mid-commit":
@@ -383,11 +385,11 @@ def test_sigkill_right_after_commit_loses_nothing(tmp_path: Path) -> None:
     spool = make_spool(tmp_path)
     spool.recover()
     [message] = messages(spool, "alice@example.test")
-    assert message.startswith(b"Return-Path: <from@sender.test>\r\nxxx") and len(message) == 100_033
+    assert message.startswith(b"Return-Path: <from@sender.test>\r\nxxx") and len(message) == 200_033
     queue = QueueStore(tmp_path)
     assert [r.address for r in queue.load(queue_id).recipients] == ["far@remote.test"]
     with queue.open_message(queue_id) as data:
-        assert data.read() == (b"x" * 998 + b"\r\n") * 100
+        assert data.read() == (b"x" * 998 + b"\r\n") * 200
 
 
 def test_sigkill_mid_data_leaves_nothing_after_recover(tmp_path: Path) -> None:
@@ -406,13 +408,14 @@ def test_sigkill_mid_commit_leaves_no_queue_entry(tmp_path: Path) -> None:
     for sub in ("incoming", "messages", "envelopes"):
         assert list((tmp_path / "queue" / sub).iterdir()) == []
     for message in messages(make_spool(tmp_path), "alice@example.test"):
-        assert len(message) == 100_033  # never a half message
+        assert len(message) == 200_033  # never a half message
 
 
 def test_recover_removes_incoming_leftovers(spool: Spool, tmp_path: Path) -> None:
     spooled = spool.open(spool.new_queue_id(), "a@b.test")
-    spooled.write(BODY)
-    spooled._file.flush()
+    spooled.write(b"x" * SPILL_THRESHOLD)
+    spooled.spill()
+    assert list(spool.incoming.iterdir())
     spool.recover()
     assert nothing_visible(tmp_path)
     spooled.abort()

@@ -175,7 +175,7 @@ class SMTPSession:
         try:
             match event:
                 case DataChunk():
-                    self._data_chunk(event)
+                    await self._data_chunk(event)
                 case Hello():
                     self.conn.accept()
                 case MailFrom():
@@ -246,10 +246,7 @@ class SMTPSession:
         spool = self.services.spool
         tx.queue_id = spool.new_queue_id()
         tx.started = time.time()
-        try:
-            tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address)
-        except StorageFullError:
-            raise SMTPError(R.STORAGE_FULL, reason="storage full at DATA") from None
+        tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address)
         tx.spool_file.write(self._received(tx))
         self.conn.accept()
 
@@ -265,9 +262,12 @@ class SMTPSession:
             recipient=tx.recipients[0] if len(tx.recipients) == 1 else None,
         )
 
-    def _data_chunk(self, event: DataChunk) -> None:
-        if self.tx.spool_file is not None:
-            self.tx.spool_file.write(event.data)
+    async def _data_chunk(self, event: DataChunk) -> None:
+        spool_file = self.tx.spool_file
+        if spool_file is not None:
+            spool_file.write(event.data)
+            if spool_file.needs_spill:  # file I/O waits on the journal: never on the loop
+                await asyncio.get_running_loop().run_in_executor(None, spool_file.spill)
 
     async def _end_of_data(self, event: EndOfData) -> None:
         tx = self.tx

@@ -54,9 +54,10 @@ log = logging.getLogger("taube.spool")
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FILE_MODE = 0o600
-# Large enough that a typical message reaches the kernel in one or two write(2) calls, small
-# enough that thousands of concurrent transactions do not add up to much memory.
-_WRITE_BUFFER = 128 * 1024
+# Content kept in memory before it goes to the incoming file: large enough that a typical message
+# reaches the kernel in one write(2) at commit, small enough that thousands of concurrent
+# transactions do not add up to much memory.
+SPILL_THRESHOLD = 128 * 1024
 # Digits, then upper, then lower case: ASCII order, so fixed-width numbers sort like strings.
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
@@ -293,21 +294,19 @@ class Spool:
         return self._ids.next()
 
     def open(self, queue_id: str, sender: str) -> SpoolFile:
-        """Start ``incoming/<queue_id>`` with the ``Return-Path: <sender>`` line.
+        """Start the message ``queue_id`` with the ``Return-Path: <sender>`` line.
 
-        Raises StorageFullError/StorageError if the file cannot even be created.
+        Nothing touches the disk yet: the content is buffered in memory up to
+        :data:`SPILL_THRESHOLD` octets and ``incoming/<queue_id>`` is created by
+        :meth:`SpoolFile.spill` or :meth:`SpoolFile.commit`, both run in a worker thread. Creating
+        a file waits on the filesystem journal, which is busy with other messages' fsyncs; on the
+        event loop that wait would stall every connection.
         """
         if "\r" in sender or "\n" in sender:
             raise ValueError(f"line break in sender {sender!r}")
         path = self.incoming / _check_queue_id(queue_id)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        except OSError as exc:
-            raise _storage_error(exc) from exc
-        file = open(fd, "wb", buffering=_WRITE_BUFFER)
         header = b"Return-Path: <" + sender.encode("utf-8") + b">\r\n"
-        file.write(header)
-        return SpoolFile(self, queue_id, path, file, len(header))
+        return SpoolFile(self, queue_id, path, header)
 
     def recover(self) -> None:
         """At start, before accepting mail: remove incoming files (none was ever acknowledged:
@@ -321,36 +320,59 @@ class Spool:
 class SpoolFile:
     """One arriving message: :meth:`write` the chunks, then :meth:`commit` or :meth:`abort`.
 
-    :meth:`write` runs on the event loop (it only fills a buffer); :meth:`commit` blocks on
-    fsync and runs in a worker thread. The content is stored byte for byte as written, so the
-    caller writes CRLF line ends.
+    :meth:`write` runs on the event loop and only appends to a memory buffer; once
+    :attr:`needs_spill` is true the caller runs :meth:`spill` in a worker thread, which moves the
+    buffer to ``incoming/<id>``. So a connection never holds more than about
+    :data:`SPILL_THRESHOLD` octets plus one read, whatever the message size. :meth:`commit`
+    blocks on fsync and runs in a worker thread too. The content is stored byte for byte as
+    written, so the caller writes CRLF line ends.
     """
 
-    def __init__(self, spool: Spool, queue_id: str, path: Path, file: BinaryIO,
-                 header_size: int) -> None:
+    def __init__(self, spool: Spool, queue_id: str, path: Path, header: bytes) -> None:
         self.queue_id = queue_id
         self.size = 0  # octets written after the Return-Path line
         self._spool = spool
         self._path = path
-        self._file = file
-        self._header_size = header_size
+        self._buffer = bytearray(header)
+        self._file: BinaryIO | None = None
+        self._header_size = len(header)
         self._error: OSError | None = None
         self._finished = False
 
+    @property
+    def needs_spill(self) -> bool:
+        return len(self._buffer) >= SPILL_THRESHOLD and self._error is None
+
     def write(self, data: bytes) -> None:
-        """Append ``data``. A storage error is kept for :meth:`commit` to report (the client
-        can only be answered after the final dot, as Postfix's cleanup does); the rest of the
-        message is then counted but dropped, and the file removed at once to free the space."""
+        """Append ``data`` to the memory buffer (no I/O)."""
         if self._finished:
             raise StorageError(f"{self.queue_id}: spool file already committed or aborted")
         self.size += len(data)
+        if self._error is None:
+            self._buffer += data
+
+    def spill(self) -> None:
+        """Move the buffer to the incoming file (blocking: run it in a worker thread).
+
+        A storage error is kept for :meth:`commit` to report (the client can only be answered
+        after the final dot, as Postfix's cleanup does); the rest of the message is then counted
+        but dropped, and the file removed at once to free the space."""
+        if not self._finished:
+            self._spill()
+
+    def _spill(self) -> None:
         if self._error is not None:
             return
         try:
-            self._file.write(data)
+            if self._file is None:
+                fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+                self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by commit/_discard
+            self._file.write(self._buffer)
         except OSError as exc:
             self._error = exc
             self._discard()
+        finally:
+            self._buffer.clear()
 
     def commit(self, envelope: Envelope) -> None:
         """Make the message durable for every target; return only when it is.
@@ -398,9 +420,10 @@ class SpoolFile:
             self._discard()
 
     def _sync_data(self) -> None:
+        self._spill()
         if self._error is not None:
             raise self._error
-        self._file.flush()
+        assert self._file is not None
         os.fsync(self._file.fileno())
         self._file.close()
 
@@ -437,6 +460,9 @@ class SpoolFile:
 
     def _discard(self) -> None:
         """Close and remove the incoming file; on the error path, errors are not interesting."""
+        self._buffer.clear()
+        if self._file is None:
+            return
         with contextlib.suppress(OSError):
             self._file.close()
         with contextlib.suppress(OSError):
