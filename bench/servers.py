@@ -36,6 +36,7 @@ class ServerUnavailable(Exception):
 class Server(Protocol):
     name: str
     port: int
+    log: Path
     delivers_later: bool  # acknowledges before the message reaches the Maildir
 
     def start(self) -> None: ...
@@ -250,6 +251,7 @@ class PostfixServer:
         self.port = free_port()
         self.instance = PostfixInstance(workdir, HOST, self.port, DOMAIN, USER,
                                         delivery_user=pwd.getpwnam("nobody"))
+        self.log = self.instance.log
 
     def start(self) -> None:
         try:

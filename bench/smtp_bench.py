@@ -33,6 +33,7 @@ from servers import HOST, REPO_DIR, SERVERS, Server, ServerUnavailable
 
 LOADGENS = ("loadgen", "smtp-source")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+LOGS = RESULTS.parent / "logs"
 MEASUREMENT_TIMEOUT = 600.0
 DELIVERY_TIMEOUT = 120.0
 
@@ -50,6 +51,7 @@ class Measurement:
     delivered_seconds: float | None = None
     server_cpu_seconds: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    server_log: str | None = None
 
     @property
     def rate(self) -> float | None:
@@ -78,6 +80,11 @@ class Measurement:
     def mismatch(self) -> bool:
         """The Maildir does not hold exactly the acknowledged messages."""
         return None not in (self.stored, self.accepted) and self.stored != self.accepted
+
+    @property
+    def clean(self) -> bool:
+        """Every message accepted, no error, Maildir matching: the run counts in the medians."""
+        return self.accepted == self.messages and not self.errors and not self.mismatch
 
 
 @dataclass
@@ -178,18 +185,32 @@ def measure_fresh(implementation: str, loadgen: str, concurrency: int, run: int,
         server = SERVERS[implementation](workdir)
         server.start()
         try:
-            return measure(server, loadgen, concurrency, run, messages, size)
+            m = measure(server, loadgen, concurrency, run, messages, size)
         finally:
             server.stop()
+        if m.errors or m.mismatch:
+            stem = f"{implementation}-{loadgen}-c{concurrency}-run{run}"
+            m.server_log = keep_log(server.log, stem)
+        return m
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         os.sync()  # the next measurement must not pay for this one's writeback
 
 
+def keep_log(log: Path, stem: str) -> str | None:
+    """Copies a failed run's server log next to the results, before its directory goes."""
+    if not log.exists():
+        return None
+    kept = LOGS / f"{stem}.log"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log, kept)
+    return str(kept)
+
+
 def describe(m: Measurement) -> str:
     rate = f"{m.rate:8.1f} msgs/s" if m.rate else "    failed    "
     text = (f"[run {m.run}] {m.implementation:<9} {m.loadgen:<11} c={m.concurrency:<3} {rate}"
-            f"  accepted {m.accepted}/{m.messages}")
+            f"  accepted {'-' if m.accepted is None else m.accepted}/{m.messages}")
     if m.stored is not None:
         text += f", stored {m.stored}"
     if m.delivered_rate:
@@ -201,6 +222,8 @@ def describe(m: Measurement) -> str:
         text += f", errors {m.errors}"
     if m.mismatch:
         text += "  <-- MAILDIR DOES NOT MATCH THE 250s"
+    if m.server_log:
+        text += f"\n    server log: {m.server_log}"
     return text
 
 
@@ -248,9 +271,10 @@ def summarize(measurements: list[Measurement]) -> list[Row]:
         groups.setdefault((m.implementation, m.loadgen, m.concurrency), []).append(m)
     rows = []
     for (implementation, _, _), group in groups.items():
-        accepted = [m.rate for m in group if m.rate and not m.mismatch]
+        valid = [m for m in group if m.clean]
+        accepted = [m.rate for m in valid if m.rate]
         if implementation == "postfix":
-            delivered = [m.delivered_rate for m in group if m.delivered_rate and not m.mismatch]
+            delivered = [m.delivered_rate for m in valid if m.delivered_rate]
             rows.append(median_row("postfix (accepted)", group, accepted))
             rows.append(median_row("postfix (delivered)", group, delivered))
         else:
@@ -294,7 +318,7 @@ def print_table(rows: list[Row], title: str) -> None:
     for row in rows:
         table.add_row(*table_cells(row))
     console = Console()
-    console.width = max(console.width, 120)
+    console.width = max(console.width, 140)
     console.print(table)
 
 
@@ -377,6 +401,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    shutil.rmtree(LOGS, ignore_errors=True)  # logs of failed runs: only this run's
     header = conditions(args)
     print(f"{header['date']}: {args.messages} x {args.size} B messages, {args.runs} run(s), "
           f"concurrency {args.concurrency}, {header['cpus']} CPUs, "
