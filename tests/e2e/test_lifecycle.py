@@ -52,8 +52,7 @@ def test_sigkill_mid_data_leaves_nothing_visible(server: TaubeServer) -> None:
     server.start()
     maildir = server.maildir("alice@example.test")
     assert not maildir.exists() or list(mailbox.Maildir(maildir, create=False)) == []
-    incoming = server.data_dir / "queue" / "incoming"
-    assert not incoming.exists() or list(incoming.iterdir()) == []
+    assert list((server.data_dir / "queue" / "messages").iterdir()) == []
 
 
 def test_graceful_shutdown_finishes_transaction_then_421(server: TaubeServer) -> None:
@@ -153,7 +152,7 @@ def test_disk_full_is_452_never_250(make_server, tiny_fs: Path) -> None:
         assert c.cmd("NOOP").startswith("250")  # the session goes on
     maildir = server.maildir("alice@example.test")
     assert not maildir.exists() or list(mailbox.Maildir(maildir, create=False)) == []
-    assert list((tiny_fs / "queue" / "incoming").iterdir()) == []
+    assert list((tiny_fs / "mail").glob("*/*/tmp/*")) == []  # the space is given back
 
 
 def test_one_log_line_per_message(server: TaubeServer) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from taube.queue.envelope import Envelope, Target
 from taube.queue.spool import SPILL_THRESHOLD, QueueStore, Spool, StorageError, StorageFullError
-from taube.store.maildir import MaildirStore
+from taube.store.maildir import STALE_TMP_SECONDS, MaildirStore, remove_stale_tmp
 
 HOST = "mx.example.test"
 BODY = b"Received: from client\r\nSubject: test\r\n\r\nline one\r\n..dot stays as written\r\n"
@@ -41,11 +42,14 @@ def remote(address: str) -> Target:
     return Target(kind="remote", address=address, original=address)
 
 
+ALICE = (Target(kind="local", address="alice@example.test", original="alice@example.test"),)
+
+
 def receive(spool: Spool, *targets: Target, body: bytes = BODY, sender: str = "from@sender.test",
             chunk: int = 7) -> str:
     """What the SMTP layer does: open, write small chunks, commit. Returns the queue id."""
     queue_id = spool.new_queue_id()
-    spooled = spool.open(queue_id, sender)
+    spooled = spool.open(queue_id, sender, targets)
     for i in range(0, len(body), chunk):
         spooled.write(body[i:i + chunk])
     spooled.commit(envelope(queue_id, targets, sender=sender, size=spooled.size))
@@ -72,10 +76,10 @@ def messages(spool: Spool, address: str) -> list[bytes]:
 
 
 def nothing_visible(data_dir: Path) -> bool:
-    """No message file in any Maildir (new/, cur/ or tmp/), queue or incoming."""
+    """No message file in any Maildir (new/, cur/ or tmp/) or in the queue."""
     queue = data_dir / "queue"
     leftovers = [p for p in (data_dir / "mail").glob("*/*/*/*")]
-    for sub in ("incoming", "messages", "envelopes"):
+    for sub in ("messages", "envelopes"):
         leftovers += list((queue / sub).iterdir())
     return leftovers == []
 
@@ -125,8 +129,8 @@ def test_one_local_recipient(spool: Spool) -> None:
     assert box[key]["Subject"] == "test"
     name = next((spool.maildirs.maildir_path("alice@example.test") / "new").iterdir()).name
     assert f"Q{queue_id}." in name and name.endswith(f",S={len(stored())}")
-    assert QueueStore(spool.incoming.parent.parent).list() == []
-    assert list(spool.incoming.iterdir()) == []
+    assert QueueStore(spool.maildirs.root.parent).list() == []
+    assert list(spool.maildirs.root.glob("*/*/tmp/*")) == []
 
 
 def test_null_sender_gets_empty_return_path(spool: Spool) -> None:
@@ -160,7 +164,7 @@ def test_remote_only_goes_to_the_queue(spool: Spool, tmp_path: Path) -> None:
     assert entry.size == len(BODY) and entry.params == {"BODY": "8BITMIME"}
     with queue.open_message(queue_id) as message:
         assert message.read() == BODY
-    assert list(spool.incoming.iterdir()) == []
+    assert list(spool.maildirs.root.glob("*/*/tmp/*")) == []
 
 
 def test_mixed_local_and_remote(spool: Spool, tmp_path: Path) -> None:
@@ -184,7 +188,7 @@ def test_many_messages_to_one_maildir(spool: Spool) -> None:
 
 
 def test_size_counts_octets_after_return_path(spool: Spool) -> None:
-    spooled = spool.open(spool.new_queue_id(), "from@sender.test")
+    spooled = spool.open(spool.new_queue_id(), "from@sender.test", ALICE)
     spooled.write(b"abc\r\n")
     spooled.write(b"de")
     assert spooled.size == 7
@@ -194,7 +198,7 @@ def test_size_counts_octets_after_return_path(spool: Spool) -> None:
 # -- abort and failures ---------------------------------------------------------------------------
 
 def test_abort_leaves_nothing_and_is_idempotent(spool: Spool, tmp_path: Path) -> None:
-    spooled = spool.open(spool.new_queue_id(), "from@sender.test")
+    spooled = spool.open(spool.new_queue_id(), "from@sender.test", ALICE)
     spooled.write(BODY)
     spooled.abort()
     spooled.abort()
@@ -206,7 +210,7 @@ def test_abort_leaves_nothing_and_is_idempotent(spool: Spool, tmp_path: Path) ->
 
 
 def test_commit_twice_is_refused(spool: Spool) -> None:
-    spooled = spool.open(spool.new_queue_id(), "")
+    spooled = spool.open(spool.new_queue_id(), "", ALICE)
     spooled.commit(envelope(spooled.queue_id, (local("alice@example.test"),)))
     with pytest.raises(StorageError):
         spooled.commit(envelope(spooled.queue_id, (local("alice@example.test"),)))
@@ -216,9 +220,9 @@ def test_commit_twice_is_refused(spool: Spool) -> None:
 
 def test_open_refuses_bad_ids_and_senders(spool: Spool) -> None:
     with pytest.raises(ValueError):
-        spool.open("../escape", "a@b.test")
+        spool.open("../escape", "a@b.test", ALICE)
     with pytest.raises(ValueError):
-        spool.open(spool.new_queue_id(), "a@b.test>\r\nX-Injected: yes")
+        spool.open(spool.new_queue_id(), "a@b.test>\r\nX-Injected: yes", ALICE)
 
 
 MIXED = (local("alice@example.test"), local("bob@other.test"), remote("far@remote.test"))
@@ -247,20 +251,21 @@ def test_any_failing_fsync_leaves_nothing_visible(
     assert QueueStore(tmp_path).list() == []
     assert list((tmp_path / "queue" / "messages").iterdir()) == []
     assert list((tmp_path / "queue" / "envelopes").iterdir()) == []
-    assert list(spool.incoming.iterdir()) == []
+    assert list((tmp_path / "mail").glob("*/*/tmp/*")) == []
 
 
 @pytest.mark.parametrize("step", ["link", "rename"])
 def test_failure_after_a_copy_is_visible_takes_it_back(
     spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    """The second Maildir link, or the envelope rename, fails after alice's copy appeared."""
+    """Bob's link, or the queue envelope's rename, fails; with "rename", alice's copy was
+    already visible and is taken back."""
     real = getattr(os, step)
     calls = []
 
     def second_fails(src: object, dst: object) -> None:
         calls.append(dst)
-        if step == "rename" or len(calls) == 3:  # links: queue data, alice, then bob fails
+        if "bob" in str(dst) or str(dst).endswith(".json"):  # bob's link, or the queue's marker
             raise OSError(errno.ENOSPC, "No space left on device")
         real(src, dst)
 
@@ -278,7 +283,7 @@ def test_unexpected_exception_is_not_disguised(
 
     monkeypatch.setattr(spool.maildirs, "deliver", broken)
     with pytest.raises(RuntimeError):
-        receive(spool, remote("far@remote.test"), local("alice@example.test"))
+        receive(spool, local("alice@example.test"), remote("far@remote.test"), local("bob@other.test"))
     assert nothing_visible(tmp_path)
 
 
@@ -292,7 +297,7 @@ def test_unusable_local_address_fails_cleanly(spool: Spool, tmp_path: Path) -> N
 def test_write_error_is_reported_by_commit_as_storage_full(
     spool: Spool, tmp_path: Path, code: int
 ) -> None:
-    spooled = spool.open(spool.new_queue_id(), "a@b.test")
+    spooled = spool.open(spool.new_queue_id(), "a@b.test", ALICE)
     spooled.write(b"x" * SPILL_THRESHOLD)
     assert spooled.needs_spill
 
@@ -305,7 +310,7 @@ def test_write_error_is_reported_by_commit_as_storage_full(
     spooled.write(b"y" * 5)
     assert not spooled.needs_spill
     assert spooled.size == SPILL_THRESHOLD + 5
-    assert list(spool.incoming.iterdir()) == []  # space given back at once
+    assert list(spool.maildirs.root.glob("*/*/tmp/*")) == []  # space given back at once
     with pytest.raises(StorageFullError):
         spooled.commit(envelope(spooled.queue_id, (local("alice@example.test"),)))
     assert nothing_visible(tmp_path)
@@ -336,7 +341,7 @@ def test_disk_full_raises_storage_full_and_leaves_nothing(small_disk: Path) -> N
                 body=b"Subject: big\r\n\r\n" + b"x" * 400_000, chunk=4096)
     assert messages(spool, "alice@example.test") == before
     assert len(QueueStore(small_disk).list()) == 1
-    assert list(spool.incoming.iterdir()) == []
+    assert list(spool.maildirs.root.glob("*/*/tmp/*")) == []
     # the space came back: the next message fits
     receive(spool, local("alice@example.test"), remote("far@remote.test"))
     assert len(messages(spool, "alice@example.test")) == 2
@@ -354,7 +359,9 @@ CHILD = textwrap.dedent("""
     data, mode = Path(sys.argv[1]), sys.argv[2]
     spool = Spool(data, "mx.example.test", MaildirStore(data / "mail"))
     queue_id = spool.new_queue_id()
-    spooled = spool.open(queue_id, "from@sender.test")
+    targets = (Target(kind="local", address="alice@example.test", original="alice@example.test"),
+               Target(kind="remote", address="far@remote.test", original="far@remote.test"))
+    spooled = spool.open(queue_id, "from@sender.test", targets)
     for _ in range(200):
         spooled.write(b"x" * 998 + b"\\r\\n")  # 200 KB: most of it already in the file
         if spooled.needs_spill:
@@ -363,8 +370,6 @@ CHILD = textwrap.dedent("""
         os.kill(os.getpid(), 9)
     if mode == "mid-commit":
         os.rename = lambda src, dst: os.kill(os.getpid(), 9)  # before the queue's marker
-    targets = (Target(kind="local", address="alice@example.test", original="alice@example.test"),
-               Target(kind="remote", address="far@remote.test", original="far@remote.test"))
     spooled.commit(Envelope(queue_id=queue_id, sender="from@sender.test", targets=targets,
                             client_address="192.0.2.1", helo="c", received_at=0.0,
                             size=spooled.size))
@@ -392,10 +397,14 @@ def test_sigkill_right_after_commit_loses_nothing(tmp_path: Path) -> None:
         assert data.read() == (b"x" * 998 + b"\r\n") * 200
 
 
-def test_sigkill_mid_data_leaves_nothing_after_recover(tmp_path: Path) -> None:
+def test_sigkill_mid_data_leaves_nothing_visible(tmp_path: Path) -> None:
     run_child(tmp_path, "mid-data")
-    assert len(list((tmp_path / "queue" / "incoming").iterdir())) == 1  # the half message
     make_spool(tmp_path).recover()
+    assert messages(make_spool(tmp_path), "alice@example.test") == []
+    [half] = (tmp_path / "mail").glob("*/*/tmp/*")  # invisible to readers, and cleaned later
+    maildir = half.parent.parent
+    assert remove_stale_tmp(maildir) == 0  # might be a delivery in progress
+    assert remove_stale_tmp(maildir, now=time.time() + STALE_TMP_SECONDS + 1) == 1
     assert nothing_visible(tmp_path)
 
 
@@ -405,18 +414,28 @@ def test_sigkill_mid_commit_leaves_no_queue_entry(tmp_path: Path) -> None:
     run_child(tmp_path, "mid-commit")
     make_spool(tmp_path).recover()
     assert QueueStore(tmp_path).list() == []
-    for sub in ("incoming", "messages", "envelopes"):
+    for sub in ("messages", "envelopes"):
         assert list((tmp_path / "queue" / sub).iterdir()) == []
     for message in messages(make_spool(tmp_path), "alice@example.test"):
         assert len(message) == 200_033  # never a half message
 
 
-def test_recover_removes_incoming_leftovers(spool: Spool, tmp_path: Path) -> None:
-    spooled = spool.open(spool.new_queue_id(), "a@b.test")
+def test_spilled_file_waits_in_tmp_until_commit(spool: Spool, tmp_path: Path) -> None:
+    spooled = spool.open(spool.new_queue_id(), "a@b.test", ALICE)
     spooled.write(b"x" * SPILL_THRESHOLD)
     spooled.spill()
-    assert list(spool.incoming.iterdir())
-    spool.recover()
+    assert len(list((tmp_path / "mail").glob("*/alice/tmp/*"))) == 1
+    assert messages(spool, "alice@example.test") == []
+    spooled.abort()
+    assert nothing_visible(tmp_path)
+
+
+def test_remote_only_is_written_in_place_and_orphan_dropped_by_recover(spool: Spool, tmp_path: Path) -> None:
+    spooled = spool.open(spool.new_queue_id(), "a@b.test", (remote("far@remote.test"),))
+    spooled.write(b"x" * SPILL_THRESHOLD)
+    spooled.spill()
+    assert len(list((tmp_path / "queue" / "messages").iterdir())) == 1
+    spool.recover()  # as after a crash: data without envelope was never acknowledged
     assert nothing_visible(tmp_path)
     spooled.abort()
 
@@ -424,7 +443,7 @@ def test_recover_removes_incoming_leftovers(spool: Spool, tmp_path: Path) -> Non
 # -- fsync discipline -----------------------------------------------------------------------------
 
 def test_fsyncs_local_one_maildir_is_two(spool: Spool, fsyncs: list[int]) -> None:
-    """Steady state: the data file + alice's new/. (Nothing else: incoming/ is never synced.)"""
+    """Steady state: the data file + alice's new/. (Nothing else: tmp/ is never synced.)"""
     receive(spool, local("alice@example.test"))  # first delivery: Maildir created and synced
     fsyncs.clear()
     receive(spool, local("alice@example.test"))

@@ -246,7 +246,7 @@ class SMTPSession:
         spool = self.services.spool
         tx.queue_id = spool.new_queue_id()
         tx.started = time.time()
-        tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address)
+        tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address, _unique(tx.targets))
         tx.spool_file.write(self._received(tx))
         self.conn.accept()
 

@@ -5,20 +5,22 @@
 recipient's Maildir and, for remote recipients, in the outbound queue. Until commit returns
 nothing is visible anywhere, whatever happens (crash, disk full, I/O error).
 
-Layout under ``<data_dir>/queue``::
+Where the file is while it arrives, and where it ends::
 
-    incoming/<id>           the message while it arrives; never acknowledged, removed at start
-    messages/<id>           outbound queue data: a hard link of the incoming file
-    envelopes/<id>.json     outbound queue envelope, the queue's commit marker (written last)
+    <maildir>/tmp/<id>.spool  with a local recipient: the first one's Maildir (Maildir protocol);
+                              renamed into its ``new/`` at commit, hard-linked into the others'
+    queue/messages/<id>       remote-only mail is written here directly (invisible until its
+                              envelope exists); with local recipients too, a hard link
+    queue/envelopes/<id>.json outbound queue envelope, the queue's commit marker (written last)
 
 Every stored copy starts with ``Return-Path: <sender>`` and then holds the message exactly as
 received (trace headers included), CRLF line ends and all: one byte-exact file that a POP3
 server can serve with the size it announces. Local copies keep the Return-Path line (RFC 5321
 4.4: the final delivery adds it); the queue records ``body_offset`` to skip it when relaying.
 
-The body is written once. Local copies and the queue's data file are hard links of the incoming
-file, so per message the cost is one data fsync plus one fsync per directory that gained a name
-(see :meth:`SpoolFile.commit`).
+The body is written once. Local copies and the queue's data file are hard links of that one file,
+so per message the cost is one data fsync plus one fsync per directory that gained a name (see
+:meth:`SpoolFile.commit`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..store.maildir import MaildirStore, create_directories, fsync_directory, maildir_filename
-from .envelope import Envelope
+from .envelope import Envelope, Target
 
 __all__ = [
     "QueueEntry",
@@ -54,7 +56,7 @@ log = logging.getLogger("taube.spool")
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FILE_MODE = 0o600
-# Content kept in memory before it goes to the incoming file: large enough that a typical message
+# Content kept in memory before it goes to the spool file: large enough that a typical message
 # reaches the kernel in one write(2) at commit, small enough that thousands of concurrent
 # transactions do not add up to much memory.
 SPILL_THRESHOLD = 128 * 1024
@@ -285,35 +287,43 @@ class Spool:
         self.hostname = hostname
         self.maildirs = maildirs
         self.queue = QueueStore(data_dir)
-        self.incoming = data_dir / "queue" / "incoming"
         self._ids = _QueueIds()
-        _make_durable_directories((self.incoming, self.queue.messages, self.queue.envelopes))
+        _make_durable_directories((self.queue.messages, self.queue.envelopes))
 
     def new_queue_id(self) -> str:
         """A fresh queue id, see :class:`_QueueIds`."""
         return self._ids.next()
 
-    def open(self, queue_id: str, sender: str) -> SpoolFile:
-        """Start the message ``queue_id`` with the ``Return-Path: <sender>`` line.
+    def open(self, queue_id: str, sender: str, targets: Iterable[Target]) -> SpoolFile:
+        """Start the message ``queue_id`` for ``targets`` with the ``Return-Path: <sender>`` line.
+
+        The file is born where it will live, so that committing it is a rename, never a copy or a
+        create-and-unlink churn in one shared directory (which costs the kernel dearly: every
+        create and unlink takes the directory's lock, and ext4 scans for recently deleted
+        inodes): in the first local recipient's Maildir ``tmp/`` (as the Maildir protocol
+        writes), or for remote-only mail directly as the queue's data file ``messages/<id>``
+        (invisible until its envelope exists).
 
         Nothing touches the disk yet: the content is buffered in memory up to
-        :data:`SPILL_THRESHOLD` octets and ``incoming/<queue_id>`` is created by
-        :meth:`SpoolFile.spill` or :meth:`SpoolFile.commit`, both run in a worker thread. Creating
-        a file waits on the filesystem journal, which is busy with other messages' fsyncs; on the
-        event loop that wait would stall every connection.
+        :data:`SPILL_THRESHOLD` octets and the file is created by :meth:`SpoolFile.spill` or
+        :meth:`SpoolFile.commit`, both run in a worker thread. Creating a file waits on the
+        filesystem journal, which is busy with other messages' fsyncs; on the event loop that
+        wait would stall every connection.
         """
         if "\r" in sender or "\n" in sender:
             raise ValueError(f"line break in sender {sender!r}")
-        path = self.incoming / _check_queue_id(queue_id)
+        _check_queue_id(queue_id)
+        local = [t for t in targets if t.kind == "local"]
+        home = self.maildirs.maildir_path(local[0].address) if local else None
+        path = home / "tmp" / f"{queue_id}.spool" if home else self.queue.message_path(queue_id)
         header = b"Return-Path: <" + sender.encode("utf-8") + b">\r\n"
-        return SpoolFile(self, queue_id, path, header)
+        return SpoolFile(self, queue_id, path, header, home)
 
     def recover(self) -> None:
-        """At start, before accepting mail: remove incoming files (none was ever acknowledged:
-        commit removes its own) and repair the outbound queue (:meth:`QueueStore.recover`)."""
-        for path in self.incoming.iterdir():
-            log.info("spool: removing unacknowledged incoming file %s", path.name)
-            path.unlink()
+        """At start, before accepting mail: repair the outbound queue (:meth:`QueueStore.recover`
+        drops data files that never got their envelope: never acknowledged). Half-written files
+        in a Maildir's ``tmp/`` are invisible to readers and removed by
+        :meth:`MaildirStore.ensure` after 36 hours, as the Maildir specification says."""
         self.queue.recover()
 
 
@@ -322,17 +332,20 @@ class SpoolFile:
 
     :meth:`write` runs on the event loop and only appends to a memory buffer; once
     :attr:`needs_spill` is true the caller runs :meth:`spill` in a worker thread, which moves the
-    buffer to ``incoming/<id>``. So a connection never holds more than about
+    buffer to the spool file (see :meth:`Spool.open`). So a connection never holds more than about
     :data:`SPILL_THRESHOLD` octets plus one read, whatever the message size. :meth:`commit`
     blocks on fsync and runs in a worker thread too. The content is stored byte for byte as
     written, so the caller writes CRLF line ends.
     """
 
-    def __init__(self, spool: Spool, queue_id: str, path: Path, header: bytes) -> None:
+    def __init__(self, spool: Spool, queue_id: str, path: Path, header: bytes,
+                 home: Path | None) -> None:
         self.queue_id = queue_id
         self.size = 0  # octets written after the Return-Path line
         self._spool = spool
         self._path = path
+        self._home = home  # the Maildir whose tmp/ holds the file, None: it is the queue's
+        self._kept = False  # committed: the file is in its final place
         self._buffer = bytearray(header)
         self._file: BinaryIO | None = None
         self._header_size = len(header)
@@ -352,7 +365,7 @@ class SpoolFile:
             self._buffer += data
 
     def spill(self) -> None:
-        """Move the buffer to the incoming file (blocking: run it in a worker thread).
+        """Move the buffer to the spool file (blocking: run it in a worker thread).
 
         A storage error is kept for :meth:`commit` to report (the client can only be answered
         after the final dot, as Postfix's cleanup does); the rest of the message is then counted
@@ -365,6 +378,8 @@ class SpoolFile:
             return
         try:
             if self._file is None:
+                if self._home is not None:
+                    self._spool.maildirs.ensure(self._home)
                 fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
                 self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by commit/_discard
             self._file.write(self._buffer)
@@ -380,9 +395,10 @@ class SpoolFile:
         Steps, with the fsyncs they cost:
 
         1. flush and fsync the data: 1 fsync;
-        2. remote targets: link ``messages/<id>``, write the envelope to a staged file and
+        2. remote targets: link ``messages/<id>`` (unless the file is already there), write the envelope to a staged file and
            fsync it, fsync ``messages/``: 2 fsyncs (invisible so far);
-        3. link the file into each distinct Maildir's ``new/`` (visible to readers now);
+        3. link the file into each other distinct Maildir's ``new/``, then rename it from
+           ``tmp/`` into its own Maildir's ``new/`` (visible to readers now);
         4. remote targets: rename the staged envelope to ``envelopes/<id>.json`` (the queue's
            commit marker, last);
         5. fsync each distinct ``new/`` and, with remote targets, ``envelopes/``: 1 fsync per
@@ -390,10 +406,10 @@ class SpoolFile:
 
         So a local-only message to k Maildirs costs 1 + k fsyncs, a remote-only one 4, both
         4 + k; the first delivery to a Maildir in a process adds the fsyncs of
-        :meth:`MaildirStore.ensure`. ``incoming/`` is never fsync'd: a lost unlink there is
-        undone by :meth:`Spool.recover`.
+        :meth:`MaildirStore.ensure`. ``tmp/`` is never fsync'd: a file lost there was never
+        acknowledged.
 
-        On any failure everything created is removed again, the incoming file too, and the
+        On any failure everything created is removed again, the spool file too, and the
         error raised (OSError as StorageFullError/StorageError). A reader fast enough to have
         moved a copy out of ``new/`` between steps 3 and a failure keeps it (the sender retries
         and it arrives twice: duplicates, never losses, as with any MTA).
@@ -436,7 +452,12 @@ class SpoolFile:
         name = maildir_filename(self.queue_id, self._spool.hostname, self._header_size + self.size)
         for maildir in targets:
             maildirs.ensure(maildir)
-            created.append(maildirs.deliver(self._path, maildir, name))
+            if maildir != self._home:
+                created.append(maildirs.deliver(self._path, maildir, name))
+        if self._home in targets:  # last: until now the file was invisible in tmp/
+            final = self._home / "new" / name
+            os.rename(self._path, final)
+            created.append(final)
         if staged is not None:
             marker = self._spool.queue.envelope_path(self.queue_id)
             os.rename(staged, marker)
@@ -445,13 +466,15 @@ class SpoolFile:
             fsync_directory(maildir / "new")
         if staged is not None:
             fsync_directory(self._spool.queue.envelopes)
+        self._kept = self._home in targets or self._home is None
 
     def _stage_remote(self, envelope: Envelope, created: list[Path]) -> Path:
         """Step 2: the queue's data file and staged envelope, durable but not yet visible."""
         queue = self._spool.queue
         data = queue.message_path(self.queue_id)
-        os.link(self._path, data)
-        created.append(data)
+        if self._path != data:
+            os.link(self._path, data)
+            created.append(data)
         entry = QueueEntry.from_envelope(envelope, body_offset=self._header_size, now=time.time())
         staged = queue.stage(entry)
         created.append(staged)
@@ -459,11 +482,13 @@ class SpoolFile:
         return staged
 
     def _discard(self) -> None:
-        """Close and remove the incoming file; on the error path, errors are not interesting."""
+        """Close the file and, unless it was committed in place, remove it; on the error path,
+        errors are not interesting."""
         self._buffer.clear()
         if self._file is None:
             return
         with contextlib.suppress(OSError):
             self._file.close()
-        with contextlib.suppress(OSError):
-            self._path.unlink(missing_ok=True)
+        if not self._kept:
+            with contextlib.suppress(OSError):
+                self._path.unlink(missing_ok=True)

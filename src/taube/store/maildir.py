@@ -19,6 +19,7 @@ both the file size and the RFC 1939 octet count a POP3 server announces.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -138,6 +139,8 @@ class MaildirStore:
                 created += create_directories(maildir / sub)
             for directory in _directories_to_sync(maildir, self.root, created):
                 fsync_directory(directory)
+            if not created:
+                remove_stale_tmp(maildir)
             self._known.add(maildir)
 
     def deliver(self, source: Path, maildir: Path, name: str) -> Path:
@@ -155,6 +158,24 @@ class MaildirStore:
                 raise
             _copy_via_tmp(source, maildir, name)
         return target
+
+
+# The Maildir specification: a file in tmp/ untouched for 36 hours is a leftover of a crash.
+STALE_TMP_SECONDS = 36 * 3600
+
+
+def remove_stale_tmp(maildir: Path, now: float | None = None) -> int:
+    """Delete files in ``maildir/tmp`` older than 36 hours (half-written, never delivered);
+    return how many. Younger files may belong to a delivery still in progress."""
+    limit = (time.time() if now is None else now) - STALE_TMP_SECONDS
+    removed = 0
+    with os.scandir(maildir / "tmp") as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def create_directories(path: Path, mode: int = _DIR_MODE) -> list[Path]:
