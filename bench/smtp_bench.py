@@ -346,7 +346,7 @@ def conditions(args: argparse.Namespace) -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "taube_commit": command_output(["git", "rev-parse", "--short", "HEAD"]),
-        "postfix": command_output(["postconf", "-h", "mail_version"]) or None,
+        "postfix": command_output(["postconf", "-d", "-h", "mail_version"]) or None,
         "messages": args.messages,
         "size": args.size,
         "runs": args.runs,
