@@ -20,8 +20,9 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope
 
 HOSTNAME = "aiosmtpd.bench.test"
 IO_THREADS = 64
@@ -73,17 +74,18 @@ class MaildirHandler:
     def __init__(self, maildir: Maildir) -> None:
         self.maildir = maildir
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+    async def handle_EHLO(self, server: SMTP, client: Any, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         # aiosmtpd reads commands one line at a time, so pipelined commands are handled in order.
-        session.host_name = hostname
+        # ``client`` is aiosmtpd's per-connection state (host name, peer address).
+        client.host_name = hostname
         return responses[:-1] + ["250-PIPELINING", responses[-1]]
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, client: Any, envelope: Envelope) -> str:
         # The same trace headers that a real MTA prepends.
-        peer_ip = session.peer[0] if isinstance(session.peer, tuple) else "unknown"
+        peer_ip = client.peer[0] if isinstance(client.peer, tuple) else "unknown"
         header = (f"Return-Path: <{envelope.mail_from}>\r\n"
-                  f"Received: from {session.host_name} ([{peer_ip}])\r\n"
+                  f"Received: from {client.host_name} ([{peer_ip}])\r\n"
                   f"\tby {HOSTNAME} with ESMTP; {email.utils.formatdate()}\r\n").encode()
         data = header + (envelope.original_content or b"")
         loop = asyncio.get_running_loop()

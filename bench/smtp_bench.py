@@ -126,7 +126,7 @@ def smtp_source_path() -> str | None:
 
 
 def run_smtp_source(port: int, messages: int, concurrency: int, size: int) -> LoadOutcome:
-    """smtp-source, one connection per session reused for its messages (-d), timed as a whole.
+    """smtp-source with -d (each of its connections carries many messages), timed as a whole.
 
     It stops at the first unexpected reply, so a zero exit status means every message got 250.
     """
