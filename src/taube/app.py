@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .config import ConfigError, Settings, load_settings
+from .directory.resolve import resolve_recipient
 from .directory.sqlite import SQLiteDirectory
 from .net.listener import Listener
 from .net.smtp_session import SMTPServices, SMTPSession
@@ -31,10 +32,16 @@ log = logging.getLogger("taube")
 COMMIT_THREADS = 64
 
 
-def build_services(settings: Settings) -> SMTPServices:
-    data = settings.data_dir
-    directory = SQLiteDirectory(data / "taube.db", settings.domains)
-    spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
+def build_services(settings: Settings, previous: SMTPServices | None = None) -> SMTPServices:
+    """The services for ``settings``; on reload the directory and the spool are kept (they
+    hold open files and the queue-id sequence) and told the new settings."""
+    if previous is not None:
+        previous.directory.reload(settings.domains)
+        directory, spool = previous.directory, previous.spool
+    else:
+        data = settings.data_dir
+        directory = SQLiteDirectory(data / "taube.db", settings.domains)
+        spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
     return SMTPServices(settings=settings, directory=directory,
                         relay=RelayPolicy(settings.networks()), spool=spool)
 
@@ -76,6 +83,7 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._check_postmaster()
         log.info("taube ready: hostname=%s data_dir=%s", self.settings.hostname, self.settings.data_dir)
         await self._stop.wait()
         log.info("shutting down: draining %d connection(s)", self.state.connection_count())
@@ -84,6 +92,12 @@ class App:
         log.info("stopped")
         return 0
 
+    def _check_postmaster(self) -> None:
+        address = self.services.postmaster()
+        if resolve_recipient(self.services.directory, address).status != "ok":
+            log.warning("postmaster %s is neither a user nor an alias: mail to postmaster will be "
+                        "refused (RFC 5321 4.5.1 requires it); add one with `taube alias add`", address)
+
     def reload(self) -> None:
         """SIGHUP: new settings and directory for new transactions; old ones finish as they are."""
         try:
@@ -91,9 +105,14 @@ class App:
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration:\n%s", e)
             return
-        if settings.smtp.listen != self.settings.smtp.listen:
-            log.warning("reload: [smtp] listen changed; restart to apply it")
-        self.services = build_services(settings)
+        for what, old, new in (("[smtp] listen", self.settings.smtp.listen, settings.smtp.listen),
+                               ("data_dir", self.settings.data_dir, settings.data_dir),
+                               ("hostname", self.settings.hostname, settings.hostname)):
+            if old != new:
+                log.warning("reload: %s changed; restart to apply it", what)
+        settings = settings.model_copy(update={"data_dir": self.settings.data_dir,
+                                               "hostname": self.settings.hostname})
+        self.services = build_services(settings, self.services)
         log.info("configuration reloaded from %s", settings.source or "built-in defaults")
 
 

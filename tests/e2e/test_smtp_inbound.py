@@ -227,3 +227,22 @@ def test_long_command_line_and_binary_junk(server: TaubeServer) -> None:
         assert c.cmd(b"NOOP " + b"A" * 5000).startswith("500 5.5.2")
         assert c.cmd(b"\xff\xfe\x00junk").startswith("500 5.5.2")
         assert c.cmd("NOOP").startswith("250")
+
+
+def test_postmaster_is_always_accepted(make_server) -> None:
+    """RFC 5321 4.5.1: <postmaster> and postmaster@ every local domain reach the postmaster."""
+    server = make_server(extra_toml='postmaster = "alice@example.test"', domains=("example.test", "other.test"))
+    server.add_user("alice@example.test")
+    server.start()
+    with RawSMTP(server.port) as c:
+        c.cmd("EHLO x")
+        c.cmd("MAIL FROM:<>")
+        for rcpt in ("<Postmaster>", "<postmaster@example.test>", "<POSTMASTER@other.test>"):
+            assert c.cmd(f"RCPT TO:{rcpt}").startswith("250 2.1.5"), rcpt
+        assert c.cmd("DATA").startswith("354")
+        assert c.cmd("Subject: pm\r\n\r\nhi\r\n.").startswith("250")
+    assert [m["Subject"] for m in inbox(server, "alice@example.test")] == ["pm"]
+
+
+def test_missing_postmaster_is_warned_about(server: TaubeServer) -> None:
+    assert "postmaster postmaster@example.test is neither a user nor an alias" in server.log

@@ -9,6 +9,7 @@ taube. Addresses that leave the server (remote alias targets) keep their local p
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Protocol
 
 from ..proto.address import AddressError, parse_path
@@ -116,7 +117,8 @@ class Directory(Protocol):
     def get_alias(self, address: str) -> list[str] | None:
         """The direct targets of the alias ``address`` (exact match, no catch-all), or None."""
 
-    def reload(self) -> None:
-        """Pick up changes made outside this process (called on SIGHUP)."""
+    def reload(self, config_domains: Iterable[str] | None = None) -> None:
+        """Pick up changes made outside this process and the configuration file's domains
+        (called on SIGHUP)."""
 
     def close(self) -> None: ...

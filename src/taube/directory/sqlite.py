@@ -155,8 +155,11 @@ class SQLiteDirectory:
         with self._reading() as db, _transaction(db):
             yield db
 
-    def reload(self) -> None:
-        """Nothing to do: nothing is cached, every look-up reads the database."""
+    def reload(self, config_domains: Iterable[str] | None = None) -> None:
+        """Take new configuration-file domains (SIGHUP). Nothing else is cached: every look-up
+        reads the database, so users and aliases changed by the CLI are seen at once."""
+        if config_domains is not None:
+            self._config_domains = frozenset(d.lower() for d in config_domains)
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..config import Settings
+from ..directory.base import Directory
 from ..directory.resolve import resolve_recipient
 from ..policy.relay import RelayPolicy
 from ..proto import replies as R
@@ -53,9 +54,18 @@ class SMTPServices:
     """What an SMTP session uses; assembled by the application, replaced whole on reload."""
 
     settings: Settings
-    directory: object  # taube.directory.base.Directory
+    directory: Directory
     relay: RelayPolicy
     spool: Spool
+
+    def postmaster(self) -> str:
+        """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in
+        the first local domain."""
+        pm = self.settings.postmaster
+        if "@" in pm:
+            return pm
+        domains = self.settings.domains or self.directory.list_domains()
+        return f"{pm}@{domains[0] if domains else self.settings.hostname}"
 
     def engine_config(self) -> SMTPConfig:
         s = self.settings.smtp
@@ -221,8 +231,11 @@ class SMTPSession:
         path = event.path
         address = path.address
         if not path.domain:  # RFC 5321 4.5.1: <postmaster> without domain must be accepted
-            address = self._postmaster()
+            address = self.services.postmaster()
         resolution = resolve_recipient(self.services.directory, address)
+        if resolution.status == "unknown_user" and path.local.lower() == "postmaster":
+            # RFC 5321 4.5.1: postmaster@ every local domain, even without a user of that name
+            resolution = resolve_recipient(self.services.directory, self.services.postmaster())
         if resolution.status == "unknown_user":
             raise SMTPError(Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
                                   "User unknown in local recipient table"), reason="unknown user")
@@ -232,13 +245,6 @@ class SMTPSession:
         self.tx.targets.extend(resolution.targets)
         self.tx.recipients.append(address)
         self.conn.accept()
-
-    def _postmaster(self) -> str:
-        pm = self.services.settings.postmaster
-        if "@" in pm:
-            return pm
-        domains = self.services.settings.domains
-        return f"{pm}@{domains[0] if domains else self.services.settings.hostname}"
 
     def _data_start(self) -> None:
         tx = self.tx
