@@ -34,19 +34,6 @@ def store(tmp_path: Path) -> MaildirStore:
     return MaildirStore(tmp_path / "mail")
 
 
-@pytest.fixture
-def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    return calls
-
-
 def test_plain_address_maps_to_the_obvious_path(store: MaildirStore) -> None:
     assert store.maildir_path("alice@example.test") == store.root / "example.test" / "alice"
     assert store.maildir_path("jörg@bücher.test") == store.root / "bücher.test" / "jörg"

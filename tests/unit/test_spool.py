@@ -88,19 +88,6 @@ def stored(body: bytes = BODY, sender: str = "from@sender.test") -> bytes:
     return b"Return-Path: <" + sender.encode() + b">\r\n" + body
 
 
-@pytest.fixture
-def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    return calls
-
-
 # -- queue ids ------------------------------------------------------------------------------------
 
 def test_queue_ids_are_short_unique_alphanumeric_and_sorted(spool: Spool) -> None:
