@@ -185,3 +185,60 @@ def test_deliver_propagates_other_link_errors(
         store.deliver(tmp_path / "spooled", maildir, "x")
     assert info.value.errno == errno.ENOSPC
     assert list((maildir / "tmp").iterdir()) == [] and list((maildir / "new").iterdir()) == []
+
+
+def test_directory_syncs_group_concurrent_callers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 threads at once: far fewer than 20 fsyncs, and each caller returns only after an fsync
+    that started after it called (that is what makes its link durable)."""
+    import threading
+    import time as _time
+
+    from taube.store import maildir as md
+
+    started: list[float] = []
+    finished: list[float] = []
+    lock = threading.Lock()
+
+    def slow_fsync(path: Path) -> None:
+        with lock:
+            started.append(_time.monotonic())
+        _time.sleep(0.02)
+        with lock:
+            finished.append(_time.monotonic())
+
+    monkeypatch.setattr(md, "fsync_directory", slow_fsync)
+    syncs = md.DirectorySyncs()
+    calls: list[tuple[float, float]] = []
+
+    def caller() -> None:
+        t0 = _time.monotonic()
+        syncs.sync(tmp_path)
+        calls.append((t0, _time.monotonic()))
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 20
+    assert len(started) <= 4
+    for t0, t1 in calls:
+        assert any(t0 <= s and f <= t1 for s, f in zip(started, finished))
+
+
+def test_directory_syncs_error_reaches_caller_and_next_caller_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from taube.store import maildir as md
+
+    outcomes = iter([OSError(5, "Input/output error"), None])
+
+    def flaky(path: Path) -> None:
+        err = next(outcomes)
+        if err:
+            raise err
+
+    monkeypatch.setattr(md, "fsync_directory", flaky)
+    syncs = md.DirectorySyncs()
+    with pytest.raises(OSError):
+        syncs.sync(tmp_path)
+    syncs.sync(tmp_path)  # a fresh fsync, which succeeds

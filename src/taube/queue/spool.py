@@ -39,7 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..store.maildir import MaildirStore, create_directories, fsync_directory, maildir_filename
+from ..store.maildir import (
+    DirectorySyncs,
+    MaildirStore,
+    create_directories,
+    fsync_directory,
+    maildir_filename,
+)
 from .envelope import Envelope, Target
 
 __all__ = [
@@ -287,6 +293,7 @@ class Spool:
         self.hostname = hostname
         self.maildirs = maildirs
         self.queue = QueueStore(data_dir)
+        self.syncs = DirectorySyncs()  # group commit of the directory fsyncs of all commits
         self._ids = _QueueIds()
         _make_durable_directories((self.queue.messages, self.queue.envelopes))
 
@@ -462,10 +469,11 @@ class SpoolFile:
             marker = self._spool.queue.envelope_path(self.queue_id)
             os.rename(staged, marker)
             created.append(marker)
+        syncs = self._spool.syncs
         for maildir in targets:
-            fsync_directory(maildir / "new")
+            syncs.sync(maildir / "new")
         if staged is not None:
-            fsync_directory(self._spool.queue.envelopes)
+            syncs.sync(self._spool.queue.envelopes)
         self._kept = self._home in targets or self._home is None
 
     def _stage_remote(self, envelope: Envelope, created: list[Path]) -> Path:
@@ -478,7 +486,7 @@ class SpoolFile:
         entry = QueueEntry.from_envelope(envelope, body_offset=self._header_size, now=time.time())
         staged = queue.stage(entry)
         created.append(staged)
-        fsync_directory(queue.messages)  # the data's name is durable before an envelope names it
+        self._spool.syncs.sync(queue.messages)  # the data's name is durable before an envelope names it
         return staged
 
     def _discard(self) -> None:
