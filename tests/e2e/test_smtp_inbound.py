@@ -207,8 +207,9 @@ def _accepted_connection(port: int) -> RawSMTP | None:
     return None
 
 
-def test_connection_limit_per_client(make_server) -> None:
-    server = make_server(smtp_toml="max_connections_per_client = 2").start()
+@pytest.mark.parametrize("limit", ["max_connections_per_client = 2", "max_connections = 2"])
+def test_connection_limits(make_server, limit: str) -> None:
+    server = make_server(smtp_toml=limit).start()
     # the readiness probe's connection may still be counted for a moment: retry until two fit
     first = wait_for(lambda: _accepted_connection(server.port), what="first slot")
     second = wait_for(lambda: _accepted_connection(server.port), what="second slot")
