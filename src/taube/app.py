@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .config import ConfigError, Settings, load_settings
 from .directory.resolve import resolve_recipient
 from .directory.sqlite import SQLiteDirectory
+from .net.connection import Connection
 from .net.listener import Listener
 from .net.smtp_session import SMTPServices, SMTPSession
 from .policy.relay import RelayPolicy
@@ -57,9 +58,8 @@ class App:
     def settings(self) -> Settings:
         return self.services.settings
 
-    def _smtp_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      client_ip: str) -> SMTPSession:
-        return SMTPSession(self.services, reader, writer, client_ip)
+    def _smtp_session(self, io: Connection, client_ip: str) -> SMTPSession:
+        return SMTPSession(self.services, io, client_ip)
 
     def _smtp_limits(self) -> tuple[int, int]:
         s = self.settings.smtp

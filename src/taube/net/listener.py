@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..config import parse_listen
 from ..sharedstate import SharedState
+from .connection import Connection
 
 __all__ = ["Listener", "Session"]
 
@@ -31,7 +33,7 @@ class Session(Protocol):
     async def run(self) -> None: ...
 
 
-SessionFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Session]
+SessionFactory = Callable[[Connection, str], Session]
 Limits = Callable[[], tuple[int, int]]  # (total, per client), read at each accept: reloadable
 
 
@@ -39,8 +41,11 @@ class Listener:
     """All the sockets of one service (``smtp``, later ``submission``, ``pop3`` ...)."""
 
     def __init__(self, name: str, addresses: Iterable[str], factory: SessionFactory,
-                 state: SharedState, limits: Limits, refuse: Callable[[str], bytes]) -> None:
+                 state: SharedState, limits: Limits, refuse: Callable[[str], bytes],
+                 tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+        """``tls``: for implicit TLS (RFC 8314), returns the current server context."""
         self.name = name
+        self._tls = tls
         self.addresses = list(addresses)
         self._factory = factory
         self._state = state
@@ -50,11 +55,13 @@ class Listener:
         self._sessions: dict[asyncio.Task[None], Session] = {}
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         for address in self.addresses:
             host, port = parse_listen(address)
-            server = await asyncio.start_server(
-                self._accept, host, port, reuse_address=True, backlog=512,
+            server = await loop.create_server(
+                lambda: Connection(self._accept), host, port, reuse_address=True, backlog=512,
                 family=socket.AF_INET6 if ":" in host else socket.AF_UNSPEC,
+                ssl=self._tls() if self._tls else None, ssl_handshake_timeout=30.0 if self._tls else None,
             )
             self._servers.append(server)
             log.info("%s listening on %s", self.name, address)
@@ -63,18 +70,17 @@ class Listener:
     def bound(self) -> list[tuple[str, int]]:
         return [s.getsockname()[:2] for srv in self._servers for s in srv.sockets]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("unknown", 0)
-        client_ip = str(peer[0])
+    async def _accept(self, conn: Connection) -> None:
+        client_ip = conn.peer[0]
         total, per_client = self._limits()
         refusal = self._state.open_connection(client_ip, total_limit=total, per_client_limit=per_client)
         if refusal is not None:
             log.warning("%s refused client=%s: %s", self.name, client_ip, refusal)
-            await _refuse(writer, self._refuse(refusal))
+            await _refuse(conn, self._refuse(refusal))
             return
         task = asyncio.current_task()
         assert task is not None
-        session = self._factory(reader, writer, client_ip)
+        session = self._factory(conn, client_ip)
         self._sessions[task] = session
         try:
             await session.run()
@@ -105,12 +111,12 @@ class Listener:
             await server.wait_closed()
 
 
-async def _refuse(writer: asyncio.StreamWriter, message: bytes) -> None:
+async def _refuse(conn: Connection, message: bytes) -> None:
     try:
-        writer.write(message)
+        conn.write(message)
         async with asyncio.timeout(5):
-            await writer.drain()
-        writer.close()
-        await writer.wait_closed()
+            await conn.drain()
+            conn.close()
+            await conn.wait_closed()
     except (ConnectionError, TimeoutError, OSError):
-        pass
+        conn.abort()

@@ -42,11 +42,11 @@ from ..proto.address import AddressError, parse_path
 from ..proto.trace import received_header, with_protocol
 from ..queue.envelope import Envelope, Target
 from ..queue.spool import Spool, SpoolFile, StorageFullError
+from .connection import Connection
 
 __all__ = ["SMTPServices", "SMTPSession"]
 
 log = logging.getLogger("taube.smtp")
-READ_SIZE = 65536
 
 
 @dataclass(slots=True)
@@ -100,11 +100,9 @@ class _Transaction:
 class SMTPSession:
     """Drive one connection to the end. ``run()`` never raises for anything the peer does."""
 
-    def __init__(self, services: SMTPServices, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, client_ip: str) -> None:
+    def __init__(self, services: SMTPServices, io: Connection, client_ip: str) -> None:
         self.services = services
-        self.reader = reader
-        self.writer = writer
+        self.io = io
         self.client_ip = client_ip
         self.conn = SMTPConnection(services.engine_config())
         self.tx = _Transaction()
@@ -119,7 +117,7 @@ class SMTPSession:
     async def run(self) -> None:
         try:
             await self._loop()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except ConnectionError:
             pass
         except asyncio.CancelledError:
             if not self.stopping:
@@ -153,7 +151,7 @@ class SMTPSession:
         timeout = s.timeout_data_block if self.conn.state is State.DATA else s.timeout_command
         try:
             async with asyncio.timeout(timeout):
-                return await self.reader.read(READ_SIZE)
+                return await self.io.read()
         except TimeoutError:
             self._say_goodbye(R.closing(self.services.settings.hostname, "4.4.2", "Error: timeout exceeded"))
             log.info("timeout client=%s state=%s", self.client_ip, self.conn.state.value)
@@ -162,23 +160,22 @@ class SMTPSession:
     async def _flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
-            self.writer.write(out)
-            await self.writer.drain()
+            self.io.write(out)
+            await self.io.drain()
 
     def _say_goodbye(self, reply: Reply) -> None:
         self.conn.close_with(reply)
         out = self.conn.data_to_send()
-        if out and not self.writer.is_closing():
-            self.writer.write(out)
+        if out:
+            self.io.write(out)
 
     async def _close(self) -> None:
+        self.io.close()
         try:
-            if not self.writer.is_closing():
-                self.writer.close()
             async with asyncio.timeout(5):
-                await self.writer.wait_closed()
-        except (ConnectionError, TimeoutError, OSError):
-            pass
+                await self.io.wait_closed()
+        except TimeoutError:
+            self.io.abort()
 
     # --- events ----------------------------------------------------------------------------
     async def _handle(self, event: Event) -> None:
