@@ -28,11 +28,14 @@ The rules:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from dataclasses import dataclass, field
 from typing import Final
 
 from . import replies as R
+from . import sasl
 from .address import AddressError, Path, parse_mail_argument, parse_path, split_params
 from .buffer import TOO_LONG, LineBuffer
 from .dotstuff import DataDecoder
@@ -52,8 +55,12 @@ __all__ = [
     "LocalProtocolError",
     "MailFrom",
     "RcptTo",
+    "AuthDone",
+    "AuthLookup",
+    "AuthStart",
     "Reset",
     "SMTPConfig",
+    "StartTLS",
     "SMTPConnection",
     "State",
     "Vrfy",
@@ -64,6 +71,9 @@ __all__ = [
 # RFC 4954 5); 512 + 1024 covers every parameter we accept. The buffer never holds more.
 COMMAND_LINE_MAX: Final = 512
 PARAM_LINE_MAX: Final = COMMAND_LINE_MAX + 1024
+# RFC 4954 section 4: AUTH lines (the command with an initial response, and each response) may
+# be up to 12288 octets.
+AUTH_LINE_MAX: Final = 12288
 # RFC 5321 6.3 leaves the hop limit to the server; "at least 100" is its advice.
 MAX_RECEIVED_HEADERS: Final = 100
 
@@ -78,6 +88,8 @@ class State(enum.Enum):
     MAIL = "mail"  # MAIL accepted, no recipient yet
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # receiving the message content
+    AUTH = "auth"  # inside a SASL exchange: lines are responses, not commands
+    TLS_HANDSHAKE = "tls-handshake"  # 220 sent after STARTTLS: nothing is read until tls_started()
     CLOSED = "closed"  # QUIT or 421 sent: flush and close
 
 
@@ -137,6 +149,38 @@ class Expn(Decision):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StartTLS(Decision):
+    """accept() sends ``220 2.0.0`` and drops unread input; then the session does the handshake
+    and calls :meth:`SMTPConnection.tls_started` (or closes if it fails)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthStart(Decision):
+    """AUTH with a mechanism we offer: accept() starts the SASL exchange, reject() refuses
+    (for example 421 for a client blocked after too many failures)."""
+
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthLookup(Decision):
+    """The SASL mechanism needs the directory: answer with :meth:`SMTPConnection.auth_resolve`
+    (True/False for CheckPassword, the secret or None for NeedSecret, ScramCredentials or None
+    for NeedScram)."""
+
+    request: sasl.CheckPassword | sasl.NeedSecret | sasl.NeedScram
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthDone(Event):
+    """The outcome of an AUTH exchange (the reply is already queued, not yet flushed)."""
+
+    mechanism: str
+    user: str | None  # the authenticated user, None on failure
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DataChunk(Event):
     """Unstuffed message content; the chunks concatenated are the message."""
 
@@ -183,7 +227,13 @@ class SMTPConfig:
     normalize_bare_newlines: bool = False
     vrfy: bool = True  # list VRFY in EHLO (Postfix does unless disable_vrfy_command)
     greeting_text: str = "ESMTP taube"
-    extra_extensions: tuple[str, ...] = ()  # STARTTLS, AUTH ..., from the session
+    tls_available: bool = False  # a certificate is there: offer STARTTLS
+    tls_active: bool = False  # implicit TLS (RFC 8314): encrypted from the first byte
+    auth_mechanisms: tuple[str, ...] = ()  # SASL mechanisms offered (RFC 4954)
+    auth_requires_tls: bool = True  # no AUTH before TLS: not listed, and 538 5.7.11
+    auth_legacy_line: bool = True  # also "AUTH=..." for old Outlook versions
+    auth_required: bool = False  # submission (RFC 6409): MAIL needs AUTH first, else 530 5.7.0
+    extra_extensions: tuple[str, ...] = ()  # from the session (ETRN, DSN later)
 
 
 # --- the transition table ------------------------------------------------------------------
@@ -200,14 +250,19 @@ ALLOWED: Final[dict[str, frozenset[State]]] = {
     "HELP": _ANY_BUT_DATA,
     "VRFY": _ANY_BUT_DATA,
     "EXPN": _ANY_BUT_DATA,
+    # RFC 3207 4 and RFC 4954 4: after EHLO, never inside a mail transaction.
+    "STARTTLS": frozenset({State.GREETED}),
+    "AUTH": frozenset({State.GREETED}),
 }
 # Known to RFC 821/5321 or common, but not offered: 502 rather than 500 (RFC 5321 4.2.4).
-NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ETRN", "STARTTLS", "AUTH", "ATRN"})
+NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ETRN", "ATRN"})
 
 
 def _out_of_sequence(verb: str, state: State) -> Reply:
     if state is State.CONNECTED:
         return R.NEED_HELO
+    if verb in ("STARTTLS", "AUTH"):
+        return R.IN_TRANSACTION
     if verb == "MAIL":
         return R.NESTED_MAIL
     if verb == "RCPT":
@@ -227,6 +282,8 @@ _USAGE: Final = {
     "QUIT": "QUIT",
     "VRFY": "VRFY address",
     "EXPN": "EXPN mailing-list",
+    "STARTTLS": "STARTTLS",
+    "AUTH": "AUTH mechanism [initial-response]",
 }
 
 
@@ -241,7 +298,12 @@ class SMTPConnection:
         self.errors = 0
         self.recipients = 0
         self.mail: MailFrom | None = None  # the accepted MAIL of the open transaction
-        self._lines = LineBuffer(PARAM_LINE_MAX)
+        self.tls_active = config.tls_active
+        self.authenticated: str | None = None  # the SASL authcid after 235
+        self._mech: sasl.Mechanism | None = None
+        self._mech_name = ""
+        self._mech_initial: bytes | None = None
+        self._lines = LineBuffer(AUTH_LINE_MAX)
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._pending: Decision | None = None
@@ -273,10 +335,15 @@ class SMTPConnection:
                 if not self._pump_data():
                     break
                 continue
+            if self.state is State.TLS_HANDSHAKE:
+                break
             line = self._lines.next_line()
             if line is None:
                 break
-            self._command(line)
+            if self.state is State.AUTH:
+                self._auth_response(line)
+            else:
+                self._command(line)
         if self._events:
             event = self._events.pop(0)
             if isinstance(event, Decision):
@@ -318,6 +385,14 @@ class SMTPConnection:
                 if reply is None:
                     raise LocalProtocolError("VRFY/EXPN need an explicit reply")
                 self._send(reply)
+            case StartTLS():
+                self._send(reply or R.READY_FOR_TLS)
+                self._lines.clear()  # RFC 3207 5: pipelined plaintext is never executed
+                self.state = State.TLS_HANDSHAKE
+            case AuthStart():
+                self._auth_begin(event)
+            case AuthLookup():
+                raise LocalProtocolError("answer AuthLookup with auth_resolve()")
 
     def reject(self, reply: Reply) -> None:
         """Say no to the pending decision with a 4xx/5xx ``reply``."""
@@ -326,6 +401,8 @@ class SMTPConnection:
         event = self._take_pending()
         if isinstance(event, EndOfData):
             self._end_transaction(reply)
+        elif isinstance(event, AuthLookup):
+            raise LocalProtocolError("answer AuthLookup with auth_resolve()")
         else:
             self._error(reply)
 
@@ -339,16 +416,26 @@ class SMTPConnection:
         self._send(reply)
         self.state = State.CLOSED
 
-    def start_tls_reset(self) -> None:
-        """After a TLS handshake: forget everything said in plaintext (RFC 3207 4.2)."""
+    def tls_started(self) -> None:
+        """After the TLS handshake: forget everything said in plaintext (RFC 3207 4.2); the
+        client must say EHLO again."""
+        if self.state is not State.TLS_HANDSHAKE:
+            raise LocalProtocolError("tls_started() without an accepted STARTTLS")
         self._lines.clear()
         self._events.clear()
-        self._pending = None
         self.state = State.CONNECTED
+        self.tls_active = True
         self.esmtp = False
         self.helo = ""
         self.recipients = 0
         self.mail = None
+
+    def auth_resolve(self, answer: object) -> None:
+        """Answer the pending AuthLookup with what the directory said."""
+        event = self._take_pending()
+        if not isinstance(event, AuthLookup) or self._mech is None:
+            raise LocalProtocolError("no AuthLookup is pending")
+        self._auth_step(self._mech.resolve(answer))
 
     # --- internals -------------------------------------------------------------------------
     def _take_pending(self) -> Decision:
@@ -407,7 +494,12 @@ class SMTPConnection:
             return
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
-        limit = PARAM_LINE_MAX if verb in ("MAIL", "RCPT") and self.esmtp else COMMAND_LINE_MAX
+        if verb == "AUTH":
+            limit = AUTH_LINE_MAX
+        elif verb in ("MAIL", "RCPT") and self.esmtp:
+            limit = PARAM_LINE_MAX
+        else:
+            limit = COMMAND_LINE_MAX
         if len(raw) > limit:
             self._error(R.LINE_TOO_LONG)
             return
@@ -450,11 +542,25 @@ class SMTPConnection:
         ext = ["PIPELINING", f"SIZE {c.max_message_size}"]
         if c.vrfy:
             ext.append("VRFY")
+        if c.tls_available and not self.tls_active:
+            ext.append("STARTTLS")
+        mechanisms = self.offered_mechanisms()
+        if mechanisms:
+            ext.append("AUTH " + " ".join(mechanisms))
+            if c.auth_legacy_line:
+                ext.append("AUTH=" + " ".join(mechanisms))
         ext += list(c.extra_extensions)
         ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
         return ext
 
+    def offered_mechanisms(self) -> tuple[str, ...]:
+        c = self.config
+        return c.auth_mechanisms if self.tls_active or not c.auth_requires_tls else ()
+
     def _do_mail(self, arg: str) -> None:
+        if self.config.auth_required and self.authenticated is None:
+            self._error(R.AUTH_REQUIRED)
+            return
         try:
             path_text, param_text = parse_mail_argument(arg, "FROM")
             params = split_params(param_text)
@@ -495,6 +601,9 @@ class SMTPConnection:
                 if value is not None:
                     return R.syntax("SMTPUTF8 takes no value (RFC 6531)")
                 utf8 = True
+            elif key == "AUTH" and self.config.auth_mechanisms:
+                if value is None:  # RFC 4954 5: AUTH=<> or AUTH=xtext; noted, not trusted
+                    return R.syntax("AUTH=<mailbox> (RFC 4954)")
             else:
                 return R.UNSUPPORTED_PARAMETER
         return size, body, utf8
@@ -549,7 +658,7 @@ class SMTPConnection:
 
     def _do_help(self, arg: str) -> None:
         self._send(Reply(214, "2.0.0", (
-            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
+            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN STARTTLS AUTH",
             "See RFC 5321 for their syntax",
         )))
 
@@ -564,6 +673,88 @@ class SMTPConnection:
             self._error(R.syntax(_USAGE["EXPN"]))
             return
         self._emit(Expn(argument=arg))
+
+    # --- STARTTLS (RFC 3207) and AUTH (RFC 4954) ---------------------------------------------
+    def _do_starttls(self, arg: str) -> None:
+        if arg:
+            self._error(R.syntax(_USAGE["STARTTLS"]))
+        elif self.tls_active:
+            self._error(R.TLS_ALREADY_ACTIVE)
+        elif not self.config.tls_available:
+            self._error(R.NOT_IMPLEMENTED)
+        else:
+            self._emit(StartTLS())
+
+    def _do_auth(self, arg: str) -> None:
+        name, _, initial_text = arg.partition(" ")
+        name = name.upper()
+        if not self.config.auth_mechanisms:
+            self._error(R.NOT_IMPLEMENTED)
+        elif not name:
+            self._error(R.syntax(_USAGE["AUTH"]))
+        elif self.authenticated is not None:
+            self._error(R.ALREADY_AUTHENTICATED)
+        elif not self.esmtp:
+            self._error(R.NEED_EHLO_FOR_AUTH)
+        elif name not in self.config.auth_mechanisms:
+            self._error(R.UNKNOWN_MECHANISM)
+        elif not self.offered_mechanisms():
+            self._error(R.ENCRYPTION_REQUIRED)
+        else:
+            initial = _decode_response(initial_text.strip()) if initial_text.strip() else None
+            if initial is _BAD:
+                self._error(R.CANNOT_DECODE)
+                return
+            self._mech_initial = initial if isinstance(initial, bytes) else None
+            self._emit(AuthStart(mechanism=name))
+
+    def _auth_begin(self, event: AuthStart) -> None:
+        mech = sasl.create(event.mechanism, hostname=self.config.hostname)
+        assert mech is not None  # only configured, known names reach here
+        self._mech, self._mech_name = mech, event.mechanism
+        initial, self._mech_initial = self._mech_initial, None
+        self._auth_step(mech.start(initial))
+
+    def _auth_step(self, step: sasl.Step) -> None:
+        match step:
+            case sasl.Challenge(data=data):
+                self.state = State.AUTH
+                self._send(Reply(334, None, base64.b64encode(data).decode()))
+            case sasl.CheckPassword() | sasl.NeedSecret() | sasl.NeedScram():
+                self.state = State.AUTH
+                self._emit(AuthLookup(request=step))
+            case sasl.Success(authcid=user):
+                self._auth_finish(user, "")
+                self._send(R.AUTH_OK)
+            case sasl.Failure(reason=reason, malformed=malformed):
+                self._auth_finish(None, reason)
+                self._error(R.CANNOT_DECODE if malformed else R.AUTH_FAILED)
+
+    def _auth_finish(self, user: str | None, reason: str) -> None:
+        self.state = State.GREETED
+        self.authenticated = user
+        self._emit(AuthDone(mechanism=self._mech_name, user=user, reason=reason))
+        self._mech = None
+
+    def _auth_response(self, raw: bytes | object) -> None:
+        """A client line inside the SASL exchange (RFC 4954 4)."""
+        if raw is TOO_LONG:
+            self._auth_finish(None, "response too long")
+            self._error(R.LINE_TOO_LONG)
+            return
+        assert isinstance(raw, bytes) and self._mech is not None
+        line = raw.rstrip(b"\r\n")
+        if line == b"*":
+            self._auth_finish(None, "cancelled by the client")
+            self._error(R.AUTH_CANCELLED)
+            return
+        data = _decode_response(line.decode("ascii", "replace"))
+        if data is _BAD:
+            self._auth_finish(None, "bad base64")
+            self._error(R.CANNOT_DECODE)
+            return
+        assert isinstance(data, bytes)
+        self._auth_step(self._mech.respond(data))
 
     # --- DATA ------------------------------------------------------------------------------
     def _pump_data(self) -> bool:
@@ -598,6 +789,19 @@ class SMTPConnection:
         else:
             self._emit(DataAborted(reply=problem))
             self._end_transaction(problem)
+
+
+_BAD: Final = object()
+
+
+def _decode_response(text: str) -> bytes | object:
+    """RFC 4954 4: base64, with ``=`` standing for an empty initial response."""
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return _BAD
 
 
 def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
