@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .config import ConfigError, Settings, load_settings
@@ -18,7 +20,8 @@ from .directory.resolve import resolve_recipient
 from .directory.sqlite import SQLiteDirectory
 from .net.connection import Connection
 from .net.listener import Listener
-from .net.smtp_session import SMTPServices, SMTPSession
+from .net.smtp_session import Mode, SMTPServices, SMTPSession
+from .net.tls import TLSProvider
 from .policy.relay import RelayPolicy
 from .proto import replies as R
 from .queue.spool import Spool
@@ -38,19 +41,22 @@ def build_services(settings: Settings, previous: SMTPServices | None = None) -> 
     hold open files and the queue-id sequence) and told the new settings."""
     if previous is not None:
         previous.directory.reload(settings.domains)
-        directory, spool = previous.directory, previous.spool
+        directory, spool, state, tls = previous.directory, previous.spool, previous.state, previous.tls
+        if tls is not None:
+            tls.reload()
     else:
         data = settings.data_dir
         directory = SQLiteDirectory(data / "taube.db", settings.domains)
         spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
-    return SMTPServices(settings=settings, directory=directory,
-                        relay=RelayPolicy(settings.networks()), spool=spool)
+        state = LocalState()
+        tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)
+    return SMTPServices(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
+                        spool=spool, state=state, tls=tls)
 
 
 class App:
     def __init__(self, settings: Settings) -> None:
         self.services = build_services(settings)
-        self.state = LocalState()
         self.listeners: list[Listener] = []
         self._stop = asyncio.Event()
 
@@ -58,8 +64,14 @@ class App:
     def settings(self) -> Settings:
         return self.services.settings
 
-    def _smtp_session(self, io: Connection, client_ip: str) -> SMTPSession:
-        return SMTPSession(self.services, io, client_ip)
+    def _session_factory(self, mode: Mode) -> Callable[[Connection, str], SMTPSession]:
+        def factory(io: Connection, client_ip: str) -> SMTPSession:
+            return SMTPSession(self.services, io, client_ip, mode)
+        return factory
+
+    def _tls_context(self) -> ssl.SSLContext:
+        assert self.services.tls is not None
+        return self.services.tls.context
 
     def _smtp_limits(self) -> tuple[int, int]:
         s = self.settings.smtp
@@ -72,21 +84,28 @@ class App:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="taube-io"))
         self.services.spool.recover()
-        smtp = Listener("smtp", self.settings.smtp.listen, self._smtp_session, self.state,
-                        self._smtp_limits, self._smtp_refusal)
-        try:
-            await smtp.start()
-        except OSError as e:
-            log.error("cannot listen: %s", e)
-            return 1
-        self.listeners.append(smtp)
+        state = self.services.state
+        for name, addresses, mode in (("smtp", self.settings.smtp.listen, "smtp"),
+                                      ("submission", self.settings.submission.listen, "submission"),
+                                      ("smtps", self.settings.smtps.listen, "smtps")):
+            if not addresses:
+                continue
+            listener = Listener(name, addresses, self._session_factory(mode), state, self._smtp_limits,
+                                self._smtp_refusal, tls=self._tls_context if mode == "smtps" else None)
+            try:
+                await listener.start()
+            except OSError as e:
+                log.error("cannot listen for %s on %s: %s", name, addresses, e)
+                await asyncio.gather(*(done.stop(0) for done in self.listeners))
+                return 1
+            self.listeners.append(listener)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._check_postmaster()
         log.info("taube ready: hostname=%s data_dir=%s", self.settings.hostname, self.settings.data_dir)
         await self._stop.wait()
-        log.info("shutting down: draining %d connection(s)", self.state.connection_count())
+        log.info("shutting down: draining %d connection(s)", self.services.state.connection_count())
         grace = self.settings.smtp.shutdown_grace
         await asyncio.gather(*(listener.stop(grace) for listener in self.listeners))
         log.info("stopped")
@@ -106,6 +125,8 @@ class App:
             log.error("reload failed, keeping the running configuration:\n%s", e)
             return
         for what, old, new in (("[smtp] listen", self.settings.smtp.listen, settings.smtp.listen),
+                               ("[submission] listen", self.settings.submission.listen, settings.submission.listen),
+                               ("[smtps] listen", self.settings.smtps.listen, settings.smtps.listen),
                                ("data_dir", self.settings.data_dir, settings.data_dir),
                                ("hostname", self.settings.hostname, settings.hostname)):
             if old != new:

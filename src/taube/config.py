@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
@@ -121,6 +122,55 @@ class SMTPSettings(_Section):
     bare_newline: Literal["reject", "normalize"] = "reject"
 
 
+class ListenerSettings(_Section):
+    """``[submission]`` (RFC 6409, STARTTLS then AUTH) and ``[smtps]`` (RFC 8314 implicit TLS):
+    both demand AUTH before MAIL."""
+
+    listen: ListenList = []
+
+
+class TLSSettings(_Section):
+    """``[tls]``: certificate chain and key (PEM), relative to the config file. Without them a
+    self-signed certificate for ``hostname`` is made under ``<data_dir>/tls``."""
+
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TLSSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key, or neither")
+        return self
+
+
+Mechanism = Literal["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"]
+
+
+class AuthSettings(_Section):
+    """``[auth]``: SMTP AUTH (RFC 4954), and the failure throttling shared with POP3."""
+
+    mechanisms: list[Mechanism] = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
+    require_tls: bool = True  # no AUTH (and no password) before TLS, loopback included
+    legacy_auth_line: bool = True  # also announce "AUTH=..." for old Outlook versions
+    # Failed logins from one address: each waits failure_delay x (failures so far) before its
+    # answer; max_failures within failure_window block the address for failure_window (421).
+    max_failures: int = Field(10, ge=1)
+    failure_window: Duration = 900.0
+    failure_delay: Duration = 1.0
+    # The envelope sender of an authenticated client must be one of its addresses (553 5.7.1).
+    sender_login_match: bool = True
+    # Note the authenticated user in the Received: header (off: privacy).
+    received_header_user: bool = False
+
+    @field_validator("mechanisms")
+    @classmethod
+    def _mechanisms(cls, v: list[str]) -> list[str]:
+        if "CRAM-MD5" in v:
+            raise ValueError("CRAM-MD5 needs plaintext-equivalent secrets ([auth] legacy_secrets), "
+                             "which this version does not store yet; use SCRAM-SHA-256")
+        return list(dict.fromkeys(v))
+
+
 class QueueSettings(_Section):
     """``[queue]``: the durable outbound queue (delivery itself comes with the queue runner)."""
 
@@ -144,6 +194,10 @@ class Settings(_Section):
     trusted_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     postmaster: str = "postmaster"
     smtp: SMTPSettings = SMTPSettings()
+    submission: ListenerSettings = ListenerSettings(listen=["127.0.0.1:2587"])
+    smtps: ListenerSettings = ListenerSettings(listen=["127.0.0.1:2465"])
+    tls: TLSSettings = TLSSettings()
+    auth: AuthSettings = AuthSettings()
     queue: QueueSettings = QueueSettings()
     log: LogSettings = LogSettings()
     # Where the settings came from (None: built-in defaults); not a TOML key.
@@ -226,6 +280,11 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
     data_dir = settings.data_dir if settings.data_dir.is_absolute() else base / settings.data_dir
-    return settings.model_copy(
-        update={"data_dir": data_dir.resolve(), "source": cfg_path.resolve() if cfg_path else None}
-    )
+    tls = settings.tls.model_copy(update={
+        "cert": (base / settings.tls.cert).resolve() if settings.tls.cert else None,
+        "key": (base / settings.tls.key).resolve() if settings.tls.key else None,
+    })
+    return settings.model_copy(update={
+        "data_dir": data_dir.resolve(), "tls": tls,
+        "source": cfg_path.resolve() if cfg_path else None,
+    })

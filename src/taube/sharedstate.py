@@ -9,7 +9,7 @@ the protocol code.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Protocol
 
 __all__ = ["LocalState", "SharedState"]
@@ -24,6 +24,19 @@ class SharedState(Protocol):
 
     def connection_count(self) -> int: ...
 
+    def auth_failed(self, client: str, now: float, window: float) -> int:
+        """Record a failed login from ``client``; the failures within ``window`` seconds."""
+
+    def auth_blocked(self, client: str, now: float, window: float, limit: int) -> bool:
+        """True while ``client`` has ``limit`` or more failures within ``window``."""
+
+    def auth_succeeded(self, client: str) -> None: ...
+
+
+# Addresses with recent failures that one process remembers; past it the stalest are forgotten
+# (a botnet of many addresses is not stopped by per-address counting anyway).
+MAX_TRACKED_CLIENTS = 100_000
+
 
 class LocalState:
     """SharedState for one process: plain counters, no locking needed under one event loop."""
@@ -31,6 +44,7 @@ class LocalState:
     def __init__(self) -> None:
         self._per_client: Counter[str] = Counter()
         self._total = 0
+        self._failures: dict[str, deque[float]] = {}
 
     def open_connection(self, client: str, *, total_limit: int, per_client_limit: int) -> str | None:
         if self._total >= total_limit:
@@ -49,3 +63,28 @@ class LocalState:
 
     def connection_count(self) -> int:
         return self._total
+
+    def _recent(self, client: str, now: float, window: float) -> deque[float]:
+        times = self._failures.get(client)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - window:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+        return times
+
+    def auth_failed(self, client: str, now: float, window: float) -> int:
+        times = self._recent(client, now, window)
+        if not times:
+            if len(self._failures) >= MAX_TRACKED_CLIENTS:
+                del self._failures[next(iter(self._failures))]  # the longest-known address
+            self._failures[client] = times
+        times.append(now)
+        return len(times)
+
+    def auth_blocked(self, client: str, now: float, window: float, limit: int) -> bool:
+        return len(self._recent(client, now, window)) >= limit
+
+    def auth_succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)

@@ -36,6 +36,10 @@ def wait_for(predicate, timeout: float = DEADLINE, interval: float = 0.02, what:
         time.sleep(interval)
 
 
+def _listen(port: int | None) -> str:
+    return f'"127.0.0.1:{port}"' if port else ""
+
+
 def run_cli(config: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([TAUBE, *args, "--config", str(config)], input=stdin, capture_output=True,
                           text=True, timeout=60)
@@ -48,9 +52,12 @@ class TaubeServer:
     """A taube process with its own config and data directory."""
 
     def __init__(self, root: Path, extra_toml: str = "", smtp_toml: str = "", domains=("example.test",),
-                 trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")) -> None:
+                 trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128"), auth_toml: str = "",
+                 submission: bool = False, smtps: bool = False) -> None:
         self.root = root
         self.port = free_port()
+        self.submission_port = free_port() if submission else None
+        self.smtps_port = free_port() if smtps else None
         self.config = root / "taube.toml"
         self.data_dir = root / "var"
         self.log_path = root / "taube.log"
@@ -66,6 +73,13 @@ class TaubeServer:
             f"[smtp]\n"
             f'listen = ["127.0.0.1:{self.port}"]\n'
             f"{smtp_toml}\n"
+            f"[submission]\n"
+            f"listen = [{_listen(self.submission_port)}]\n"
+            f"[smtps]\n"
+            f"listen = [{_listen(self.smtps_port)}]\n"
+            f"[auth]\n"
+            f"failure_delay = 0\n"
+            f"{auth_toml}\n"
         )
 
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Literal
 
 from ..config import Settings
 from ..directory.base import Directory
@@ -20,8 +22,12 @@ from ..directory.resolve import resolve_recipient
 from ..policy.relay import RelayPolicy
 from ..proto import replies as R
 from ..proto.replies import Reply, SMTPError
+from ..proto import sasl
 from ..proto.smtp import (
     NEED_DATA,
+    AuthDone,
+    AuthLookup,
+    AuthStart,
     Closed,
     DataAborted,
     DataChunk,
@@ -35,6 +41,7 @@ from ..proto.smtp import (
     Reset,
     SMTPConfig,
     SMTPConnection,
+    StartTLS,
     State,
     Vrfy,
 )
@@ -42,11 +49,17 @@ from ..proto.address import AddressError, parse_path
 from ..proto.trace import received_header, with_protocol
 from ..queue.envelope import Envelope, Target
 from ..queue.spool import Spool, SpoolFile, StorageFullError
+from ..sharedstate import SharedState
 from .connection import Connection
+from .tls import TLSProvider
 
-__all__ = ["SMTPServices", "SMTPSession"]
+__all__ = ["Mode", "SMTPServices", "SMTPSession"]
 
 log = logging.getLogger("taube.smtp")
+# "smtp": port-25 style; "submission": RFC 6409, AUTH before MAIL; "smtps": the same over
+# implicit TLS (RFC 8314).
+Mode = Literal["smtp", "submission", "smtps"]
+TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
@@ -57,6 +70,8 @@ class SMTPServices:
     directory: Directory
     relay: RelayPolicy
     spool: Spool
+    state: SharedState
+    tls: TLSProvider | None
 
     def postmaster(self) -> str:
         """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in
@@ -67,8 +82,8 @@ class SMTPServices:
         domains = self.settings.domains or self.directory.list_domains()
         return f"{pm}@{domains[0] if domains else self.settings.hostname}"
 
-    def engine_config(self) -> SMTPConfig:
-        s = self.settings.smtp
+    def engine_config(self, mode: Mode) -> SMTPConfig:
+        s, auth = self.settings.smtp, self.settings.auth
         return SMTPConfig(
             hostname=self.settings.hostname,
             max_message_size=s.max_message_size,
@@ -76,7 +91,21 @@ class SMTPServices:
             max_errors=s.max_errors,
             normalize_bare_newlines=s.bare_newline == "normalize",
             vrfy=s.vrfy != "off",
+            tls_available=self.tls is not None and mode != "smtps",
+            tls_active=mode == "smtps",
+            auth_mechanisms=tuple(auth.mechanisms),
+            auth_requires_tls=auth.require_tls,
+            auth_legacy_line=auth.legacy_auth_line,
+            auth_required=mode != "smtp",
         )
+
+    def owns_sender(self, user: str, sender: str) -> bool:
+        """The sender is the user's own address or an alias that leads to the user."""
+        sender, user = sender.lower(), user.lower()
+        if sender == user:
+            return True
+        targets = self.directory.get_alias(sender) or []
+        return user in (t.lower() for t in targets)
 
 
 @dataclass(slots=True)
@@ -100,11 +129,13 @@ class _Transaction:
 class SMTPSession:
     """Drive one connection to the end. ``run()`` never raises for anything the peer does."""
 
-    def __init__(self, services: SMTPServices, io: Connection, client_ip: str) -> None:
+    def __init__(self, services: SMTPServices, io: Connection, client_ip: str,
+                 mode: Mode = "smtp") -> None:
         self.services = services
         self.io = io
         self.client_ip = client_ip
-        self.conn = SMTPConnection(services.engine_config())
+        self.mode = mode
+        self.conn = SMTPConnection(services.engine_config(mode))
         self.tx = _Transaction()
         self.stopping = False  # set by the listener on shutdown
         self.committing = False  # a commit is running in a worker thread: do not cancel
@@ -203,6 +234,14 @@ class SMTPSession:
                     self._vrfy(event)
                 case Expn():
                     self._expn(event)
+                case StartTLS():
+                    await self._starttls()
+                case AuthStart():
+                    self._auth_start(event)
+                case AuthLookup():
+                    await self._auth_lookup(event)
+                case AuthDone():
+                    await self._auth_done(event)
         except SMTPError as e:
             log.info("reject client=%s %s", self.client_ip, e)
             self.conn.reject(e.reply)
@@ -221,6 +260,12 @@ class SMTPSession:
 
     def _mail(self, event: MailFrom) -> None:
         self._new_transaction()
+        user = self.conn.authenticated
+        sender = event.path.address
+        if (user is not None and sender and self.services.settings.auth.sender_login_match
+                and not self.services.owns_sender(user, sender)):
+            raise SMTPError(Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user {user}"),
+                            reason="sender login mismatch")
         self.tx.sender = event
         self.conn.accept()
 
@@ -236,7 +281,8 @@ class SMTPSession:
         if resolution.status == "unknown_user":
             raise SMTPError(Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
                                   "User unknown in local recipient table"), reason="unknown user")
-        if resolution.status == "remote" and not self.services.relay.may_relay(self.client_ip):
+        authenticated = self.conn.authenticated is not None
+        if resolution.status == "remote" and not self.services.relay.may_relay(self.client_ip, authenticated=authenticated):
             raise SMTPError(Reply(554, "5.7.1", f"<{address}>: Relay access denied"),
                             reason=f"relay to {path.domain} from untrusted client")
         self.tx.targets.extend(resolution.targets)
@@ -259,11 +305,27 @@ class SMTPSession:
             helo=self.conn.helo,
             client_ip=self.client_ip,
             hostname=self.services.settings.hostname,
-            protocol=with_protocol(esmtp=self.conn.esmtp, utf8=tx.sender.smtputf8),
+            protocol=with_protocol(esmtp=self.conn.esmtp, tls=self.conn.tls_active,
+                                   auth=self.conn.authenticated is not None, utf8=tx.sender.smtputf8),
             queue_id=tx.queue_id,
             when=datetime.fromtimestamp(tx.started, timezone.utc).astimezone(),
             recipient=tx.recipients[0] if len(tx.recipients) == 1 else None,
+            tls_info=self._tls_info(),
         )
+
+    def _tls_info(self) -> str | None:
+        """As Postfix writes it: ``using TLSv1.3 with cipher X (256/256 bits)``, plus the
+        authenticated user when configured."""
+        parts = []
+        ssl_object = self.io.extra("ssl_object")
+        if isinstance(ssl_object, ssl.SSLObject):
+            cipher = ssl_object.cipher()
+            if cipher:
+                parts.append(f"using {ssl_object.version()} with cipher {cipher[0]} ({cipher[2]}/{cipher[2]} bits)")
+        user = self.conn.authenticated
+        if user and self.services.settings.auth.received_header_user:
+            parts.append(f"Authenticated sender: {user}")
+        return "; ".join(parts) or None
 
     async def _data_chunk(self, event: DataChunk) -> None:
         spool_file = self.tx.spool_file
@@ -305,6 +367,55 @@ class SMTPSession:
             ",".join(f"<{r}>" for r in self.tx.recipients), envelope.size,
             len(envelope.targets), result,
         )
+
+    # --- STARTTLS and AUTH -------------------------------------------------------------------
+    async def _starttls(self) -> None:
+        tls = self.services.tls
+        assert tls is not None  # the engine offers STARTTLS only with a certificate
+        self.conn.accept()
+        await self._flush()
+        try:
+            await self.io.start_tls(tls.context, TLS_HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError) as e:
+            log.info("TLS handshake failed client=%s: %s", self.client_ip, e)
+            raise ConnectionError("TLS handshake failed") from None
+        self.conn.tls_started()
+        log.info("TLS established client=%s %s", self.client_ip, self._tls_info() or "")
+
+    def _auth_start(self, event: AuthStart) -> None:
+        auth = self.services.settings.auth
+        if self.services.state.auth_blocked(self.client_ip, time.monotonic(), auth.failure_window,
+                                            auth.max_failures):
+            log.warning("auth refused client=%s: too many failures", self.client_ip)
+            self.conn.close_with(R.closing(self.services.settings.hostname, "4.7.0",
+                                           "Error: too many authentication failures"))
+            return
+        self.conn.accept()
+
+    async def _auth_lookup(self, event: AuthLookup) -> None:
+        directory = self.services.directory
+        request = event.request
+        loop = asyncio.get_running_loop()
+        answer: object
+        if isinstance(request, sasl.CheckPassword):  # argon2: tens of ms, off the loop
+            answer = await loop.run_in_executor(None, directory.verify_password, request.authcid,
+                                                request.password)
+        elif isinstance(request, sasl.NeedScram):
+            answer = directory.scram_credentials(request.username)
+        else:
+            answer = None  # no plaintext-equivalent secrets are stored
+        self.conn.auth_resolve(answer)
+
+    async def _auth_done(self, event: AuthDone) -> None:
+        state, auth = self.services.state, self.services.settings.auth
+        if event.user is not None:
+            state.auth_succeeded(self.client_ip)
+            log.info("auth ok client=%s user=%s mechanism=%s", self.client_ip, event.user, event.mechanism)
+            return
+        failures = state.auth_failed(self.client_ip, time.monotonic(), auth.failure_window)
+        log.warning("auth failed client=%s mechanism=%s failures=%d: %s", self.client_ip,
+                    event.mechanism, failures, event.reason)
+        await asyncio.sleep(min(auth.failure_delay * failures, 30.0))  # the reply waits too
 
     def _vrfy(self, event: Vrfy) -> None:
         mode = self.services.settings.smtp.vrfy
