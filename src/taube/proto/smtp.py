@@ -330,7 +330,7 @@ class SMTPConnection:
             raise LocalProtocolError(f"{type(self._pending).__name__} has not been answered")
         while not self._events:
             if self.state is State.CLOSED:
-                return NEED_DATA if self._out else Closed(reason="closed")
+                return Closed(reason="closed")  # the session flushes the last reply, then closes
             if self.state is State.DATA:
                 if not self._pump_data():
                     break
