@@ -46,7 +46,8 @@ def build_services(settings: Settings, previous: SMTPServices | None = None) -> 
             tls.reload()
     else:
         data = settings.data_dir
-        directory = SQLiteDirectory(data / "taube.db", settings.domains)
+        directory = SQLiteDirectory(data / "taube.db", settings.domains,
+                                    legacy_secrets=settings.auth.legacy_secrets)
         spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
         state = LocalState()
         tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)

@@ -56,7 +56,8 @@ def _config_option(command: F) -> F:
 
 
 def _directory(settings: Settings) -> SQLiteDirectory:
-    return SQLiteDirectory(settings.data_dir / "taube.db", settings.domains)
+    return SQLiteDirectory(settings.data_dir / "taube.db", settings.domains,
+                           legacy_secrets=settings.auth.legacy_secrets)
 
 
 def _read_password() -> str:

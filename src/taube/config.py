@@ -162,13 +162,20 @@ class AuthSettings(_Section):
     # Note the authenticated user in the Received: header (off: privacy).
     received_header_user: bool = False
 
+    # Keep a plaintext-equivalent secret per user (set by `taube user add/passwd`), which CRAM-MD5
+    # and APOP need. Off by default: whoever reads the database can log in as anyone.
+    legacy_secrets: bool = False
+
     @field_validator("mechanisms")
     @classmethod
-    def _mechanisms(cls, v: list[str]) -> list[str]:
-        if "CRAM-MD5" in v:
-            raise ValueError("CRAM-MD5 needs plaintext-equivalent secrets ([auth] legacy_secrets), "
-                             "which this version does not store yet; use SCRAM-SHA-256")
+    def _unique(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _cram_needs_secrets(self) -> AuthSettings:
+        if "CRAM-MD5" in self.mechanisms and not self.legacy_secrets:
+            raise ValueError("mechanisms: CRAM-MD5 needs legacy_secrets = true (plaintext-equivalent secrets)")
+        return self
 
 
 class QueueSettings(_Section):

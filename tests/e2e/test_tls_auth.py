@@ -90,6 +90,8 @@ def test_old_tls_versions_are_refused(tls_server: TaubeServer) -> None:
         assert c.cmd("STARTTLS").startswith("220")
         with pytest.raises((ssl.SSLError, OSError)):
             ctx.wrap_socket(c.sock)
+    with RawSMTP(tls_server.port) as c:  # that failed handshake closed its connection only
+        assert c.cmd("NOOP").startswith("250")
 
 
 def test_relay_only_after_auth_and_sender_must_be_owned(tls_server: TaubeServer) -> None:
@@ -199,3 +201,53 @@ def _message():
     msg["Subject"] = "tls"
     msg.set_content("hello\n")
     return msg
+
+
+def test_cram_md5_with_legacy_secrets(make_server) -> None:
+    server = make_server(auth_toml='legacy_secrets = true\nmechanisms = ["CRAM-MD5", "PLAIN"]')
+    server.add_user("alice@example.test", PASSWORD)
+    server.start()
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as c:
+        c.starttls(context=client_context())
+        c.ehlo("x")
+        assert c.esmtp_features["auth"].split()[0] == "CRAM-MD5"
+        code, _ = c.login("alice@example.test", PASSWORD)  # smtplib picks CRAM-MD5 first
+        assert code == 235
+    assert "mechanism=CRAM-MD5" in server.log
+    assert PASSWORD.encode() in (server.data_dir / "taube.db").read_bytes()  # the stated trade-off
+
+
+def test_cram_md5_without_legacy_secrets_is_a_config_error(make_server) -> None:
+    server = make_server(auth_toml='mechanisms = ["CRAM-MD5"]')
+    proc = server.cli("user", "list", check=False)
+    assert proc.returncode == 2 and "legacy_secrets" in proc.stderr
+
+
+def test_configured_certificate_and_reload_on_sighup(make_server, tmp_path) -> None:
+    import signal
+
+    from cryptography import x509
+
+    from taube.net.tls import ensure_self_signed
+    from tests.e2e.conftest import wait_for
+
+    certs = tmp_path / "certs"
+    cert, key = ensure_self_signed(certs / "one", "one.example.test")
+    server = make_server()
+    server.config.write_text(server.config.read_text() + f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    server.start()
+
+    def served_name() -> str:
+        with RawSMTP(server.port) as c:
+            c.cmd("EHLO x")
+            starttls_raw(c)
+            der = c.sock.getpeercert(binary_form=True)
+            return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+    assert served_name() == "CN=one.example.test"
+    new_cert, new_key = ensure_self_signed(certs / "two", "two.example.test")
+    cert.write_bytes(new_cert.read_bytes())
+    key.write_bytes(new_key.read_bytes())
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: served_name() == "CN=two.example.test", what="the new certificate")
+    assert not (server.data_dir / "tls").exists()  # no self-signed one was made

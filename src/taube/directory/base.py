@@ -102,6 +102,9 @@ class Directory(Protocol):
     def verify_password(self, address: str, password: str) -> bool:
         """Whether ``password`` is the user's; costs the same for unknown users."""
 
+    def legacy_secret(self, address: str) -> str | None:
+        """The plaintext-equivalent secret for CRAM-MD5/APOP, None if not kept."""
+
     def scram_credentials(self, address: str) -> ScramCredentials | None:
         """The user's SCRAM-SHA-256 keys (RFC 5802 section 3), None for unknown users."""
 

@@ -95,9 +95,13 @@ class SQLiteDirectory:
     """:class:`~taube.directory.base.Directory` on SQLite. ``config_domains`` are the local
     domains of the configuration file; more are added with :meth:`add_domain`."""
 
-    def __init__(self, path: Path, config_domains: Iterable[str] = ()) -> None:
+    def __init__(self, path: Path, config_domains: Iterable[str] = (), *,
+                 legacy_secrets: bool = False) -> None:
+        """``legacy_secrets``: also keep each new password as a plaintext-equivalent secret for
+        CRAM-MD5 and APOP (``[auth] legacy_secrets``); off, new passwords clear it."""
         self.path = Path(path)
         self._config_domains = frozenset(d.lower() for d in config_domains)
+        self._legacy_secrets = legacy_secrets
         self._lock = threading.Lock()
         self._db = self._connect()
 
@@ -227,8 +231,9 @@ class SQLiteDirectory:
             self._require_local(db, domain)
             inserted = db.execute(
                 "INSERT OR IGNORE INTO users (address, domain, argon2_hash, scram_salt, "
-                "scram_iterations, scram_stored_key, scram_server_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (normalized, domain, *self._password_columns(record)),
+                "scram_iterations, scram_stored_key, scram_server_key, legacy_secret) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (normalized, domain, *self._password_columns(record), self._legacy(password)),
             ).rowcount
             if not inserted:
                 raise DirectoryError(f"user {normalized} already exists")
@@ -245,11 +250,23 @@ class SQLiteDirectory:
         with self._writing() as db:
             updated = db.execute(
                 "UPDATE users SET argon2_hash = ?, scram_salt = ?, scram_iterations = ?, "
-                "scram_stored_key = ?, scram_server_key = ? WHERE address = ?",
-                (*self._password_columns(record), normalized),
+                "scram_stored_key = ?, scram_server_key = ?, legacy_secret = ? WHERE address = ?",
+                (*self._password_columns(record), self._legacy(password), normalized),
             ).rowcount
             if not updated:
                 raise DirectoryError(f"no such user: {normalized}")
+
+    def _legacy(self, password: str) -> str | None:
+        return password if self._legacy_secrets else None
+
+    def legacy_secret(self, address: str) -> str | None:
+        """The plaintext-equivalent secret for CRAM-MD5/APOP, if kept (see ``__init__``)."""
+        if not self._legacy_secrets:
+            return None
+        with self._reading() as db:
+            row = db.execute("SELECT legacy_secret FROM users WHERE address = ?",
+                             (normalize_address(address),)).fetchone()
+        return row[0] if row else None
 
     @staticmethod
     def _hash(password: str) -> PasswordRecord:

@@ -402,8 +402,8 @@ class SMTPSession:
                                                 request.password)
         elif isinstance(request, sasl.NeedScram):
             answer = directory.scram_credentials(request.username)
-        else:
-            answer = None  # no plaintext-equivalent secrets are stored
+        else:  # CRAM-MD5: only with [auth] legacy_secrets
+            answer = directory.legacy_secret(request.username)
         self.conn.auth_resolve(answer)
 
     async def _auth_done(self, event: AuthDone) -> None:
