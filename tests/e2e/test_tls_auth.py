@@ -251,3 +251,15 @@ def test_configured_certificate_and_reload_on_sighup(make_server, tmp_path) -> N
     server.send_signal(signal.SIGHUP)
     wait_for(lambda: served_name() == "CN=two.example.test", what="the new certificate")
     assert not (server.data_dir / "tls").exists()  # no self-signed one was made
+
+
+def test_received_notes_the_user_only_when_configured(make_server) -> None:
+    server = make_server(submission=True, auth_toml="received_header_user = true")
+    server.add_user("alice@example.test", PASSWORD)
+    server.start()
+    with smtplib.SMTP("127.0.0.1", server.submission_port, timeout=10) as c:
+        c.starttls(context=client_context())
+        c.login("alice@example.test", PASSWORD)
+        c.send_message(_message(), "alice@example.test", ["alice@example.test"])
+    [msg] = list(mailbox.Maildir(server.maildir("alice@example.test"), create=False))
+    assert "Authenticated sender: alice@example.test" in msg["Received"]
