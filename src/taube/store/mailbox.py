@@ -1,0 +1,142 @@
+"""A Maildir opened for POP3: a snapshot listing, streamed retrieval, deletion at UPDATE.
+
+POP3 numbers messages 1..n for the whole session (RFC 1939 section 5), so the listing is a
+snapshot taken at login; mail arriving later waits for the next session. Sizes are the octets
+RETR sends: files taube delivered already have CRLF line ends, so their size is the file size;
+a file with bare LF line ends (delivered by another program) is measured once, counting each LF
+that lacks a CR.
+
+UIDs (RFC 1939 7, UIDL) are the Maildir base name, the part before ``:2,``: it never changes when
+a message moves from ``new/`` to ``cur/`` or gets flags, so IMAP and POP3 clients agree. A base
+name outside the UIDL alphabet or over 70 octets is replaced by its SHA-1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .maildir import fsync_directory
+
+__all__ = ["MaildirMailbox", "MailboxMessage"]
+
+_UID_OK = re.compile(r"[\x21-\x7e]{1,70}")
+READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxMessage:
+    path: Path  # where it was when listed (new/ or cur/)
+    uid: str
+    size: int  # octets as sent by RETR (CRLF line ends)
+
+
+def _uid(name: str) -> str:
+    base = name.split(":", 1)[0]
+    return base if _UID_OK.fullmatch(base) else hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _crlf_size(path: Path, size: int) -> int:
+    """The size with CRLF line ends: the file size plus one per LF not preceded by CR."""
+    extra = 0
+    previous = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            extra += chunk.count(b"\n") - chunk.count(b"\r\n")
+            if chunk[:1] == b"\n" and previous == b"\r":
+                extra -= 1
+            previous = chunk[-1:]
+    return size + extra
+
+
+class MaildirMailbox:
+    """One user's Maildir as seen by one POP3 session."""
+
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = maildir
+        self.messages: list[MailboxMessage] = []
+
+    def load(self) -> list[MailboxMessage]:
+        """Take the snapshot: ``cur/`` then ``new/``, each oldest first (names start with the
+        delivery time)."""
+        found: list[MailboxMessage] = []
+        for sub in ("cur", "new"):
+            directory = self.maildir / sub
+            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    found.append(self._message(Path(entry.path), entry.stat().st_size))
+        self.messages = found
+        return found
+
+    def _message(self, path: Path, size: int) -> MailboxMessage:
+        crlf = _declared_crlf(path.name, size)
+        return MailboxMessage(path, _uid(path.name), crlf if crlf is not None else _crlf_size(path, size))
+
+    def read(self, message: MailboxMessage) -> Iterator[bytes]:
+        """The message in chunks with CRLF line ends (the POP3 engine dot-stuffs them).
+
+        A message retrieved from ``new/`` is moved to ``cur/`` marked seen (``:2,S``), so an IMAP
+        server sharing the Maildir sees it as read."""
+        path = self._current_path(message)
+        with open(path, "rb") as f:
+            previous = b""
+            while chunk := f.read(READ_CHUNK):
+                yield _to_crlf(chunk, previous)
+                previous = chunk[-1:]
+        self._mark_seen(path)
+
+    def _current_path(self, message: MailboxMessage) -> Path:
+        if message.path.exists():
+            return message.path
+        base = message.path.name.split(":", 1)[0]
+        for candidate in (self.maildir / "cur").glob(f"{_glob_escape(base)}*"):
+            return candidate
+        raise FileNotFoundError(message.path)
+
+    def _mark_seen(self, path: Path) -> None:
+        if path.parent.name != "new":
+            return
+        target = self.maildir / "cur" / f"{path.name}:2,S"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, target)
+
+    def delete(self, messages: list[MailboxMessage]) -> None:
+        """RFC 1939 6 (UPDATE): remove the messages marked deleted, durably."""
+        touched: set[Path] = set()
+        for message in messages:
+            with contextlib.suppress(FileNotFoundError):
+                path = self._current_path(message)
+                os.unlink(path)
+                touched.add(path.parent)
+        for directory in touched:
+            fsync_directory(directory)
+
+
+def _declared_crlf(name: str, size: int) -> int | None:
+    """taube's own files are stored with CRLF: their file size is the POP3 size. Others may
+    declare it in the Maildir++ ``W=`` field."""
+    m = re.search(r",W=(\d+)", name)
+    if m:
+        return int(m.group(1))
+    if re.search(r"\.M\d+P\d+Q[0-9A-Za-z]+\.", name):  # our naming: maildir_filename()
+        return size
+    return None
+
+
+def _to_crlf(chunk: bytes, previous: bytes) -> bytes:
+    """Bare LF -> CRLF, also across chunk borders (``previous`` is the last byte before)."""
+    out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if chunk[:1] == b"\n" and previous == b"\r":
+        out = out[1:]  # that LF completed a CRLF split across chunks
+    return out
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
