@@ -32,6 +32,17 @@ class SharedState(Protocol):
 
     def auth_succeeded(self, client: str) -> None: ...
 
+    def lock_mailbox(self, mailbox: str) -> bool:
+        """Take the POP3 lock of ``mailbox`` (RFC 1939 8: one session at a time); False if held."""
+
+    def unlock_mailbox(self, mailbox: str) -> None: ...
+
+    def pop_login(self, client: str, now: float) -> None:
+        """Remember a successful POP3 login from ``client`` (SMTP-after-POP)."""
+
+    def pop_login_within(self, client: str, now: float, window: float) -> bool:
+        """True if ``client`` logged in over POP3 less than ``window`` seconds ago."""
+
 
 # Addresses with recent failures that one process remembers; past it the stalest are forgotten
 # (a botnet of many addresses is not stopped by per-address counting anyway).
@@ -45,6 +56,8 @@ class LocalState:
         self._per_client: Counter[str] = Counter()
         self._total = 0
         self._failures: dict[str, deque[float]] = {}
+        self._locked: set[str] = set()
+        self._pop_logins: dict[str, float] = {}
 
     def open_connection(self, client: str, *, total_limit: int, per_client_limit: int) -> str | None:
         if self._total >= total_limit:
@@ -88,3 +101,22 @@ class LocalState:
 
     def auth_succeeded(self, client: str) -> None:
         self._failures.pop(client, None)
+
+    def lock_mailbox(self, mailbox: str) -> bool:
+        if mailbox in self._locked:
+            return False
+        self._locked.add(mailbox)
+        return True
+
+    def unlock_mailbox(self, mailbox: str) -> None:
+        self._locked.discard(mailbox)
+
+    def pop_login(self, client: str, now: float) -> None:
+        if client not in self._pop_logins and len(self._pop_logins) >= MAX_TRACKED_CLIENTS:
+            del self._pop_logins[next(iter(self._pop_logins))]
+        self._pop_logins.pop(client, None)  # re-insert: the dict stays oldest first
+        self._pop_logins[client] = now
+
+    def pop_login_within(self, client: str, now: float, window: float) -> bool:
+        when = self._pop_logins.get(client)
+        return when is not None and now - when < window

@@ -18,3 +18,24 @@ def test_limits_total_and_per_client() -> None:
     for client in ("a", "b", "c"):
         state.close_connection(client)
     assert state.connection_count() == 0
+
+
+def test_auth_failures_window_and_reset() -> None:
+    state = LocalState()
+    assert [state.auth_failed("a", t, window=10) for t in (0, 1, 2)] == [1, 2, 3]
+    assert state.auth_blocked("a", 3, window=10, limit=3)
+    assert not state.auth_blocked("a", 10.5, window=10, limit=3)  # the first two aged out
+    state.auth_succeeded("a")
+    assert not state.auth_blocked("a", 3, window=10, limit=1)
+
+
+def test_mailbox_lock_and_pop_window() -> None:
+    state = LocalState()
+    assert state.lock_mailbox("alice@example.test")
+    assert not state.lock_mailbox("alice@example.test")
+    state.unlock_mailbox("alice@example.test")
+    assert state.lock_mailbox("alice@example.test")
+    state.pop_login("192.0.2.1", now=100)
+    assert state.pop_login_within("192.0.2.1", now=399, window=300)
+    assert not state.pop_login_within("192.0.2.1", now=400, window=300)
+    assert not state.pop_login_within("192.0.2.2", now=100, window=300)
