@@ -1,0 +1,857 @@
+"""The POP3 server protocol (RFC 1939, with RFC 2449 CAPA and response codes, RFC 2595 STLS and
+RFC 5034 SASL AUTH) as a sans-I/O state machine: bytes in, events out; decisions in, reply bytes
+out. No sockets, no files, no clock: the APOP timestamp of the greeting is passed in.
+
+How to drive it::
+
+    conn = POP3Connection(POP3Config(hostname="pop.example", timestamp="<123.456@pop.example>"))
+    send(conn.data_to_send())                       # the +OK greeting
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            send(conn.data_to_send())               # every reply so far, in order
+            conn.receive_data(await recv())         # b"" means the peer closed
+        elif isinstance(event, MailboxOpen):        # credentials verified: lock and list
+            conn.accept_mailbox([(size, uid), ...]) or conn.reject("[IN-USE] ...")
+        elif isinstance(event, Retrieve):           # RETR / TOP: stream the message
+            conn.accept()
+            for chunk in read(event.uid):
+                conn.send_content(chunk)
+                send(conn.data_to_send())
+                if not conn.wants_content: break    # TOP has what it needs
+            conn.end_content()
+        elif isinstance(event, Decision):           # Login, ApopLogin, StartTLS, Update, ...
+            conn.accept() or conn.reject(text)      # exactly one answer before next_event()
+
+The rules:
+
+* States follow RFC 1939 section 3: AUTHORIZATION, TRANSACTION, UPDATE; the table
+  :data:`ALLOWED` says which command is valid where, and a command out of place gets ``-ERR``.
+* Commands run strictly in order (RFC 2449 section 6.6, PIPELINING); while a decision is pending
+  or message content is being sent, no further input is parsed.
+* Credentials, mailbox locking, reading and deleting stay outside: the engine emits a
+  :class:`Decision` and waits for the answer. It answers itself only what needs no policy.
+* Peer mistakes are ``-ERR`` replies, never exceptions; misuse of the API raises
+  :class:`LocalProtocolError`. Each ``-ERR`` counts; past ``max_errors`` the engine closes.
+* Only a QUIT in TRANSACTION state leads to UPDATE (RFC 1939 section 6): a dropped connection,
+  a timeout or too many errors close without an :class:`Update`, so nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from . import sasl
+from .buffer import TOO_LONG, LineBuffer
+from .dotstuff import stuff
+from .smtp import NEED_DATA, LocalProtocolError, _NeedData
+
+__all__ = [
+    "NEED_DATA",
+    "ApopLogin",
+    "AuthLookup",
+    "Closed",
+    "Decision",
+    "Event",
+    "LocalProtocolError",
+    "Login",
+    "LoginFailed",
+    "MailboxOpen",
+    "POP3Config",
+    "POP3Connection",
+    "Retrieve",
+    "StartTLS",
+    "State",
+    "Update",
+]
+
+# RFC 2449 section 4: a command line is at most 255 octets with CRLF.
+COMMAND_LINE_MAX: Final = 255
+# RFC 5034 section 4 tells clients to keep AUTH with an initial response within that limit, but
+# SASL responses can be long (SCRAM, GSSAPI); like SMTP (RFC 4954 section 4) we accept 12288.
+AUTH_LINE_MAX: Final = 12288
+_UID: Final = re.compile(r"[\x21-\x7e]{1,70}")  # RFC 1939 section 7, UIDL unique-id
+_DIGEST: Final = re.compile(r"[0-9a-fA-F]{32}")  # RFC 1939 section 7, APOP digest
+_TIMESTAMP: Final = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")  # RFC 1939 section 7, msg-id
+
+
+class State(enum.Enum):
+    AUTHORIZATION = "authorization"  # RFC 1939 section 4: until the maildrop is open
+    AUTH = "auth"  # inside a SASL exchange: lines are responses, not commands
+    TLS_HANDSHAKE = "tls-handshake"  # +OK sent after STLS: nothing is read until tls_started()
+    TRANSACTION = "transaction"  # RFC 1939 section 5: the maildrop is open and locked
+    CONTENT = "content"  # a RETR/TOP answer is being streamed by send_content()
+    UPDATE = "update"  # RFC 1939 section 6: QUIT received, deletions pending
+    CLOSED = "closed"  # final reply queued: flush and close
+
+
+# --- events --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of everything next_event() returns."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision(Event):
+    """An event the session must answer (accept()/reject() or the method its docstring names)
+    before reading on."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Login(Decision):
+    """USER and PASS (RFC 1939 section 7): accept() if the password is right, else reject()."""
+
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApopLogin(Decision):
+    """APOP (RFC 1939 section 7): accept() if ``digest`` (lower-case hex) is
+    MD5(``timestamp`` + the user's shared secret), else reject()."""
+
+    user: str
+    digest: str
+    timestamp: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthLookup(Decision):
+    """The SASL mechanism needs the directory: answer with :meth:`POP3Connection.auth_resolve`
+    (True/False for CheckPassword, the secret or None for NeedSecret, ScramCredentials or None
+    for NeedScram), as in the SMTP engine."""
+
+    request: sasl.CheckPassword | sasl.NeedSecret | sasl.NeedScram
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailboxOpen(Decision):
+    """Credentials are verified: lock and list the maildrop (RFC 1939 section 4), then
+    :meth:`POP3Connection.accept_mailbox`, or reject() with ``[IN-USE]`` (RFC 2449 section 8.1.1)
+    when it is locked, ``[SYS/TEMP]`` (RFC 3206) when it cannot be opened."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoginFailed(Event):
+    """Authentication failed; the ``-ERR`` is queued but not yet flushed, so the session can
+    delay it to slow down password guessing. ``user`` is None when the client never named one."""
+
+    user: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTLS(Decision):
+    """STLS (RFC 2595 section 4): accept() sends ``+OK`` and drops unread input; the session
+    does the handshake and calls :meth:`POP3Connection.tls_started` (or closes if it fails)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retrieve(Decision):
+    """RETR (``lines`` None) or TOP (``lines`` body lines after the header): accept(), then
+    send_content() the whole message as stored (CRLF line ends) and end_content(). The engine
+    dot-stuffs and, for TOP, cuts after the header and ``lines`` body lines itself."""
+
+    number: int
+    uid: str
+    lines: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Update(Decision):
+    """QUIT in TRANSACTION (RFC 1939 section 6): remove ``deleted_uids``, then accept(); if that
+    failed, reject() (default ``[SYS/TEMP]``). Either way the connection closes."""
+
+    deleted_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Closed(Event):
+    """The engine is done (QUIT answered, too many errors, or the peer closed): flush and close."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class POP3Config:
+    """What the engine must know; the session builds it from the settings."""
+
+    hostname: str
+    timestamp: str  # RFC 1939 section 7: "<process-ID.clock@hostname>", unique per greeting
+    tls_available: bool = False  # a certificate is there: offer STLS
+    tls_active: bool = False  # implicit TLS (RFC 8314, port 995): encrypted from the first byte
+    sasl_mechanisms: tuple[str, ...] = ()  # RFC 5034, names as in sasl.MECHANISMS
+    plaintext_requires_tls: bool = True  # USER/PASS, PLAIN, LOGIN only under TLS (RFC 2595 2.2)
+    user_command: bool = True  # offer USER/PASS at all
+    apop: bool = False  # offer APOP (needs plaintext-equivalent secrets)
+    expire: str = "NEVER"  # RFC 2449 section 6.7
+    login_delay: int = 0  # RFC 2449 section 6.8, seconds; not listed when 0
+    implementation: str = "taube"  # RFC 2449 section 6.9; not listed when empty
+    max_errors: int = 10
+
+
+# --- the transition table ------------------------------------------------------------------
+_AUTHORIZATION = frozenset({State.AUTHORIZATION})
+_TRANSACTION = frozenset({State.TRANSACTION})
+_BOTH = _AUTHORIZATION | _TRANSACTION
+ALLOWED: Final[dict[str, frozenset[State]]] = {
+    "USER": _AUTHORIZATION,
+    "PASS": _AUTHORIZATION,
+    "APOP": _AUTHORIZATION,
+    "AUTH": _AUTHORIZATION,  # RFC 5034 section 4
+    "STLS": _AUTHORIZATION,  # RFC 2595 section 4
+    "CAPA": _BOTH,  # RFC 2449 section 5
+    "QUIT": _BOTH,
+    "STAT": _TRANSACTION,
+    "LIST": _TRANSACTION,
+    "RETR": _TRANSACTION,
+    "TOP": _TRANSACTION,
+    "DELE": _TRANSACTION,
+    "NOOP": _TRANSACTION,
+    "RSET": _TRANSACTION,
+    "UIDL": _TRANSACTION,
+}
+
+_USAGE: Final = {
+    "USER": "USER name",
+    "PASS": "PASS string",
+    "APOP": "APOP name digest",
+    "STLS": "STLS",
+    "CAPA": "CAPA",
+    "QUIT": "QUIT",
+    "STAT": "STAT",
+    "LIST": "LIST [msg]",
+    "RETR": "RETR msg",
+    "TOP": "TOP msg n",
+    "DELE": "DELE msg",
+    "NOOP": "NOOP",
+    "RSET": "RSET",
+    "UIDL": "UIDL [msg]",
+}
+
+_PLAINTEXT_REFUSED: Final = "[AUTH] Plaintext authentication disallowed without TLS (use STLS first)"
+_AUTH_FAILED: Final = "[AUTH] Authentication failed"
+_REJECT_DEFAULTS: Final[dict[type[Decision], str]] = {
+    Login: _AUTH_FAILED,
+    ApopLogin: _AUTH_FAILED,
+    MailboxOpen: "[SYS/TEMP] Unable to open the maildrop",
+    StartTLS: "[SYS/TEMP] TLS is not available now",
+    Retrieve: "[SYS/TEMP] Unable to read the message",
+    Update: "[SYS/TEMP] Some deleted messages not removed",
+}
+
+
+@dataclass(slots=True)
+class _Message:
+    size: int
+    uid: str
+    deleted: bool = False
+
+
+class _ContentEncoder:
+    """Message content to the wire: dot-stuffing (RFC 1939 section 3), the cut of TOP after the
+    header and n body lines (RFC 1939 section 7), and a CRLF before the terminating ``.``.
+
+    A line starts after every LF, as in :func:`dotstuff.stuff`, so a client that splits lines on
+    a bare LF can never see a premature ``.`` either. Chunks may split lines anywhere.
+    """
+
+    __slots__ = ("_body_left", "_head", "_in_header", "_line_start", "_tail", "complete")
+
+    def __init__(self, body_lines: int | None) -> None:
+        self._body_left = body_lines  # None: RETR, send everything
+        self._in_header = True
+        self._line_start = True
+        self._head = b""  # the first two octets of the current line: is it the empty line?
+        self._tail = b""  # the last two octets sent
+        self.complete = False  # set once TOP has all it needs
+
+    def encode(self, data: bytes) -> bytes:
+        """The wire form of the next ``data`` of the message (b"" once TOP is complete)."""
+        if self.complete or not data:
+            return b""
+        if self._body_left is None:
+            out = stuff(data, self._line_start)
+            self._line_start = data.endswith(b"\n")
+        else:
+            out = self._encode_lines(data)
+        self._tail = (self._tail + out)[-2:]
+        return out
+
+    def _encode_lines(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        start = 0
+        while start < len(data) and not self.complete:
+            nl = data.find(b"\n", start)
+            end = len(data) if nl < 0 else nl + 1
+            piece = data[start:end]
+            out.append(b"." + piece if self._line_start and piece[:1] == b"." else piece)
+            self._track(piece, ended=nl >= 0)
+            start = end
+        return b"".join(out)
+
+    def _track(self, piece: bytes, *, ended: bool) -> None:
+        """Follow line ends: the empty line ends the header, then count body lines."""
+        if self._line_start:
+            self._head = b""
+        self._head = (self._head + piece[:2])[:2]
+        self._line_start = ended
+        if not ended:
+            return
+        if self._in_header:
+            self._in_header = self._head not in (b"\r\n", b"\n")
+        else:
+            assert self._body_left is not None
+            self._body_left -= 1
+        self.complete = not self._in_header and self._body_left == 0
+
+    def finish(self) -> bytes:
+        """What must follow the content: the CRLF the last line lacks, then ``.`` CRLF."""
+        if not self._tail or self._tail == b"\r\n":
+            return b".\r\n"
+        return (b"\n" if self._tail.endswith(b"\r") else b"\r\n") + b".\r\n"
+
+
+class POP3Connection:
+    """One POP3 server connection's protocol state. See the module docstring."""
+
+    def __init__(self, config: POP3Config) -> None:
+        if not _TIMESTAMP.fullmatch(config.timestamp):
+            raise LocalProtocolError("the timestamp must look like <pid.clock@hostname>")
+        self.config = config
+        self.state = State.AUTHORIZATION
+        self.tls_active = config.tls_active
+        self.errors = 0
+        self.user: str | None = None  # the user whose maildrop is open
+        self._user_arg: str | None = None  # USER given, PASS expected next
+        self._messages: list[_Message] = []
+        self._mech: sasl.Mechanism | None = None
+        self._auth_user: str | None = None  # the name the SASL exchange looked up
+        self._mechanisms, self._plaintext_mechs = _classify_mechanisms(config)
+        self._content: _ContentEncoder | None = None
+        self._lines = LineBuffer(AUTH_LINE_MAX)
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._pending: Decision | None = None
+        self._peer_closed = False
+        self._ok(f"taube ready {config.timestamp}")
+
+    # --- the I/O side ----------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if not data:
+            self._peer_closed = True
+        elif self.state is not State.CLOSED:
+            self._lines.feed(data)
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | _NeedData:
+        if self._pending is not None:
+            raise LocalProtocolError(f"{type(self._pending).__name__} has not been answered")
+        if self.state is State.CONTENT:
+            raise LocalProtocolError("the message content has not been ended (end_content())")
+        while not self._events:
+            if self.state is State.CLOSED:
+                return Closed(reason="closed")  # the session flushes the last reply, then closes
+            if self.state is State.TLS_HANDSHAKE:
+                break
+            line = self._lines.next_line()
+            if line is None:
+                break
+            if self.state is State.AUTH:
+                self._auth_response(line)
+            else:
+                self._command(line)
+        if self._events:
+            event = self._events.pop(0)
+            if isinstance(event, Decision):
+                self._pending = event
+            return event
+        if self._peer_closed:  # never an Update: RFC 1939 section 6 needs a QUIT
+            self.state = State.CLOSED
+            return Closed(reason="peer closed the connection")
+        return NEED_DATA
+
+    @property
+    def awaiting_decision(self) -> bool:
+        """True between a Decision event and its answer."""
+        return self._pending is not None
+
+    @property
+    def wants_content(self) -> bool:
+        """True while an accepted RETR/TOP still needs message content (TOP stops early)."""
+        return self._content is not None and not self._content.complete
+
+    # --- answers to decisions --------------------------------------------------------------
+    def accept(self) -> None:
+        """Say yes to the pending Login, ApopLogin, StartTLS, Retrieve or Update."""
+        event = self._pending
+        if isinstance(event, (MailboxOpen, AuthLookup)):
+            method = "accept_mailbox" if isinstance(event, MailboxOpen) else "auth_resolve"
+            raise LocalProtocolError(f"answer {type(event).__name__} with {method}()")
+        event = self._take_pending()
+        match event:
+            case Login() | ApopLogin():
+                self._verified(event.user)
+            case StartTLS():
+                self._ok("Begin TLS negotiation")
+                self._lines.clear()  # RFC 2595 section 4 / RFC 3207 5: no pipelined plaintext
+                self.state = State.TLS_HANDSHAKE
+            case Retrieve():
+                self._retrieve_accepted(event)
+            case Update():
+                left = sum(not m.deleted for m in self._messages)
+                status = "maildrop empty" if not left else f"{_count(left, 'message')} left"
+                self._ok(f"{self.config.hostname} POP3 server signing off ({status})")
+                self._close("quit")
+
+    def reject(self, text: str | None = None) -> None:
+        """Say no to the pending decision: ``-ERR text``, by default the RFC 2449/3206 response
+        code that fits (``[AUTH]`` for credentials, ``[SYS/TEMP]`` otherwise)."""
+        event = self._pending
+        if isinstance(event, AuthLookup):
+            raise LocalProtocolError("answer AuthLookup with auth_resolve()")
+        if text is not None:
+            _check_text(text)
+        event = self._take_pending()
+        text = text or _REJECT_DEFAULTS[type(event)]
+        match event:
+            case Login() | ApopLogin():
+                self._login_failed(event.user, "bad credentials", text)
+            case Update():
+                self._send(b"-ERR " + text.encode() + b"\r\n")
+                self._close("quit, deletion failed")
+            case _:
+                self._error(text)
+
+    def accept_mailbox(self, listing: Sequence[tuple[int, str]]) -> None:
+        """Answer MailboxOpen: the messages as ``(size_octets, uid)``, numbered 1..n in this
+        order (RFC 1939 section 5); the engine enters TRANSACTION state."""
+        if not isinstance(self._pending, MailboxOpen):
+            raise LocalProtocolError("no MailboxOpen is pending")
+        messages = [_Message(size, uid) for size, uid in listing]
+        _check_listing(messages)
+        event = self._take_pending()
+        assert isinstance(event, MailboxOpen)
+        self._messages = messages
+        self.user = event.user
+        self.state = State.TRANSACTION
+        self._ok(f"{event.user}'s maildrop has {self._summary()}")
+
+    def auth_resolve(self, answer: object) -> None:
+        """Answer the pending AuthLookup with what the directory said."""
+        if not isinstance(self._pending, AuthLookup) or self._mech is None:
+            raise LocalProtocolError("no AuthLookup is pending")
+        self._take_pending()
+        self._auth_step(self._mech.resolve(answer))
+
+    def send_content(self, data: bytes) -> None:
+        """The next part of the message accepted for RETR/TOP, as stored; any chunking."""
+        if self._content is None:
+            raise LocalProtocolError("send_content() without an accepted Retrieve")
+        if encoded := self._content.encode(data):
+            self._out.append(encoded)
+
+    def end_content(self) -> None:
+        """The message is complete: terminate the multi-line response (RFC 1939 section 3)."""
+        if self._content is None:
+            raise LocalProtocolError("end_content() without an accepted Retrieve")
+        self._out.append(self._content.finish())
+        self._content = None
+        self.state = State.TRANSACTION
+
+    def tls_started(self) -> None:
+        """After the TLS handshake: a fresh AUTHORIZATION state, nothing said in plaintext kept
+        (RFC 2595 section 4)."""
+        if self.state is not State.TLS_HANDSHAKE:
+            raise LocalProtocolError("tls_started() without an accepted STLS")
+        self._lines.clear()
+        self._events.clear()
+        self.tls_active = True
+        self._user_arg = None
+        self.state = State.AUTHORIZATION
+
+    def close_with(self, text: str) -> None:
+        """Stop with a final ``-ERR text`` (shutdown, the autologout timer of RFC 1939 section 3),
+        never entering UPDATE. While content is being sent, no reply is possible: just close."""
+        _check_text(text)
+        if self.state is not State.CONTENT:
+            self._send(b"-ERR " + text.encode() + b"\r\n")
+        self._pending = None
+        self._content = None
+        self._events.clear()
+        self._close(text)
+
+    # --- internals -------------------------------------------------------------------------
+    def _take_pending(self) -> Decision:
+        event = self._pending
+        if event is None:
+            raise LocalProtocolError("no decision is pending")
+        self._pending = None
+        return event
+
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def _ok(self, text: str = "") -> None:
+        self._send(b"+OK " + text.encode() + b"\r\n" if text else b"+OK\r\n")
+
+    def _multi(self, first: str, lines: Sequence[str]) -> None:
+        """A multi-line response (RFC 1939 section 3): byte-stuffed lines, then ``.``."""
+        self._ok(first)
+        for line in lines:
+            self._send(("." + line if line.startswith(".") else line).encode() + b"\r\n")
+        self._send(b".\r\n")
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _error(self, text: str) -> None:
+        """Send ``-ERR text``; too many of them end the connection (without UPDATE)."""
+        self._send(b"-ERR " + text.encode() + b"\r\n")
+        self.errors += 1
+        if self.errors >= self.config.max_errors and self.state is not State.CLOSED:
+            self._send(b"-ERR too many errors\r\n")
+            self._close("too many errors")
+
+    def _close(self, reason: str) -> None:
+        self.state = State.CLOSED
+        self._emit(Closed(reason=reason))
+
+    def _verified(self, user: str) -> None:
+        """Credentials are good: ask the session to open the maildrop (RFC 1939 section 4)."""
+        self.state = State.AUTHORIZATION
+        self._emit(MailboxOpen(user=user))
+
+    def _login_failed(self, user: str | None, reason: str, text: str) -> None:
+        self.state = State.AUTHORIZATION
+        self._emit(LoginFailed(user=user, reason=reason))
+        self._error(text)
+
+    def _visible(self) -> list[tuple[int, _Message]]:
+        """The messages not marked deleted, with their numbers (RFC 1939 section 5)."""
+        return [(n, m) for n, m in enumerate(self._messages, 1) if not m.deleted]
+
+    def _summary(self) -> str:
+        visible = self._visible()
+        return f"{_count(len(visible), 'message')} ({sum(m.size for _, m in visible)} octets)"
+
+    # --- commands --------------------------------------------------------------------------
+    def _command(self, raw: bytes | object) -> None:
+        if raw is TOO_LONG:
+            self._error("line too long")
+            return
+        assert isinstance(raw, bytes)
+        line = raw.rstrip(b"\r\n")
+        verb_bytes = line.split(b" ", 1)[0].upper()
+        if len(raw) > (AUTH_LINE_MAX if verb_bytes == b"AUTH" else COMMAND_LINE_MAX):
+            self._error("line too long")
+            return
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "\x00"
+        if "\x00" in text or "\r" in text:
+            self._error("bad characters in command")
+            return
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        self._dispatch(verb, arg if verb == "PASS" else arg.strip(" "))
+
+    def _dispatch(self, verb: str, arg: str) -> None:
+        """The one place where commands meet states (RFC 1939 sections 4-6)."""
+        user_arg, self._user_arg = self._user_arg, None  # PASS must follow USER directly
+        allowed = ALLOWED.get(verb)
+        if allowed is None:
+            self._error("unknown command")
+        elif self.state not in allowed:
+            self._error("log in first" if self.state is State.AUTHORIZATION else "already logged in")
+        elif verb == "PASS":
+            self._do_pass(arg, user_arg)
+        else:
+            getattr(self, f"_do_{verb.lower()}")(arg)
+
+    def _syntax(self, verb: str) -> None:
+        self._error(f"syntax: {_USAGE[verb]}")
+
+    # --- AUTHORIZATION state (RFC 1939 section 4 and 7) ---------------------------------------
+    def _plaintext_allowed(self) -> bool:
+        """RFC 2595 section 2.2: no cleartext passwords before TLS unless configured so."""
+        return self.tls_active or not self.config.plaintext_requires_tls
+
+    def _user_refusal(self) -> str | None:
+        if not self.config.user_command:
+            return "[AUTH] USER/PASS is not offered here"
+        return None if self._plaintext_allowed() else _PLAINTEXT_REFUSED
+
+    def _do_user(self, arg: str) -> None:
+        refusal = self._user_refusal()
+        if refusal is not None:
+            self._error(refusal)
+        elif not arg or " " in arg:
+            self._syntax("USER")
+        else:
+            self._user_arg = arg
+            self._ok("send PASS")
+
+    def _do_pass(self, arg: str, user: str | None) -> None:
+        """RFC 1939 section 7: the argument is the rest of the line, spaces included."""
+        refusal = self._user_refusal()
+        if refusal is not None:
+            self._error(refusal)
+        elif user is None:
+            self._error("USER first")
+        elif not arg:
+            self._syntax("PASS")
+        else:
+            self._emit(Login(user=user, password=arg))
+
+    def _do_apop(self, arg: str) -> None:
+        words = arg.split(" ")
+        if not self.config.apop:
+            self._error("APOP is not offered here")
+        elif len(words) != 2 or not words[0] or not _DIGEST.fullmatch(words[1]):
+            self._syntax("APOP")
+        else:
+            self._emit(ApopLogin(user=words[0], digest=words[1].lower(), timestamp=self.config.timestamp))
+
+    def _do_stls(self, arg: str) -> None:
+        if arg:
+            self._syntax("STLS")
+        elif self.tls_active:
+            self._error("TLS is already active")
+        elif not self.config.tls_available:
+            self._error("STLS is not offered here")
+        else:
+            self._emit(StartTLS())
+
+    def _do_quit(self, arg: str) -> None:
+        if arg:
+            self._syntax("QUIT")
+        elif self.state is State.AUTHORIZATION:
+            self._ok(f"{self.config.hostname} POP3 server signing off")
+            self._close("quit")
+        else:
+            self.state = State.UPDATE
+            self._emit(Update(deleted_uids=tuple(m.uid for m in self._messages if m.deleted)))
+
+    # --- CAPA (RFC 2449 section 5 and 6) -------------------------------------------------------
+    def _do_capa(self, arg: str) -> None:
+        if arg:
+            self._syntax("CAPA")
+        else:
+            self._multi("Capability list follows", self.capabilities())
+
+    def capabilities(self) -> list[str]:
+        """The CAPA lines for the current state: what a client may use now."""
+        c = self.config
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        if self.state is State.AUTHORIZATION:
+            if self._user_refusal() is None:
+                caps.append("USER")
+            if mechanisms := self.usable_mechanisms():
+                caps.append("SASL " + " ".join(mechanisms))
+            if c.tls_available and not self.tls_active:
+                caps.append("STLS")
+        caps.append(f"EXPIRE {c.expire}")
+        if c.login_delay:
+            caps.append(f"LOGIN-DELAY {c.login_delay}")
+        if c.implementation:
+            caps.append(f"IMPLEMENTATION {c.implementation}")
+        return caps
+
+    def usable_mechanisms(self) -> tuple[str, ...]:
+        """The configured SASL mechanisms a client may start now (plaintext ones need TLS)."""
+        return tuple(m for m in self._mechanisms
+                     if m not in self._plaintext_mechs or self._plaintext_allowed())
+
+    # --- AUTH (RFC 5034) ---------------------------------------------------------------------
+    def _do_auth(self, arg: str) -> None:
+        name, _, initial_text = arg.partition(" ")
+        name = name.upper()
+        if not name:  # RFC 1734 clients: list the mechanisms
+            self._multi("SASL mechanisms follow", self.usable_mechanisms())
+        elif name not in self._mechanisms:
+            self._error("unsupported method")
+        elif name not in self.usable_mechanisms():
+            self._error(_PLAINTEXT_REFUSED)
+        else:
+            self._auth_begin(name, initial_text.strip(" "))
+
+    def _auth_begin(self, name: str, initial_text: str) -> None:
+        initial = _decode_response(initial_text) if initial_text else None
+        if initial_text and initial is None:
+            self._error("bad base64 in the initial response")
+            return
+        mech = sasl.create(name, hostname=self.config.hostname)
+        assert mech is not None  # only known names are in self._mechanisms
+        self._mech, self._auth_user = mech, None
+        self._auth_step(mech.start(initial))
+
+    def _auth_step(self, step: sasl.Step) -> None:
+        match step:
+            case sasl.Challenge(data=data):
+                self.state = State.AUTH
+                self._send(b"+ " + base64.b64encode(data) + b"\r\n")
+            case sasl.CheckPassword(authcid=user) | sasl.NeedSecret(username=user) | sasl.NeedScram(username=user):
+                self.state = State.AUTH
+                self._auth_user = user
+                self._emit(AuthLookup(request=step))
+            case sasl.Success(authcid=user):
+                self._mech = None
+                self._verified(user)
+            case sasl.Failure(reason=reason, malformed=malformed):
+                self._auth_failed(reason, "malformed SASL response" if malformed else _AUTH_FAILED)
+
+    def _auth_failed(self, reason: str, text: str) -> None:
+        self._mech = None
+        self._login_failed(self._auth_user, reason, text)
+
+    def _auth_response(self, raw: bytes | object) -> None:
+        """A client line inside the SASL exchange (RFC 5034 section 4)."""
+        if raw is TOO_LONG:
+            self._auth_failed("response too long", "line too long")
+            return
+        assert isinstance(raw, bytes) and self._mech is not None
+        line = raw.rstrip(b"\r\n")
+        if line == b"*":
+            self._auth_failed("cancelled by the client", "authentication cancelled")
+            return
+        data = _decode_response(line.decode("ascii", "replace"))
+        if data is None:
+            self._auth_failed("bad base64", "bad base64 in the response")
+            return
+        self._auth_step(self._mech.respond(data))
+
+    # --- TRANSACTION state (RFC 1939 section 5 and 7) -----------------------------------------
+    def _message(self, text: str) -> int | None:
+        """The number of a message that exists and is not deleted, or None after ``-ERR``."""
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= len(self._messages):
+            self._error("no such message")
+            return None
+        number = int(text)
+        if self._messages[number - 1].deleted:
+            self._error(f"message {number} already deleted")
+            return None
+        return number
+
+    def _do_stat(self, arg: str) -> None:
+        if arg:
+            self._syntax("STAT")
+            return
+        visible = self._visible()
+        self._ok(f"{len(visible)} {sum(m.size for _, m in visible)}")
+
+    def _do_list(self, arg: str) -> None:
+        self._scan_listing(arg, "LIST", lambda m: str(m.size), self._summary())
+
+    def _do_uidl(self, arg: str) -> None:
+        self._scan_listing(arg, "UIDL", lambda m: m.uid, "unique-id listing follows")
+
+    def _scan_listing(self, arg: str, verb: str, value: Callable[[_Message], str], header: str) -> None:
+        """LIST and UIDL: one message as a single line, or all of them multi-line."""
+        words = arg.split(" ") if arg else []
+        if len(words) > 1:
+            self._syntax(verb)
+        elif words:
+            if (number := self._message(words[0])) is not None:
+                self._ok(f"{number} {value(self._messages[number - 1])}")
+        else:
+            self._multi(header, [f"{n} {value(m)}" for n, m in self._visible()])
+
+    def _do_retr(self, arg: str) -> None:
+        if not arg or " " in arg:
+            self._syntax("RETR")
+        elif (number := self._message(arg)) is not None:
+            self._emit(Retrieve(number=number, uid=self._messages[number - 1].uid))
+
+    def _do_top(self, arg: str) -> None:
+        words = arg.split(" ")
+        if len(words) != 2 or not words[1].isascii() or not words[1].isdigit():
+            self._syntax("TOP")
+        elif (number := self._message(words[0])) is not None:
+            self._emit(Retrieve(number=number, uid=self._messages[number - 1].uid, lines=int(words[1])))
+
+    def _retrieve_accepted(self, event: Retrieve) -> None:
+        if event.lines is None:
+            self._ok(f"{self._messages[event.number - 1].size} octets")
+        else:
+            self._ok("top of message follows")
+        self._content = _ContentEncoder(event.lines)
+        self.state = State.CONTENT
+
+    def _do_dele(self, arg: str) -> None:
+        if not arg or " " in arg:
+            self._syntax("DELE")
+        elif (number := self._message(arg)) is not None:
+            self._messages[number - 1].deleted = True
+            self._ok(f"message {number} deleted")
+
+    def _do_noop(self, arg: str) -> None:
+        if arg:
+            self._syntax("NOOP")
+        else:
+            self._ok()
+
+    def _do_rset(self, arg: str) -> None:
+        if arg:
+            self._syntax("RSET")
+            return
+        for message in self._messages:
+            message.deleted = False
+        self._ok(f"maildrop has {self._summary()}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _classify_mechanisms(config: POP3Config) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The configured mechanisms sasl knows (upper case, in order), and those of them that send
+    the password itself (:attr:`sasl.Mechanism.plaintext`)."""
+    known: list[str] = []
+    plaintext: set[str] = set()
+    for name in config.sasl_mechanisms:
+        mech = sasl.create(name, hostname=config.hostname)
+        if mech is not None:
+            known.append(name.upper())
+            if mech.plaintext:
+                plaintext.add(name.upper())
+    return tuple(known), frozenset(plaintext)
+
+
+def _check_text(text: str) -> None:
+    if not text or "\r" in text or "\n" in text:
+        raise LocalProtocolError("a reply text is one non-empty line")
+
+
+def _check_listing(messages: list[_Message]) -> None:
+    """RFC 1939 section 7: unique-ids are 1-70 characters 0x21-0x7E, unique in the maildrop."""
+    if len({m.uid for m in messages}) != len(messages):
+        raise LocalProtocolError("UIDs must be unique")
+    for m in messages:
+        if m.size < 0 or not _UID.fullmatch(m.uid):
+            raise LocalProtocolError(f"bad listing entry ({m.size}, {m.uid!r})")
+
+
+def _decode_response(text: str) -> bytes | None:
+    """RFC 5034 section 4: base64, with ``=`` standing for an empty initial response; None if
+    it is not base64."""
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
