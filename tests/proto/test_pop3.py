@@ -6,7 +6,9 @@ and message content streamed in chunks of a chosen size.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 
@@ -338,9 +340,6 @@ def test_sasl_failure_names_the_user_looked_up() -> None:
 
 def test_scram_through_the_engine() -> None:
     """A SCRAM-SHA-256 client (RFC 5802) against the engine, the server-final as a challenge."""
-    import base64
-    import hmac
-
     conn = POP3Connection(config())
     srv = Server()
     conn.data_to_send()
@@ -363,6 +362,14 @@ def test_scram_through_the_engine() -> None:
     conn.receive_data(b"\r\nQUIT\r\n")
     out = srv.run(conn, b"")
     assert out.startswith(WELCOME)
+
+
+def test_odd_verified_names_are_not_echoed() -> None:
+    """A directory may accept a SASL name no USER line could carry; the reply stays one line."""
+    for name in ("evil\r\n+OK injected", "x" * 200):
+        login = b"AUTH PLAIN " + base64.b64encode(f"\0{name}\0pw".encode()) + b"\r\nQUIT\r\n"
+        out, _ = dialogue(login, users={name: "pw"}, maildrops={})
+        assert out.split(b"\r\n")[1] == b"+OK your maildrop has 0 messages (0 octets)"
 
 
 def test_auth_without_argument_lists_usable_mechanisms() -> None:

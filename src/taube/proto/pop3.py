@@ -73,8 +73,9 @@ __all__ = [
 
 # RFC 2449 section 4: a command line is at most 255 octets with CRLF.
 COMMAND_LINE_MAX: Final = 255
-# RFC 5034 section 4 tells clients to keep AUTH with an initial response within that limit, but
-# SASL responses can be long (SCRAM, GSSAPI); like SMTP (RFC 4954 section 4) we accept 12288.
+# RFC 5034 section 4: clients keep AUTH with an initial response within that limit, but both
+# sides must handle the longest response their mechanisms produce, whatever the line limits;
+# like SMTP (RFC 4954 section 4) we accept 12288 for AUTH lines and SASL responses.
 AUTH_LINE_MAX: Final = 12288
 _UID: Final = re.compile(r"[\x21-\x7e]{1,70}")  # RFC 1939 section 7, UIDL unique-id
 _DIGEST: Final = re.compile(r"[0-9a-fA-F]{32}")  # RFC 1939 section 7, APOP digest
@@ -448,7 +449,8 @@ class POP3Connection:
         self._messages = messages
         self.user = event.user
         self.state = State.TRANSACTION
-        self._ok(f"{event.user}'s maildrop has {self._summary()}")
+        owner = f"{event.user}'s" if _displayable(event.user) else "your"
+        self._ok(f"{owner} maildrop has {self._summary()}")
 
     def auth_resolve(self, answer: object) -> None:
         """Answer the pending AuthLookup with what the directory said."""
@@ -830,6 +832,12 @@ def _classify_mechanisms(config: POP3Config) -> tuple[tuple[str, ...], frozenset
             if mech.plaintext:
                 plaintext.add(name.upper())
     return tuple(known), frozenset(plaintext)
+
+
+def _displayable(user: str) -> bool:
+    """Whether a verified user name may be echoed: printable and short, so the reply stays one
+    line within RFC 2449's 512 octets even for a SASL name that carries controls."""
+    return user.isprintable() and len(user.encode()) <= 128
 
 
 def _check_text(text: str) -> None:
