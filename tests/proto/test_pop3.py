@@ -364,6 +364,20 @@ def test_scram_through_the_engine() -> None:
     assert out.startswith(WELCOME)
 
 
+def test_seed_cram_md5() -> None:
+    """The seed's CRAM-MD5 exchange (RFC 2195), its challenge put in place of the random one."""
+    conn = POP3Connection(config(tls_active=False))
+    conn.data_to_send()
+    conn.receive_data(b"AUTH CRAM-MD5\r\n")
+    assert conn.next_event() is NEED_DATA
+    assert conn.data_to_send().startswith(b"+ ")
+    conn._mech.challenge = base64.b64decode(  # noqa: SLF001
+        "PDQwMzYuMTA3NjMyNDM4MUBndWlsZGVuc3Rlcm4uemVpdGZvcm0uZGU+")
+    conn.receive_data(b"YmVudXR6ZXJAemVpdGZvcm0uZGUgMmQ5MzczZGZkOTFlMmU2NjMxYzhlMWFkNjk4MzRmYWQ=\r\nQUIT\r\n")
+    out = Server().run(conn, b"")
+    assert out.startswith(WELCOME)
+
+
 def test_odd_verified_names_are_not_echoed() -> None:
     """A directory may accept a SASL name no USER line could carry; the reply stays one line."""
     for name in ("evil\r\n+OK injected", "x" * 200):
@@ -464,6 +478,21 @@ def test_close_with_never_updates() -> None:
     conn.close_with("autologout timer expired")
     assert conn.data_to_send().endswith(b"+OK message 1 deleted\r\n-ERR autologout timer expired\r\n")
     assert conn.next_event() == Closed(reason="autologout timer expired")
+
+
+def test_close_with_while_sending_content_sends_no_reply() -> None:
+    conn = POP3Connection(config())
+    conn.receive_data(LOGIN + b"RETR 1\r\n")
+    srv = Server()
+    conn.next_event()
+    conn.accept()
+    srv.answer(conn, conn.next_event())
+    assert isinstance(conn.next_event(), Retrieve)
+    conn.accept()
+    conn.send_content(b"Subject: x\r\n")
+    conn.close_with("shutting down")
+    assert conn.data_to_send().endswith(b"octets\r\nSubject: x\r\n")  # the session drops the link
+    assert conn.next_event() == Closed(reason="shutting down")
 
 
 # --- limits and content --------------------------------------------------------------------

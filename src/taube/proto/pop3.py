@@ -134,7 +134,7 @@ class AuthLookup(Decision):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MailboxOpen(Decision):
     """Credentials are verified: lock and list the maildrop (RFC 1939 section 4), then
-    :meth:`POP3Connection.accept_mailbox`, or reject() with ``[IN-USE]`` (RFC 2449 section 8.1.1)
+    :meth:`POP3Connection.accept_mailbox`, or reject() with ``[IN-USE]`` (RFC 2449 section 8.1.2)
     when it is locked, ``[SYS/TEMP]`` (RFC 3206) when it cannot be opened."""
 
     user: str
@@ -190,11 +190,11 @@ class POP3Config:
     tls_available: bool = False  # a certificate is there: offer STLS
     tls_active: bool = False  # implicit TLS (RFC 8314, port 995): encrypted from the first byte
     sasl_mechanisms: tuple[str, ...] = ()  # RFC 5034, names as in sasl.MECHANISMS
-    plaintext_requires_tls: bool = True  # USER/PASS, PLAIN, LOGIN only under TLS (RFC 2595 2.2)
+    plaintext_requires_tls: bool = True  # USER/PASS, PLAIN, LOGIN only under TLS (RFC 2595 section 2)
     user_command: bool = True  # offer USER/PASS at all
     apop: bool = False  # offer APOP (needs plaintext-equivalent secrets)
     expire: str = "NEVER"  # RFC 2449 section 6.7
-    login_delay: int = 0  # RFC 2449 section 6.8, seconds; not listed when 0
+    login_delay: int = 0  # RFC 2449 section 6.5, seconds; not listed when 0
     implementation: str = "taube"  # RFC 2449 section 6.9; not listed when empty
     max_errors: int = 10
 
@@ -590,7 +590,7 @@ class POP3Connection:
 
     # --- AUTHORIZATION state (RFC 1939 section 4 and 7) ---------------------------------------
     def _plaintext_allowed(self) -> bool:
-        """RFC 2595 section 2.2: no cleartext passwords before TLS unless configured so."""
+        """RFC 2595 section 2: no cleartext passwords before TLS unless configured so."""
         return self.tls_active or not self.config.plaintext_requires_tls
 
     def _user_refusal(self) -> str | None:
