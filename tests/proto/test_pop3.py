@@ -289,6 +289,10 @@ def test_login_failed_comes_before_the_reply_is_flushed() -> None:
     conn.reject()
     assert conn.next_event() == LoginFailed(user="u", reason="bad credentials")
     assert conn.data_to_send() == b"+OK send PASS\r\n-ERR [AUTH] Authentication failed\r\n"
+    conn.receive_data(b"USER u\r\nPASS p\r\n")
+    conn.next_event()
+    conn.reject("[SYS/TEMP] Directory unavailable")
+    assert conn.next_event() == LoginFailed(user="u", reason="[SYS/TEMP] Directory unavailable")
 
 
 def test_mailbox_in_use_and_sys_temp() -> None:

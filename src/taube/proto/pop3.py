@@ -427,10 +427,11 @@ class POP3Connection:
         if text is not None:
             _check_text(text)
         event = self._take_pending()
+        reason = text or "bad credentials"  # LoginFailed tells a refusal from a wrong password
         text = text or _REJECT_DEFAULTS[type(event)]
         match event:
             case Login() | ApopLogin():
-                self._login_failed(event.user, "bad credentials", text)
+                self._login_failed(event.user, reason, text)
             case Update():
                 self._send(b"-ERR " + text.encode() + b"\r\n")
                 self._close("quit, deletion failed")
