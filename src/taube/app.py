@@ -20,6 +20,7 @@ from .directory.resolve import resolve_recipient
 from .directory.sqlite import SQLiteDirectory
 from .net.connection import Connection
 from .net.listener import Listener
+from .net.pop3_session import POP3Session
 from .net.smtp_session import Mode, SMTPServices, SMTPSession
 from .net.tls import TLSProvider
 from .policy.relay import RelayPolicy
@@ -70,6 +71,18 @@ class App:
             return SMTPSession(self.services, io, client_ip, mode)
         return factory
 
+    def _pop3_factory(self, implicit_tls: bool) -> Callable[[Connection, str], POP3Session]:
+        def factory(io: Connection, client_ip: str) -> POP3Session:
+            return POP3Session(self.services, io, client_ip, implicit_tls=implicit_tls)
+        return factory
+
+    def _pop3_limits(self) -> tuple[int, int]:
+        p = self.settings.pop3
+        return p.max_connections, p.max_connections_per_client
+
+    def _pop3_refusal(self, reason: str) -> bytes:
+        return f"-ERR [SYS/TEMP] {reason}\r\n".encode()
+
     def _tls_context(self) -> ssl.SSLContext:
         assert self.services.tls is not None
         return self.services.tls.context
@@ -86,13 +99,20 @@ class App:
         loop.set_default_executor(ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="taube-io"))
         self.services.spool.recover()
         state = self.services.state
-        for name, addresses, mode in (("smtp", self.settings.smtp.listen, "smtp"),
-                                      ("submission", self.settings.submission.listen, "submission"),
-                                      ("smtps", self.settings.smtps.listen, "smtps")):
+        s = self.settings
+        services = (
+            ("smtp", s.smtp.listen, self._session_factory("smtp"), self._smtp_limits, self._smtp_refusal, False),
+            ("submission", s.submission.listen, self._session_factory("submission"), self._smtp_limits,
+             self._smtp_refusal, False),
+            ("smtps", s.smtps.listen, self._session_factory("smtps"), self._smtp_limits, self._smtp_refusal, True),
+            ("pop3", s.pop3.listen, self._pop3_factory(False), self._pop3_limits, self._pop3_refusal, False),
+            ("pop3s", s.pop3s.listen, self._pop3_factory(True), self._pop3_limits, self._pop3_refusal, True),
+        )
+        for name, addresses, factory, limits, refusal, implicit_tls in services:
             if not addresses:
                 continue
-            listener = Listener(name, addresses, self._session_factory(mode), state, self._smtp_limits,
-                                self._smtp_refusal, tls=self._tls_context if mode == "smtps" else None)
+            listener = Listener(name, addresses, factory, state, limits, refusal,
+                                tls=self._tls_context if implicit_tls else None)
             try:
                 await listener.start()
             except OSError as e:
@@ -128,6 +148,8 @@ class App:
         for what, old, new in (("[smtp] listen", self.settings.smtp.listen, settings.smtp.listen),
                                ("[submission] listen", self.settings.submission.listen, settings.submission.listen),
                                ("[smtps] listen", self.settings.smtps.listen, settings.smtps.listen),
+                               ("[pop3] listen", self.settings.pop3.listen, settings.pop3.listen),
+                               ("[pop3s] listen", self.settings.pop3s.listen, settings.pop3s.listen),
                                ("data_dir", self.settings.data_dir, settings.data_dir),
                                ("hostname", self.settings.hostname, settings.hostname)):
             if old != new:

@@ -129,6 +129,20 @@ class ListenerSettings(_Section):
     listen: ListenList = []
 
 
+class POP3Settings(_Section):
+    """``[pop3]``: the POP3 listener (RFC 1939; STLS, CAPA, SASL)."""
+
+    listen: ListenList = ["127.0.0.1:2110"]
+    # USER/PASS and the plaintext SASL mechanisms only after STLS (RFC 2595 section 2).
+    plaintext_requires_tls: bool = True
+    user_command: bool = True  # offer USER/PASS at all
+    # RFC 1939 section 3: the autologout timer must be at least 10 minutes.
+    timeout: Duration = 600.0
+    max_errors: int = Field(10, ge=1)
+    max_connections: int = Field(200, ge=1)
+    max_connections_per_client: int = Field(20, ge=1)
+
+
 class TLSSettings(_Section):
     """``[tls]``: certificate chain and key (PEM), relative to the config file. Without them a
     self-signed certificate for ``hostname`` is made under ``<data_dir>/tls``."""
@@ -161,6 +175,9 @@ class AuthSettings(_Section):
     sender_login_match: bool = True
     # Note the authenticated user in the Received: header (off: privacy).
     received_header_user: bool = False
+    # SMTP-after-POP (legacy): after a POP3 login from an address, SMTP clients from that
+    # address may relay for this long without AUTH. 0 switches it off.
+    smtp_after_pop: Duration = 0.0
 
     # Keep a plaintext-equivalent secret per user (set by `taube user add/passwd`), which CRAM-MD5
     # and APOP need. Off by default: whoever reads the database can log in as anyone.
@@ -203,6 +220,8 @@ class Settings(_Section):
     smtp: SMTPSettings = SMTPSettings()
     submission: ListenerSettings = ListenerSettings(listen=["127.0.0.1:2587"])
     smtps: ListenerSettings = ListenerSettings(listen=["127.0.0.1:2465"])
+    pop3: POP3Settings = POP3Settings()
+    pop3s: ListenerSettings = ListenerSettings(listen=["127.0.0.1:2995"])
     tls: TLSSettings = TLSSettings()
     auth: AuthSettings = AuthSettings()
     queue: QueueSettings = QueueSettings()

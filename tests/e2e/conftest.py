@@ -53,11 +53,14 @@ class TaubeServer:
 
     def __init__(self, root: Path, extra_toml: str = "", smtp_toml: str = "", domains=("example.test",),
                  trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128"), auth_toml: str = "",
-                 submission: bool = False, smtps: bool = False) -> None:
+                 submission: bool = False, smtps: bool = False, pop3: bool = False,
+                 pop3s: bool = False, pop3_toml: str = "") -> None:
         self.root = root
         self.port = free_port()
         self.submission_port = free_port() if submission else None
         self.smtps_port = free_port() if smtps else None
+        self.pop3_port = free_port() if pop3 else None
+        self.pop3s_port = free_port() if pop3s else None
         self.config = root / "taube.toml"
         self.data_dir = root / "var"
         self.log_path = root / "taube.log"
@@ -77,6 +80,11 @@ class TaubeServer:
             f"listen = [{_listen(self.submission_port)}]\n"
             f"[smtps]\n"
             f"listen = [{_listen(self.smtps_port)}]\n"
+            f"[pop3]\n"
+            f"listen = [{_listen(self.pop3_port)}]\n"
+            f"{pop3_toml}\n"
+            f"[pop3s]\n"
+            f"listen = [{_listen(self.pop3s_port)}]\n"
             f"[auth]\n"
             f"failure_delay = 0\n"
             f"{auth_toml}\n"

@@ -281,13 +281,18 @@ class SMTPSession:
         if resolution.status == "unknown_user":
             raise SMTPError(Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
                                   "User unknown in local recipient table"), reason="unknown user")
-        authenticated = self.conn.authenticated is not None
+        authenticated = self.conn.authenticated is not None or self._pop_before_smtp()
         if resolution.status == "remote" and not self.services.relay.may_relay(self.client_ip, authenticated=authenticated):
             raise SMTPError(Reply(554, "5.7.1", f"<{address}>: Relay access denied"),
                             reason=f"relay to {path.domain} from untrusted client")
         self.tx.targets.extend(resolution.targets)
         self.tx.recipients.append(address)
         self.conn.accept()
+
+    def _pop_before_smtp(self) -> bool:
+        """SMTP-after-POP (legacy): a POP3 login from this address within the window."""
+        window = self.services.settings.auth.smtp_after_pop
+        return window > 0 and self.services.state.pop_login_within(self.client_ip, time.monotonic(), window)
 
     def _data_start(self) -> None:
         tx = self.tx

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +79,7 @@ class MaildirMailbox:
         crlf = _declared_crlf(path.name, size)
         return MailboxMessage(path, _uid(path.name), crlf if crlf is not None else _crlf_size(path, size))
 
-    def read(self, message: MailboxMessage) -> Iterator[bytes]:
+    def read(self, message: MailboxMessage) -> Generator[bytes, None, None]:
         """The message in chunks with CRLF line ends (the POP3 engine dot-stuffs them).
 
         A message retrieved from ``new/`` is moved to ``cur/`` marked seen (``:2,S``), so an IMAP

@@ -1,0 +1,261 @@
+"""One POP3 connection: moves bytes between the socket and :mod:`taube.proto.pop3`, and turns
+its decisions into directory look-ups, a mailbox lock and Maildir reads and deletions.
+
+No POP3 grammar here. Every wait has a deadline (the RFC 1939 autologout timer), the mailbox lock
+is released whatever happens, and a dropped connection deletes nothing (the engine only asks for
+an UPDATE after QUIT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import ssl
+import time
+from collections.abc import Generator
+
+from ..proto import sasl
+from ..proto.pop3 import (
+    NEED_DATA,
+    ApopLogin,
+    AuthLookup,
+    Closed,
+    Event,
+    Login,
+    LoginFailed,
+    MailboxOpen,
+    POP3Config,
+    POP3Connection,
+    Retrieve,
+    StartTLS,
+    State,
+    Update,
+)
+from ..store.mailbox import MaildirMailbox
+from .connection import Connection
+from .smtp_session import TLS_HANDSHAKE_TIMEOUT, SMTPServices
+
+__all__ = ["POP3Session"]
+
+log = logging.getLogger("taube.pop3")
+
+
+class POP3Session:
+    """Drive one POP3 connection to the end. ``run()`` never raises for anything the peer does."""
+
+    def __init__(self, services: SMTPServices, io: Connection, client_ip: str, *,
+                 implicit_tls: bool = False) -> None:
+        self.services = services
+        self.io = io
+        self.client_ip = client_ip
+        settings = services.settings
+        self.conn = POP3Connection(POP3Config(
+            hostname=settings.hostname,
+            # RFC 1939 7: unique per greeting, "<process-ID.clock@hostname>"
+            timestamp=f"<{os.getpid()}.{secrets.randbelow(10**9)}.{int(time.time())}@{settings.hostname}>",
+            tls_available=services.tls is not None and not implicit_tls,
+            tls_active=implicit_tls,
+            sasl_mechanisms=tuple(settings.auth.mechanisms),
+            plaintext_requires_tls=settings.pop3.plaintext_requires_tls,
+            user_command=settings.pop3.user_command,
+            apop=settings.auth.legacy_secrets,
+            max_errors=settings.pop3.max_errors,
+        ))
+        self.mailbox: MaildirMailbox | None = None
+        self.locked: str | None = None
+        self.stopping = False
+        self.committing = False  # the listener's drain: an UPDATE in progress is never cut
+
+    @property
+    def idle(self) -> bool:
+        return not self.committing
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        except ConnectionError:
+            pass
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            if self.conn.state is not State.CONTENT:
+                self.conn.close_with("server shutting down")
+                self.io.write(self.conn.data_to_send())
+        finally:
+            if self.locked is not None:
+                self.services.state.unlock_mailbox(self.locked)
+            self.io.close()
+
+    async def _loop(self) -> None:
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                await self._flush()
+                data = await self._read()
+                if data is None:
+                    return
+                self.conn.receive_data(data)
+            elif isinstance(event, Closed):
+                await self._flush()
+                return
+            else:
+                await self._handle(event)
+
+    async def _read(self) -> bytes | None:
+        try:
+            async with asyncio.timeout(self.services.settings.pop3.timeout):
+                return await self.io.read()
+        except TimeoutError:
+            self.conn.close_with("autologout timer expired")  # RFC 1939 3: nothing is deleted
+            await self._flush()
+            return None
+
+    async def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.io.write(out)
+            await self.io.drain()
+
+    async def _handle(self, event: Event) -> None:
+        match event:
+            case Login():
+                await self._login(event)
+            case ApopLogin():
+                self._apop(event)
+            case AuthLookup():
+                await self._auth_lookup(event)
+            case LoginFailed():
+                await self._login_failed(event)
+            case MailboxOpen():
+                await self._open(event)
+            case StartTLS():
+                await self._starttls()
+            case Retrieve():
+                await self._retrieve(event)
+            case Update():
+                await self._update(event)
+
+    # --- authorization ---------------------------------------------------------------------
+    def _blocked(self) -> bool:
+        auth = self.services.settings.auth
+        return self.services.state.auth_blocked(self.client_ip, time.monotonic(), auth.failure_window,
+                                                auth.max_failures)
+
+    async def _login(self, event: Login) -> None:
+        if self._blocked():
+            self.conn.reject("[AUTH] too many failed logins, try again later")
+            return
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, self.services.directory.verify_password, event.user,
+                                        event.password)
+        self.conn.accept() if ok else self.conn.reject()
+
+    def _apop(self, event: ApopLogin) -> None:
+        """RFC 1939 7: MD5(timestamp + secret); an unknown user costs the same MD5."""
+        secret = self.services.directory.legacy_secret(event.user) if not self._blocked() else None
+        expected = hashlib.md5((event.timestamp + (secret or secrets.token_hex(16))).encode("utf-8")).hexdigest()
+        if secret is not None and hmac.compare_digest(expected, event.digest.lower()):
+            self.conn.accept()
+        else:
+            self.conn.reject()
+
+    async def _auth_lookup(self, event: AuthLookup) -> None:
+        directory, request = self.services.directory, event.request
+        answer: object
+        if self._blocked():
+            answer = None if not isinstance(request, sasl.CheckPassword) else False
+        elif isinstance(request, sasl.CheckPassword):
+            loop = asyncio.get_running_loop()
+            answer = await loop.run_in_executor(None, directory.verify_password, request.authcid,
+                                                request.password)
+        elif isinstance(request, sasl.NeedScram):
+            answer = directory.scram_credentials(request.username)
+        else:
+            answer = directory.legacy_secret(request.username)
+        self.conn.auth_resolve(answer)
+
+    async def _login_failed(self, event: LoginFailed) -> None:
+        """Throttled exactly like SMTP AUTH failures: the same counter per client address."""
+        state, auth = self.services.state, self.services.settings.auth
+        failures = state.auth_failed(self.client_ip, time.monotonic(), auth.failure_window)
+        log.warning("login failed client=%s user=%s failures=%d: %s", self.client_ip, event.user,
+                    failures, event.reason)
+        await asyncio.sleep(min(auth.failure_delay * failures, 30.0))
+
+    async def _open(self, event: MailboxOpen) -> None:
+        user = event.user.lower()
+        state = self.services.state
+        if not state.lock_mailbox(user):
+            self.conn.reject("[IN-USE] mailbox locked by another POP3 session")
+            return
+        self.locked = user
+        mailbox = MaildirMailbox(self.services.spool.maildirs.maildir_path(user))
+        try:
+            listing = await asyncio.get_running_loop().run_in_executor(None, mailbox.load)
+        except OSError as e:
+            log.error("cannot open mailbox of %s: %s", user, e)
+            self.conn.reject("[SYS/TEMP] cannot open the mailbox, try again later")
+            return
+        self.mailbox = mailbox
+        self.conn.accept_mailbox([(m.size, m.uid) for m in listing])
+        state.auth_succeeded(self.client_ip)
+        state.pop_login(self.client_ip, time.monotonic())  # SMTP-after-POP
+        log.info("login client=%s user=%s messages=%d", self.client_ip, user, len(listing))
+
+    async def _starttls(self) -> None:
+        tls = self.services.tls
+        assert tls is not None
+        self.conn.accept()
+        await self._flush()
+        try:
+            await self.io.start_tls(tls.context, TLS_HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError) as e:
+            log.info("TLS handshake failed client=%s: %s", self.client_ip, e)
+            raise ConnectionError("TLS handshake failed") from None
+        self.conn.tls_started()
+
+    # --- transaction -----------------------------------------------------------------------
+    async def _retrieve(self, event: Retrieve) -> None:
+        assert self.mailbox is not None
+        message = self.mailbox.messages[event.number - 1]
+        loop = asyncio.get_running_loop()
+        try:
+            chunks: Generator[bytes, None, None] = self.mailbox.read(message)
+            first = await loop.run_in_executor(None, next, chunks, None)
+        except OSError as e:
+            log.error("cannot read message %s: %s", message.uid, e)
+            self.conn.reject("[SYS/TEMP] cannot read the message")
+            return
+        self.conn.accept()
+        try:
+            chunk = first
+            while chunk is not None:
+                self.conn.send_content(chunk)
+                await self._flush()
+                if not self.conn.wants_content:
+                    break  # TOP has what it needs: not read to the end, so not marked seen
+                chunk = await loop.run_in_executor(None, next, chunks, None)
+        finally:
+            chunks.close()
+        self.conn.end_content()
+
+    async def _update(self, event: Update) -> None:
+        """RFC 1939 6: only now are the messages marked with DELE removed."""
+        assert self.mailbox is not None
+        by_uid = {m.uid: m for m in self.mailbox.messages}
+        doomed = [by_uid[uid] for uid in event.deleted_uids]
+        self.committing = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.mailbox.delete, doomed)
+        except OSError as e:
+            log.error("UPDATE failed for %s: %s", self.locked, e)
+            self.conn.reject()
+            return
+        finally:
+            self.committing = False
+        log.info("update client=%s user=%s deleted=%d", self.client_ip, self.locked, len(doomed))
+        self.conn.accept()
