@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the benchmark peers need on Debian: Postfix (which also ships smtp-source and
-# smtp-sink) without configuring or starting it, and aiosmtpd into the project's venv.
-# Run as root; non-interactive; never starts a system service on port 25.
+# smtp-sink) without configuring or starting it, Dovecot's POP3 server (dovecot-pop3d) without
+# starting it, and aiosmtpd into the project's venv.
+# Run as root; non-interactive; never starts a system service on port 25, 110 or 143.
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +46,31 @@ install_postfix() {
     fi
 }
 
+have_dovecot_pop3() {
+    { command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]; } &&
+        [ -e /usr/share/dovecot/protocols.d/pop3d.protocol ]
+}
+
+install_dovecot_pop3() {
+    if have_dovecot_pop3; then
+        log "dovecot-pop3d already installed"
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        log "not root: skipping dovecot-pop3d (the bench will skip the Dovecot peer)"
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    local created_policy=0
+    if block_service_starts; then created_policy=1; fi
+    local status=0
+    apt-get update -q && apt-get install -y -q --no-install-recommends dovecot-pop3d || status=$?
+    if [ "$created_policy" -eq 1 ]; then rm -f "$POLICY_RC"; fi
+    if [ "$status" -ne 0 ]; then
+        log "apt-get failed (status $status): the bench will skip the Dovecot peer"
+    fi
+}
+
 install_aiosmtpd() {
     if [ ! -x "$VENV_PY" ]; then
         log "no venv python at $VENV_PY: skipping aiosmtpd"
@@ -54,5 +80,6 @@ install_aiosmtpd() {
 }
 
 install_postfix
+install_dovecot_pop3
 install_aiosmtpd
 log "done"
