@@ -153,7 +153,8 @@ def test_capa_stls_and_plaintext_refused_before_tls(make_server) -> None:
     p = poplib.POP3("127.0.0.1", server.pop3_port, timeout=10)
     capa = p.capa()
     assert "STLS" in capa and "USER" not in capa and "PLAIN" not in capa.get("SASL", [])
-    for name in ("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "IMPLEMENTATION"):
+    for name in ("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE", "LOGIN-DELAY",
+                 "IMPLEMENTATION"):
         assert name in capa
     with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
         p.user("alice@example.test")

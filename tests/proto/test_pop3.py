@@ -200,7 +200,7 @@ TABLE = [
      b"+OK pop.test POP3 server signing off (2 messages left)\r\n"),
     ("capa in transaction", b"CAPA\r\nQUIT\r\n",
      b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n"
-     b"EXPIRE NEVER\r\nIMPLEMENTATION taube\r\n.\r\n"
+     b"EXPIRE NEVER\r\nLOGIN-DELAY 0\r\nIMPLEMENTATION taube\r\n.\r\n"
      b"+OK pop.test POP3 server signing off (2 messages left)\r\n"),
 ]
 

@@ -194,7 +194,7 @@ class POP3Config:
     user_command: bool = True  # offer USER/PASS at all
     apop: bool = False  # offer APOP (needs plaintext-equivalent secrets)
     expire: str = "NEVER"  # RFC 2449 section 6.7
-    login_delay: int = 0  # RFC 2449 section 6.5, seconds; not listed when 0
+    login_delay: int = 0  # RFC 2449 section 6.5, seconds
     implementation: str = "taube"  # RFC 2449 section 6.9; not listed when empty
     max_errors: int = 10
 
@@ -669,8 +669,7 @@ class POP3Connection:
             if c.tls_available and not self.tls_active:
                 caps.append("STLS")
         caps.append(f"EXPIRE {c.expire}")
-        if c.login_delay:
-            caps.append(f"LOGIN-DELAY {c.login_delay}")
+        caps.append(f"LOGIN-DELAY {c.login_delay}")  # RFC 2449 6.5: 0 says "no delay" outright
         if c.implementation:
             caps.append(f"IMPLEMENTATION {c.implementation}")
         return caps
