@@ -241,3 +241,19 @@ def test_smtp_after_pop(make_server) -> None:
     assert relay_reply().startswith("250")
     wait_for(lambda: relay_reply().startswith("554 5.7.1"), timeout=10, interval=0.2,
              what="the SMTP-after-POP window to expire")
+
+
+def test_autologout_timer_deletes_nothing(make_server) -> None:
+    server = make_server(pop3=True, pop3_toml='plaintext_requires_tls = false\ntimeout = "1s"')
+    server.add_user("alice@example.test", PASSWORD)
+    server.start()
+    deliver(server, "stays")
+    p = login(server)
+    p.dele(1)
+    line = p.file.readline()  # idle: the server speaks first when the timer runs out
+    assert line.startswith(b"-ERR")
+    assert p.file.readline() == b""  # and closes
+    p.close()
+    p = wait_for(lambda: _try_login(server), what="the mailbox lock to be released")
+    assert p.stat()[0] == 1
+    p.quit()
