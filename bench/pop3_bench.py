@@ -10,7 +10,12 @@ Then, interleaved (run 1 of every cell, then run 2, ...):
   (no DELE, so the mailboxes serve every run); messages/s and MB/s;
 - login: a bounded number of connect + USER/PASS + QUIT cycles shared by N clients; logins/s.
 
-Usage: pop3_bench.py [--runs 3] [--messages 1000] [--concurrency 1,10] [--only taube,dovecot]
+Dovecot runs twice: ``dovecot`` with ``{PLAIN}`` passwords, as usual for a benchmark peer, and
+``dovecot-argon2id``, login test only, with argon2id hashes made with taube's own parameters, so
+both pay the same password verification per login.
+
+Usage: pop3_bench.py [--runs 3] [--messages 1000] [--concurrency 1,10]
+                     [--only taube,dovecot,dovecot-argon2id]
                      [--logins 300] [--size 2048]
 """
 
@@ -132,10 +137,10 @@ def describe(m: Measurement) -> str:
     return text
 
 
-def start_servers(args: argparse.Namespace, root: Path,
-                  skipped: dict[str, str]) -> dict[str, Pop3Server]:
+def start_servers(args: argparse.Namespace, root: Path, skipped: dict[str, str],
+                  started: dict[str, Pop3Server]) -> None:
+    """Starts each implementation into ``started`` (so the caller stops whatever did start)."""
     users = max(args.concurrency)
-    started: dict[str, Pop3Server] = {}
     for name in args.only:
         workdir = root / name
         workdir.mkdir()
@@ -149,7 +154,6 @@ def start_servers(args: argparse.Namespace, root: Path,
         started[name] = server
         print(f"{name} ready on {HOST}:{server.port} ({users} users x {args.messages} messages)",
               file=sys.stderr, flush=True)
-    return started
 
 
 def warm_up(servers: dict[str, Pop3Server], args: argparse.Namespace,
@@ -161,6 +165,10 @@ def warm_up(servers: dict[str, Pop3Server], args: argparse.Namespace,
         if not m.done:
             skipped[name] = f"warm-up download failed: {m.errors}"
             print(f"skipping {name}: {skipped[name]}", file=sys.stderr, flush=True)
+            kept = keep_log(server.log, f"pop3-{name}-warm-up")
+            if kept:
+                print(f"    server log: {kept}", file=sys.stderr, flush=True)
+            server.stop()
             del servers[name]
 
 
@@ -170,6 +178,8 @@ def run_all(servers: dict[str, Pop3Server], args: argparse.Namespace) -> list[Me
         for test in args.tests:
             for concurrency in args.concurrency:
                 for name, server in servers.items():
+                    if test not in server.tests:
+                        continue
                     m = measure(server, test, concurrency, run, args.messages, args.logins)
                     measurements.append(m)
                     print(describe(m), file=sys.stderr, flush=True)
@@ -304,7 +314,7 @@ def main() -> int:
     measurements: list[Measurement] = []
     failed_logs: dict[str, str] = {}
     try:
-        servers = start_servers(args, root, skipped)
+        start_servers(args, root, skipped, servers)
         warm_up(servers, args, skipped)
         measurements = run_all(servers, args)
     finally:

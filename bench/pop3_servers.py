@@ -94,6 +94,7 @@ class Pop3Server:
     """Common part: a work directory, a port, N users with filled Maildirs, one child process."""
 
     name = "pop3"
+    tests: tuple[str, ...] = ("download", "login")
 
     def __init__(self, workdir: Path, users: int, messages: int, size: int) -> None:
         self.workdir = workdir
@@ -279,7 +280,7 @@ service stats {{
         self.workdir.chmod(0o755)
         self.config.write_text(self.config_text(owner))
         (self.workdir / "passwd").write_text(
-            "".join(f"{address}:{{PLAIN}}{password}::::::\n"
+            "".join(f"{address}:{self.password_entry(password)}::::::\n"
                     for address, password in self.logins()))
         (self.workdir / "passwd").chmod(0o644)
         for i in range(1, self.users + 1):
@@ -287,6 +288,9 @@ service stats {{
         mail_root = self.workdir / "mail"
         for folder in (mail_root, mail_root / DOMAIN):
             os.chown(folder, owner.pw_uid, owner.pw_gid)
+
+    def password_entry(self, password: str) -> str:
+        return f"{{PLAIN}}{password}"
 
     def command(self) -> list[str]:
         # -F: stay in the foreground, so the PID we hold is the master's.
@@ -307,4 +311,21 @@ service stats {{
         return None
 
 
-SERVERS: dict[str, type[Pop3Server]] = {"taube": TaubePop3, "dovecot": DovecotPop3}
+class DovecotArgon2Pop3(DovecotPop3):
+    """The same private Dovecot, but its passwd-file holds argon2id hashes with taube's own
+    parameters (taube.directory.passwords.HASHER), so a login costs both servers the same hash
+    verification; Dovecot verifies them with libsodium. Only the login test is run on it."""
+
+    name = "dovecot-argon2id"
+    tests = ("login",)
+
+    def password_entry(self, password: str) -> str:
+        try:
+            from taube.directory.passwords import HASHER
+        except ImportError as exc:
+            raise ServerUnavailable(f"taube's password hasher cannot be imported: {exc}") from exc
+        return f"{{ARGON2ID}}{HASHER.hash(password)}"
+
+
+SERVERS: dict[str, type[Pop3Server]] = {"taube": TaubePop3, "dovecot": DovecotPop3,
+                                         "dovecot-argon2id": DovecotArgon2Pop3}
