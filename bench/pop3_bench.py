@@ -32,13 +32,13 @@ import sys
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pop3_load import HOST, LoadResult, run_download, run_logins
 from pop3_servers import SERVERS, Pop3Server, dovecot_version
 from servers import ServerUnavailable
 from smtp_bench import checked_choices, command_output, csv_list, keep_log
-from datetime import datetime, timezone
 
 TESTS = ("download", "login")
 RESULTS = Path(__file__).resolve().parent / "results" / "pop3-latest.json"
@@ -100,7 +100,7 @@ def bounded(coro: object) -> LoadResult:
 
     try:
         return asyncio.run(run())
-    except asyncio.TimeoutError:
+    except TimeoutError:
         result = LoadResult(seconds=MEASUREMENT_TIMEOUT)
         result.errors["load timed out"] += 1
         return result
@@ -177,7 +177,7 @@ def run_all(servers: dict[str, Pop3Server], args: argparse.Namespace) -> list[Me
     for run in range(1, args.runs + 1):
         for test in args.tests:
             for concurrency in args.concurrency:
-                for name, server in servers.items():
+                for server in servers.values():
                     if test not in server.tests:
                         continue
                     m = measure(server, test, concurrency, run, args.messages, args.logins)
@@ -249,7 +249,7 @@ def print_table(rows: list[Row], title: str) -> None:
 
 def conditions(args: argparse.Namespace) -> dict[str, object]:
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "kernel": platform.release(),

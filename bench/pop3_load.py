@@ -52,7 +52,7 @@ class Client:
     async def status(self, what: str) -> bytes:
         try:
             line = await asyncio.wait_for(self.reader.readline(), REPLY_TIMEOUT)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise Pop3Error(f"{what}: no reply within {REPLY_TIMEOUT:.0f} s") from exc
         if not line:
             raise Pop3Error(f"{what}: connection closed")
@@ -73,7 +73,7 @@ class Client:
             if first == b".\r\n":
                 return b""
             rest = await asyncio.wait_for(self.reader.readuntil(b"\r\n.\r\n"), REPLY_TIMEOUT)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise Pop3Error(f"{what}: body not finished within {REPLY_TIMEOUT:.0f} s") from exc
         except asyncio.IncompleteReadError as exc:
             raise Pop3Error(f"{what}: connection closed in the body") from exc
@@ -132,7 +132,7 @@ async def login_cycles(host: str, port: int, user: str, password: str, cycles: i
                 await client.quit()
             finally:
                 client.close()
-        except (Pop3Error, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, Pop3Error, OSError) as exc:
             result.errors[error_kind(exc)] += 1
             continue
         result.done += 1
@@ -147,7 +147,7 @@ def error_kind(exc: BaseException) -> str:
 async def guarded(coro: object, result: LoadResult) -> None:
     try:
         await coro  # type: ignore[misc]
-    except (Pop3Error, OSError, asyncio.TimeoutError, ValueError, IndexError) as exc:
+    except (TimeoutError, Pop3Error, OSError, ValueError, IndexError) as exc:
         result.errors[error_kind(exc)] += 1
 
 

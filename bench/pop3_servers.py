@@ -16,8 +16,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from servers import (DOMAIN, HOST, START_TIMEOUT, VENV_BIN, ServerUnavailable, free_port,
-                     log_tail, process_cpu_seconds, terminate)
+from servers import (
+    DOMAIN,
+    HOST,
+    START_TIMEOUT,
+    VENV_BIN,
+    ServerUnavailable,
+    free_port,
+    log_tail,
+    process_cpu_seconds,
+    terminate,
+)
 
 PASSWORD = "bench-password"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -172,7 +181,7 @@ class TaubePop3(Pop3Server):
         command = [str(self.executable), *args, "--config", str(self.config)]
         try:
             done = subprocess.run(command, input=stdin, capture_output=True, cwd=self.workdir,
-                                  timeout=START_TIMEOUT)
+                                  timeout=START_TIMEOUT, check=False)
         except subprocess.TimeoutExpired as exc:
             raise ServerUnavailable(f"`taube {' '.join(args)}` did not finish") from exc
         if done.returncode != 0:
@@ -196,7 +205,8 @@ class TaubePop3(Pop3Server):
 
 def dovecot_version() -> str | None:
     try:
-        done = subprocess.run([DOVECOT, "--version"], capture_output=True, timeout=10)
+        done = subprocess.run([DOVECOT, "--version"], capture_output=True, timeout=10,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.decode(errors="replace").strip() or None
@@ -301,14 +311,13 @@ service stats {{
             return
         try:
             subprocess.run([DOVEADM, "-c", str(self.config), "stop"], capture_output=True,
-                           timeout=20)
+                           timeout=20, check=False)
         except (OSError, subprocess.TimeoutExpired):
             pass
         terminate(self.process)  # waits for the master's exit; SIGTERM only if still there
 
     def cpu_seconds(self) -> None:
         """Dovecot is a master plus one process per login and per mail session: not measured."""
-        return None
 
 
 class DovecotArgon2Pop3(DovecotPop3):
