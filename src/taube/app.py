@@ -21,7 +21,8 @@ from .directory.sqlite import SQLiteDirectory
 from .net.connection import Connection
 from .net.listener import Listener
 from .net.pop3_session import POP3Session
-from .net.smtp_session import Mode, SMTPServices, SMTPSession
+from .net.services import Services
+from .net.smtp_session import Mode, SMTPSession, postmaster_address
 from .net.tls import TLSProvider
 from .policy.relay import RelayPolicy
 from .proto import replies as R
@@ -37,7 +38,7 @@ log = logging.getLogger("taube")
 COMMIT_THREADS = 64
 
 
-def build_services(settings: Settings, previous: SMTPServices | None = None) -> SMTPServices:
+def build_services(settings: Settings, previous: Services | None = None) -> Services:
     """The services for ``settings``; on reload the directory and the spool are kept (they
     hold open files and the queue-id sequence) and told the new settings."""
     if previous is not None:
@@ -52,7 +53,7 @@ def build_services(settings: Settings, previous: SMTPServices | None = None) -> 
         spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
         state = LocalState()
         tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)
-    return SMTPServices(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
+    return Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
                         spool=spool, state=state, tls=tls)
 
 
@@ -133,7 +134,7 @@ class App:
         return 0
 
     def _check_postmaster(self) -> None:
-        address = self.services.postmaster()
+        address = postmaster_address(self.services)
         if resolve_recipient(self.services.directory, address).status != "ok":
             log.warning("postmaster %s is neither a user nor an alias: mail to postmaster will be "
                         "refused (RFC 5321 4.5.1 requires it); add one with `taube alias add`", address)

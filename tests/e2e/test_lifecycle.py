@@ -5,7 +5,6 @@ from __future__ import annotations
 import mailbox
 import os
 import signal
-import smtplib
 import subprocess
 import uuid
 from pathlib import Path

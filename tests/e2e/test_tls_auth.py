@@ -88,8 +88,12 @@ def test_old_tls_versions_are_refused(tls_server: TaubeServer) -> None:
     with RawSMTP(tls_server.port) as c:
         c.cmd("EHLO x")
         assert c.cmd("STARTTLS").startswith("220")
-        with pytest.raises((ssl.SSLError, OSError)):
-            ctx.wrap_socket(c.sock)
+        tls = ctx.wrap_socket(c.sock, do_handshake_on_connect=False)
+        try:
+            with pytest.raises((ssl.SSLError, OSError)):
+                tls.do_handshake()
+        finally:
+            tls.close()
     with RawSMTP(tls_server.port) as c:  # that failed handshake closed its connection only
         assert c.cmd("NOOP").startswith("250")
 

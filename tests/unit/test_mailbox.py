@@ -54,3 +54,10 @@ def test_crlf_conversion_across_chunks() -> None:
     assert _to_crlf(b"a\nb", b"") == b"a\r\nb"
     assert _to_crlf(b"\nc", b"\r") == b"\nc"  # completes a CRLF split over two chunks
     assert _to_crlf(b"\nc", b"x") == b"\r\nc"
+
+
+def test_listing_is_in_delivery_order_with_unpadded_microseconds(tmp_path: Path) -> None:
+    md = make_maildir(tmp_path / "d")
+    for name in ("1700000000.M100000P1QB.mx,S=3", "1700000000.M99999P1QA.mx,S=3", "1699999999.x.mx"):
+        (md / "new" / name).write_bytes(b"a\r\n")
+    assert [m.uid.split(".")[1][:7] for m in MaildirMailbox(md).load()] == ["x", "M99999P", "M100000"]

@@ -37,7 +37,7 @@ from ..proto.pop3 import (
 )
 from ..store.mailbox import MaildirMailbox
 from .connection import Connection
-from .smtp_session import TLS_HANDSHAKE_TIMEOUT, SMTPServices
+from .services import TLS_HANDSHAKE_TIMEOUT, Services
 
 __all__ = ["POP3Session"]
 
@@ -47,7 +47,7 @@ log = logging.getLogger("taube.pop3")
 class POP3Session:
     """Drive one POP3 connection to the end. ``run()`` never raises for anything the peer does."""
 
-    def __init__(self, services: SMTPServices, io: Connection, client_ip: str, *,
+    def __init__(self, services: Services, io: Connection, client_ip: str, *,
                  implicit_tls: bool = False) -> None:
         self.services = services
         self.io = io

@@ -16,10 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
-from ..config import Settings
-from ..directory.base import Directory
 from ..directory.resolve import resolve_recipient
-from ..policy.relay import RelayPolicy
 from ..proto import replies as R
 from ..proto.replies import Reply, SMTPError
 from ..proto import sasl
@@ -48,64 +45,54 @@ from ..proto.smtp import (
 from ..proto.address import AddressError, parse_path
 from ..proto.trace import received_header, with_protocol
 from ..queue.envelope import Envelope, Target
-from ..queue.spool import Spool, SpoolFile, StorageFullError
-from ..sharedstate import SharedState
+from ..queue.spool import SpoolFile, StorageFullError
 from .connection import Connection
-from .tls import TLSProvider
+from .services import TLS_HANDSHAKE_TIMEOUT, Services
 
-__all__ = ["Mode", "SMTPServices", "SMTPSession"]
+__all__ = ["Mode", "SMTPSession", "postmaster_address"]
 
 log = logging.getLogger("taube.smtp")
 # "smtp": port-25 style; "submission": RFC 6409, AUTH before MAIL; "smtps": the same over
 # implicit TLS (RFC 8314).
 Mode = Literal["smtp", "submission", "smtps"]
-TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
-@dataclass(slots=True)
-class SMTPServices:
-    """What an SMTP session uses; assembled by the application, replaced whole on reload."""
+def postmaster_address(services: Services) -> str:
+    """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in the
+    first local domain."""
+    settings = services.settings
+    pm = settings.postmaster
+    if "@" in pm:
+        return pm
+    domains = settings.domains or services.directory.list_domains()
+    return f"{pm}@{domains[0] if domains else settings.hostname}"
 
-    settings: Settings
-    directory: Directory
-    relay: RelayPolicy
-    spool: Spool
-    state: SharedState
-    tls: TLSProvider | None
 
-    def postmaster(self) -> str:
-        """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in
-        the first local domain."""
-        pm = self.settings.postmaster
-        if "@" in pm:
-            return pm
-        domains = self.settings.domains or self.directory.list_domains()
-        return f"{pm}@{domains[0] if domains else self.settings.hostname}"
+def engine_config(services: Services, mode: Mode) -> SMTPConfig:
+    s, auth = services.settings.smtp, services.settings.auth
+    return SMTPConfig(
+        hostname=services.settings.hostname,
+        max_message_size=s.max_message_size,
+        max_recipients=s.max_recipients,
+        max_errors=s.max_errors,
+        normalize_bare_newlines=s.bare_newline == "normalize",
+        vrfy=s.vrfy != "off",
+        tls_available=services.tls is not None and mode != "smtps",
+        tls_active=mode == "smtps",
+        auth_mechanisms=tuple(auth.mechanisms),
+        auth_requires_tls=auth.require_tls,
+        auth_legacy_line=auth.legacy_auth_line,
+        auth_required=mode != "smtp",
+    )
 
-    def engine_config(self, mode: Mode) -> SMTPConfig:
-        s, auth = self.settings.smtp, self.settings.auth
-        return SMTPConfig(
-            hostname=self.settings.hostname,
-            max_message_size=s.max_message_size,
-            max_recipients=s.max_recipients,
-            max_errors=s.max_errors,
-            normalize_bare_newlines=s.bare_newline == "normalize",
-            vrfy=s.vrfy != "off",
-            tls_available=self.tls is not None and mode != "smtps",
-            tls_active=mode == "smtps",
-            auth_mechanisms=tuple(auth.mechanisms),
-            auth_requires_tls=auth.require_tls,
-            auth_legacy_line=auth.legacy_auth_line,
-            auth_required=mode != "smtp",
-        )
 
-    def owns_sender(self, user: str, sender: str) -> bool:
-        """The sender is the user's own address or an alias that leads to the user."""
-        sender, user = sender.lower(), user.lower()
-        if sender == user:
-            return True
-        targets = self.directory.get_alias(sender) or []
-        return user in (t.lower() for t in targets)
+def owns_sender(services: Services, user: str, sender: str) -> bool:
+    """The sender is the user's own address or an alias that leads to the user."""
+    sender, user = sender.lower(), user.lower()
+    if sender == user:
+        return True
+    targets = services.directory.get_alias(sender) or []
+    return user in (t.lower() for t in targets)
 
 
 @dataclass(slots=True)
@@ -118,7 +105,6 @@ class _Transaction:
     queue_id: str = ""
     spool_file: SpoolFile | None = None
     started: float = 0.0
-    written: int = 0
 
     def discard(self) -> None:
         if self.spool_file is not None:
@@ -129,13 +115,13 @@ class _Transaction:
 class SMTPSession:
     """Drive one connection to the end. ``run()`` never raises for anything the peer does."""
 
-    def __init__(self, services: SMTPServices, io: Connection, client_ip: str,
+    def __init__(self, services: Services, io: Connection, client_ip: str,
                  mode: Mode = "smtp") -> None:
         self.services = services
         self.io = io
         self.client_ip = client_ip
         self.mode = mode
-        self.conn = SMTPConnection(services.engine_config(mode))
+        self.conn = SMTPConnection(engine_config(services, mode))
         self.tx = _Transaction()
         self.stopping = False  # set by the listener on shutdown
         self.committing = False  # a commit is running in a worker thread: do not cancel
@@ -263,7 +249,7 @@ class SMTPSession:
         user = self.conn.authenticated
         sender = event.path.address
         if (user is not None and sender and self.services.settings.auth.sender_login_match
-                and not self.services.owns_sender(user, sender)):
+                and not owns_sender(self.services, user, sender)):
             raise SMTPError(Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user {user}"),
                             reason="sender login mismatch")
         self.tx.sender = event
@@ -273,11 +259,11 @@ class SMTPSession:
         path = event.path
         address = path.address
         if not path.domain:  # RFC 5321 4.5.1: <postmaster> without domain must be accepted
-            address = self.services.postmaster()
+            address = postmaster_address(self.services)
         resolution = resolve_recipient(self.services.directory, address)
         if resolution.status == "unknown_user" and path.local.lower() == "postmaster":
             # RFC 5321 4.5.1: postmaster@ every local domain, even without a user of that name
-            resolution = resolve_recipient(self.services.directory, self.services.postmaster())
+            resolution = resolve_recipient(self.services.directory, postmaster_address(self.services))
         if resolution.status == "unknown_user":
             raise SMTPError(Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
                                   "User unknown in local recipient table"), reason="unknown user")

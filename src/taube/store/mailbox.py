@@ -36,6 +36,18 @@ class MailboxMessage:
     size: int  # octets as sent by RETR (CRLF line ends)
 
 
+_TIME_NAME = re.compile(r"(\d+)\.(?:M(\d+))?")
+
+
+def _delivery_order(name: str) -> tuple[int, int, str]:
+    """Maildir names start with ``<seconds>.M<microseconds>``, unpadded: compare the numbers,
+    not the text (``M99999`` comes before ``M100000``)."""
+    m = _TIME_NAME.match(name)
+    if not m:
+        return (1 << 62, 0, name)
+    return (int(m.group(1)), int(m.group(2) or 0), name)
+
+
 def _uid(name: str) -> str:
     base = name.split(":", 1)[0]
     return base if _UID_OK.fullmatch(base) else hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()
@@ -68,7 +80,7 @@ class MaildirMailbox:
         for sub in ("cur", "new"):
             directory = self.maildir / sub
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-                for entry in sorted(entries, key=lambda e: e.name):
+                for entry in sorted(entries, key=lambda e: _delivery_order(e.name)):
                     if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                         continue
                     found.append(self._message(Path(entry.path), entry.stat().st_size))
