@@ -24,6 +24,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	bash bench/install-peers.sh
 	$(PY) bench/smtp_bench.py
+	$(PY) bench/pop3_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
