@@ -42,6 +42,7 @@ from .services import TLS_HANDSHAKE_TIMEOUT, Services
 __all__ = ["POP3Session"]
 
 log = logging.getLogger("taube.pop3")
+SMALL_MESSAGE = 128 * 1024  # read on the event loop up to this size (see _retrieve)
 
 
 class POP3Session:
@@ -223,9 +224,16 @@ class POP3Session:
         assert self.mailbox is not None
         message = self.mailbox.messages[event.number - 1]
         loop = asyncio.get_running_loop()
+        # A small message is one read from the page cache: cheaper on the loop than a round trip
+        # through a worker thread. Large ones are read chunk by chunk in a thread.
+        small = message.size <= SMALL_MESSAGE
+
+        async def next_chunk() -> bytes | None:
+            return next(chunks, None) if small else await loop.run_in_executor(None, next, chunks, None)
+
         try:
             chunks: Generator[bytes, None, None] = self.mailbox.read(message)
-            first = await loop.run_in_executor(None, next, chunks, None)
+            first = await next_chunk()
         except OSError as e:
             log.error("cannot read message %s: %s", message.uid, e)
             self.conn.reject("[SYS/TEMP] cannot read the message")
@@ -238,7 +246,7 @@ class POP3Session:
                 await self._flush()
                 if not self.conn.wants_content:
                     break  # TOP has what it needs: not read to the end, so not marked seen
-                chunk = await loop.run_in_executor(None, next, chunks, None)
+                chunk = await next_chunk()
         finally:
             chunks.close()
         self.conn.end_content()
