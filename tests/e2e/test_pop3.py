@@ -257,3 +257,29 @@ def test_autologout_timer_deletes_nothing(make_server) -> None:
     p = wait_for(lambda: _try_login(server), what="the mailbox lock to be released")
     assert p.stat()[0] == 1
     p.quit()
+
+
+def test_failed_logins_share_the_smtp_throttle(make_server) -> None:
+    """One counter per client address for SMTP AUTH and POP3: failures on either block both."""
+    server = make_server(pop3=True, pop3_toml="plaintext_requires_tls = false", auth_toml="max_failures = 3")
+    server.add_user("alice@example.test", PASSWORD)
+    server.start()
+    with RawSMTP(server.port) as c:  # one failure over SMTP AUTH (after STARTTLS)
+        c.cmd("EHLO x")
+        assert c.cmd("STARTTLS").startswith("220")
+        c.sock = client_context().wrap_socket(c.sock)
+        c.cmd("EHLO x")
+        bad = base64.b64encode(b"\0alice@example.test\0nope").decode()
+        assert c.cmd(f"AUTH PLAIN {bad}").startswith("535")
+    for _ in range(2):  # two more over POP3
+        p = poplib.POP3("127.0.0.1", server.pop3_port, timeout=10)
+        p.user("alice@example.test")
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+            p.pass_("nope")
+        p.quit()
+    p = poplib.POP3("127.0.0.1", server.pop3_port, timeout=10)
+    p.user("alice@example.test")
+    with pytest.raises(poplib.error_proto, match="too many"):
+        p.pass_(PASSWORD)  # even the right password, while the address is blocked
+    p.quit()
+    assert "login failed client=127.0.0.1" in server.log
