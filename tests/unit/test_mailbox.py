@@ -17,19 +17,19 @@ def make_maildir(root: Path) -> Path:
 def test_listing_sizes_uids_and_read(tmp_path: Path) -> None:
     md = make_maildir(tmp_path / "alice")
     ours = b"Return-Path: <a@b>\r\nSubject: one\r\n\r\nbody\r\n"
-    (md / "new" / "1700000000.M1P2QABC.mx,S=41").write_bytes(ours)
+    (md / "new" / "1700000000.M1P2QABC.mx,S=42").write_bytes(ours)
     foreign = b"Subject: two\n\nline\n.dot\n"
     (md / "cur" / "1600000000.foreign:2,S").write_bytes(foreign)
     box = MaildirMailbox(md)
     listing = box.load()
-    assert [m.uid for m in listing] == ["1600000000.foreign", "1700000000.M1P2QABC.mx,S=41"]
+    assert [m.uid for m in listing] == ["1600000000.foreign", "1700000000.M1P2QABC.mx,S=42"]
     assert [m.size for m in listing] == [len(foreign) + foreign.count(b"\n"), len(ours)]
     assert b"".join(box.read(listing[0])) == foreign.replace(b"\n", b"\r\n")
     assert b"".join(box.read(listing[1])) == ours
     # retrieved from new/: now in cur/ and seen, same UID for the next session
     assert list((md / "new").iterdir()) == []
     assert sorted(m.uid for m in MaildirMailbox(md).load()) == sorted(m.uid for m in listing)
-    assert "S" in mailbox.Maildir(md, create=False).get_message("1700000000.M1P2QABC.mx,S=41").get_flags()
+    assert "S" in mailbox.Maildir(md, create=False).get_message("1700000000.M1P2QABC.mx,S=42").get_flags()
 
 
 def test_delete_removes_files_even_after_move(tmp_path: Path) -> None:

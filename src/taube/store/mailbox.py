@@ -80,16 +80,11 @@ class MaildirMailbox:
         for sub in ("cur", "new"):
             directory = self.maildir / sub
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-                for entry in sorted(entries, key=lambda e: _delivery_order(e.name)):
-                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                        continue
-                    found.append(self._message(Path(entry.path), entry.stat().st_size))
+                files = [e for e in entries if e.name[:1] != "." and e.is_file(follow_symlinks=False)]
+            for entry in sorted(files, key=lambda e: _delivery_order(e.name)):
+                found.append(MailboxMessage(directory / entry.name, _uid(entry.name), _pop3_size(entry)))
         self.messages = found
         return found
-
-    def _message(self, path: Path, size: int) -> MailboxMessage:
-        crlf = _declared_crlf(path.name, size)
-        return MailboxMessage(path, _uid(path.name), crlf if crlf is not None else _crlf_size(path, size))
 
     def read(self, message: MailboxMessage) -> Generator[bytes, None, None]:
         """The message in chunks with CRLF line ends (the POP3 engine dot-stuffs them).
@@ -131,15 +126,20 @@ class MaildirMailbox:
             fsync_directory(directory)
 
 
-def _declared_crlf(name: str, size: int) -> int | None:
-    """taube's own files are stored with CRLF: their file size is the POP3 size. Others may
-    declare it in the Maildir++ ``W=`` field."""
-    m = re.search(r",W=(\d+)", name)
-    if m:
+_W_SIZE = re.compile(r",W=(\d+)")
+_OUR_NAME = re.compile(r"\d+\.M\d+P\d+Q[0-9A-Za-z]+\..*,S=(\d+)")  # maildir_filename()
+
+
+def _pop3_size(entry: os.DirEntry[str]) -> int:
+    """The octets RETR sends. taube's own files are stored with CRLF and name their size
+    (``,S=``), so no stat is needed; others may declare it in the Maildir++ ``W=`` field, or are
+    measured."""
+    name = entry.name
+    if m := _W_SIZE.search(name):
         return int(m.group(1))
-    if re.search(r"\.M\d+P\d+Q[0-9A-Za-z]+\.", name):  # our naming: maildir_filename()
-        return size
-    return None
+    if m := _OUR_NAME.match(name):
+        return int(m.group(1))
+    return _crlf_size(Path(entry.path), entry.stat(follow_symlinks=False).st_size)
 
 
 def _to_crlf(chunk: bytes, previous: bytes) -> bytes:
