@@ -61,3 +61,7 @@ def test_listing_is_in_delivery_order_with_unpadded_microseconds(tmp_path: Path)
     for name in ("1700000000.M100000P1QB.mx,S=3", "1700000000.M99999P1QA.mx,S=3", "1699999999.x.mx"):
         (md / "new" / name).write_bytes(b"a\r\n")
     assert [m.uid.split(".")[1][:7] for m in MaildirMailbox(md).load()] == ["x", "M99999P", "M100000"]
+
+
+def test_user_without_a_maildir_has_an_empty_mailbox(tmp_path: Path) -> None:
+    assert MaildirMailbox(tmp_path / "never-delivered").load() == []

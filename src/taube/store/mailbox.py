@@ -79,6 +79,7 @@ class MaildirMailbox:
         found: list[MailboxMessage] = []
         for sub in ("cur", "new"):
             directory = self.maildir / sub
+            files: list[os.DirEntry[str]] = []  # no Maildir yet: nothing was ever delivered
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
                 files = [e for e in entries if e.name[:1] != "." and e.is_file(follow_symlinks=False)]
             for entry in sorted(files, key=lambda e: _delivery_order(e.name)):
