@@ -40,7 +40,6 @@ The rules:
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import re
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ from typing import Final
 from . import sasl
 from .buffer import TOO_LONG, LineBuffer
 from .dotstuff import stuff
-from .smtp import NEED_DATA, LocalProtocolError, _NeedData
+from .common import NEED_DATA, LocalProtocolError, NeedData
 
 __all__ = [
     "NEED_DATA",
@@ -358,7 +357,7 @@ class POP3Connection:
         self._out.clear()
         return out
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         if self._pending is not None:
             raise LocalProtocolError(f"{type(self._pending).__name__} has not been answered")
         if self.state is State.CONTENT:
@@ -693,7 +692,7 @@ class POP3Connection:
             self._auth_begin(name, initial_text.strip(" "))
 
     def _auth_begin(self, name: str, initial_text: str) -> None:
-        initial = _decode_response(initial_text) if initial_text else None
+        initial = sasl.decode_response(initial_text) if initial_text else None
         if initial_text and initial is None:
             self._error("bad base64 in the initial response")
             return
@@ -731,7 +730,7 @@ class POP3Connection:
         if line == b"*":
             self._auth_failed("cancelled by the client", "authentication cancelled")
             return
-        data = _decode_response(line.decode("ascii", "replace"))
+        data = sasl.decode_response(line.decode("ascii", "replace"))
         if data is None:
             self._auth_failed("bad base64", "bad base64 in the response")
             return
@@ -852,14 +851,3 @@ def _check_listing(messages: list[_Message]) -> None:
     for m in messages:
         if m.size < 0 or not _UID.fullmatch(m.uid):
             raise LocalProtocolError(f"bad listing entry ({m.size}, {m.uid!r})")
-
-
-def _decode_response(text: str) -> bytes | None:
-    """RFC 5034 section 4: base64, with ``=`` standing for an empty initial response; None if
-    it is not base64."""
-    if text == "=":
-        return b""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None

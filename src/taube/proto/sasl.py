@@ -13,6 +13,7 @@ SCRAM-SHA-256 (RFC 5802, RFC 7677; no channel binding, so no -PLUS variant).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -31,6 +32,7 @@ __all__ = [
     "Step",
     "Success",
     "create",
+    "decode_response",
     "scram_credentials",
 ]
 
@@ -322,6 +324,17 @@ class ScramSHA256(Mechanism):
 
 
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256")
+
+
+def decode_response(text: str) -> bytes | None:
+    """A client's SASL response line (RFC 4954 4, RFC 5034 4): base64, with ``=`` standing for an
+    empty initial response; None if it is not base64."""
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def create(name: str, *, hostname: str, fake_salt_key: bytes | None = None) -> Mechanism | None:

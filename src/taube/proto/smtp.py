@@ -29,7 +29,6 @@ The rules:
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 from dataclasses import dataclass, field
 from typing import Final
@@ -38,6 +37,7 @@ from . import replies as R
 from . import sasl
 from .address import AddressError, Path, parse_mail_argument, parse_path, split_params
 from .buffer import TOO_LONG, LineBuffer
+from .common import NEED_DATA, LocalProtocolError, NeedData
 from .dotstuff import DataDecoder
 from .replies import Reply
 
@@ -76,10 +76,6 @@ PARAM_LINE_MAX: Final = COMMAND_LINE_MAX + 1024
 AUTH_LINE_MAX: Final = 12288
 # RFC 5321 6.3 leaves the hop limit to the server; "at least 100" is its advice.
 MAX_RECEIVED_HEADERS: Final = 100
-
-
-class LocalProtocolError(Exception):
-    """The caller misused the engine (answered twice, forgot to answer, ...)."""
 
 
 class State(enum.Enum):
@@ -206,16 +202,6 @@ class Closed(Event):
     reason: str
 
 
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SMTPConfig:
     """What the engine must know; the session builds it from the settings."""
@@ -325,7 +311,7 @@ class SMTPConnection:
         self._out.clear()
         return out
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         if self._pending is not None:
             raise LocalProtocolError(f"{type(self._pending).__name__} has not been answered")
         while not self._events:
@@ -701,11 +687,12 @@ class SMTPConnection:
         elif not self.offered_mechanisms():
             self._error(R.ENCRYPTION_REQUIRED)
         else:
-            initial = _decode_response(initial_text.strip()) if initial_text.strip() else None
-            if initial is _BAD:
+            text = initial_text.strip()
+            initial = sasl.decode_response(text) if text else None
+            if text and initial is None:
                 self._error(R.CANNOT_DECODE)
                 return
-            self._mech_initial = initial if isinstance(initial, bytes) else None
+            self._mech_initial = initial
             self._emit(AuthStart(mechanism=name))
 
     def _auth_begin(self, event: AuthStart) -> None:
@@ -748,12 +735,11 @@ class SMTPConnection:
             self._auth_finish(None, "cancelled by the client")
             self._error(R.AUTH_CANCELLED)
             return
-        data = _decode_response(line.decode("ascii", "replace"))
-        if data is _BAD:
+        data = sasl.decode_response(line.decode("ascii", "replace"))
+        if data is None:
             self._auth_finish(None, "bad base64")
             self._error(R.CANNOT_DECODE)
             return
-        assert isinstance(data, bytes)
         self._auth_step(self._mech.respond(data))
 
     # --- DATA ------------------------------------------------------------------------------
@@ -789,19 +775,6 @@ class SMTPConnection:
         else:
             self._emit(DataAborted(reply=problem))
             self._end_transaction(problem)
-
-
-_BAD: Final = object()
-
-
-def _decode_response(text: str) -> bytes | object:
-    """RFC 4954 4: base64, with ``=`` standing for an empty initial response."""
-    if text == "=":
-        return b""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return _BAD
 
 
 def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
