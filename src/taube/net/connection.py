@@ -10,11 +10,13 @@ sends before TLS is ever executed inside it), and flow control is explicit: read
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
 __all__ = ["Connection", "ConnectionClosed"]
 
+log = logging.getLogger("taube.tls")
 HIGH_WATER = 256 * 1024  # unread octets before we stop reading from the socket
 
 
@@ -116,12 +118,17 @@ class Connection(asyncio.Protocol):
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
         """Switch to TLS as the server. Unread plaintext is dropped first; the handshake reads
-        from the socket only after this point (``loop.start_tls`` pauses reading at once)."""
+        from the socket only after this point (``loop.start_tls`` pauses reading at once). A
+        failed handshake raises ConnectionClosed: that connection ends, nothing else."""
         assert self.transport is not None
         self._buffer.clear()
         self._eof = False
-        new = await self._loop.start_tls(self.transport, self, context, server_side=True,
-                                         ssl_handshake_timeout=timeout)
+        try:
+            new = await self._loop.start_tls(self.transport, self, context, server_side=True,
+                                             ssl_handshake_timeout=timeout)
+        except (ssl.SSLError, OSError, TimeoutError) as e:
+            log.info("TLS handshake failed client=%s: %s", self.peer[0], e)
+            raise ConnectionClosed("TLS handshake failed") from None
         if new is None:
             raise ConnectionClosed("closed during the TLS handshake")
         self.transport = new

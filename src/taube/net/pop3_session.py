@@ -14,7 +14,6 @@ import hmac
 import logging
 import os
 import secrets
-import ssl
 import time
 from collections.abc import Generator
 
@@ -212,11 +211,7 @@ class POP3Session:
         assert tls is not None
         self.conn.accept()
         await self._flush()
-        try:
-            await self.io.start_tls(tls.context, TLS_HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, OSError, TimeoutError) as e:
-            log.info("TLS handshake failed client=%s: %s", self.client_ip, e)
-            raise ConnectionError("TLS handshake failed") from None
+        await self.io.start_tls(tls.context, TLS_HANDSHAKE_TIMEOUT)
         self.conn.tls_started()
 
     # --- transaction -----------------------------------------------------------------------

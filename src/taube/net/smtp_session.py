@@ -365,11 +365,7 @@ class SMTPSession:
         assert tls is not None  # the engine offers STARTTLS only with a certificate
         self.conn.accept()
         await self._flush()
-        try:
-            await self.io.start_tls(tls.context, TLS_HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, OSError, TimeoutError) as e:
-            log.info("TLS handshake failed client=%s: %s", self.client_ip, e)
-            raise ConnectionError("TLS handshake failed") from None
+        await self.io.start_tls(tls.context, TLS_HANDSHAKE_TIMEOUT)
         self.conn.tls_started()
         log.info("TLS established client=%s %s", self.client_ip, self._tls_info() or "")
 
