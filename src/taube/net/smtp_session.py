@@ -120,7 +120,6 @@ class SMTPSession:
         self.services = services
         self.io = io
         self.client_ip = client_ip
-        self.mode = mode
         self.conn = SMTPConnection(engine_config(services, mode))
         self.tx = _Transaction()
         self.stopping = False  # set by the listener on shutdown
