@@ -389,10 +389,11 @@ def _print_queue_table(rows: Sequence[Sequence[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    short = {"id", "age", "size"}  # kept on one line; the others fold
     table = Table()
     for header in _LIST_HEADERS:
-        table.add_column(header, overflow="fold")
-    table.columns[0].no_wrap = True
+        table.add_column(header, overflow="fold", no_wrap=header in short,
+                         justify="right" if header == "size" else "left")
     table.columns[0].min_width = max(len(row[0]) for row in rows)
     for row in rows:
         table.add_row(*row)
