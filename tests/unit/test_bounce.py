@@ -234,6 +234,20 @@ def test_huge_header_section_is_cut() -> None:
     assert headers.endswith(("f\r\n", "f\n"))
 
 
+def test_header_section_cut_inside_a_field_drops_that_field() -> None:
+    start = b"X-Start: 1\r\n"
+    long_field = b"X-Long: a\r\n" + b"".join(
+        b" %s\r\n" % (b"c" * 70) for _ in range(3000)
+    )
+    data = dsn(
+        [failed()], start + long_field + b"\r\nbody\r\n", return_content="headers"
+    )
+    headers = parts(parse(data))[2].get_content()
+    assert "X-Start: 1" in headers
+    assert "X-Long" not in headers
+    assert "c" * 70 not in headers
+
+
 def test_several_recipients_with_mixed_actions() -> None:
     reports = [
         failed("bob@example.org"),
@@ -358,7 +372,7 @@ def test_non_ascii_is_escaped_in_the_status_part() -> None:
     assert status_bytes.isascii()
     _, recipient = status_blocks(message)
     assert recipient["Final-Recipient"] == "utf-8; j\\x{F6}rg@example.org"
-    assert recipient["Diagnostic-Code"] == "smtp; 550 unbekannt: j\\x{00F6}rg"
+    assert recipient["Diagnostic-Code"] == "smtp; 550 unbekannt: j\\x{F6}rg"
 
 
 def test_eight_bit_original_is_declared() -> None:

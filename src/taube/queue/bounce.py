@@ -273,7 +273,7 @@ def _read_original(stream: BinaryIO, *, full: bool, limit: int) -> _Returned:
     """
     headers: list[bytes] = []
     header_size = 0
-    header_cut = False
+    header_cut = cut_in_field = False
     in_header = True
     whole: list[bytes] | None = [] if full else None
     whole_size = 0
@@ -289,6 +289,7 @@ def _read_original(stream: BinaryIO, *, full: bool, limit: int) -> _Returned:
                 line = b" " + piece if continued else piece
                 if header_size + len(line) + 2 > MAX_HEADER_SECTION:
                     header_cut = True
+                    cut_in_field = line[:1] in (b" ", b"\t")
                 else:
                     headers.append(line)
                     header_size += len(line) + 2
@@ -302,8 +303,8 @@ def _read_original(stream: BinaryIO, *, full: bool, limit: int) -> _Returned:
                 whole.append(piece)
         if whole is None and (not in_header or header_cut):
             break
-    if header_cut and headers and headers[-1][:1] in (b" ", b"\t"):
-        # Do not end on half a field: drop the continuation lines of the last one, then it.
+    if cut_in_field:
+        # Do not end on half a field: drop what was kept of the one cut, start line included.
         while headers and headers[-1][:1] in (b" ", b"\t"):
             headers.pop()
         if headers:
@@ -369,7 +370,7 @@ def _clean(text: str) -> str:
 def _escape(text: str) -> str:
     """``text`` with non-ASCII characters as RFC 6533 section 3 ``\\x{HHHH}`` escapes, so that
     ``message/delivery-status`` stays US-ASCII as RFC 3464 section 2.1.1 requires."""
-    return "".join(c if c.isascii() else f"\\x{{{ord(c):04X}}}" for c in text)
+    return "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in text)
 
 
 def _address_field(name: str, address: str) -> str:
