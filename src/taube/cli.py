@@ -284,12 +284,6 @@ def _queue_store(config: Path | None) -> QueueStore:
     return QueueStore(load_settings(config).data_dir)
 
 
-def _queue_entries(store: QueueStore) -> list[QueueEntry]:
-    try:
-        return store.list()
-    except (ValueError, TypeError, KeyError) as e:
-        raise _Failure(f"unreadable queue envelope: {e}") from None
-
 
 def _envelope_path(store: QueueStore, queue_id: str) -> Path:
     """The envelope file of ``queue_id``, which must exist; else a refusal naming the id."""
@@ -413,7 +407,7 @@ def queue_list(config: Path | None) -> None:
     Columns: id, age, size (octets), sender, recipients not yet delivered, next attempt,
     last error. Without a terminal: tab-separated lines without a header.
     """
-    entries = _queue_entries(_queue_store(config))
+    entries = _queue_store(config).list()
     if not entries:
         click.echo("queue is empty")
         return
@@ -438,7 +432,7 @@ def queue_show(queue_id: str, config: Path | None) -> None:
 
 def _delete_all(store: QueueStore) -> int:
     """Remove every entry; a progress bar on a terminal when there are many. Returns the count."""
-    ids = [entry.queue_id for entry in _queue_entries(store)]
+    ids = store.ids()
     if len(ids) >= _PROGRESS_FROM and sys.stdout.isatty():
         from rich.progress import track
 

@@ -125,3 +125,18 @@ def test_spool_recover_also_repairs_the_queue(spool: Spool, queue: QueueStore) -
     (queue.messages / "0orphan").write_bytes(b"x")
     spool.recover()
     assert list(queue.messages.iterdir()) == []
+
+
+def test_a_damaged_envelope_is_skipped_and_logged(spool: Spool, queue: QueueStore,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    good = receive(spool, remote("far@remote.test"))
+    (queue.envelopes / "0000damaged.json").write_bytes(b"{not json")
+    with caplog.at_level(logging.ERROR, logger="taube.spool"):
+        assert [e.queue_id for e in queue.list()] == [good]
+    assert "damaged envelope 0000damaged.json" in caplog.text
+
+
+def test_ids_include_damaged_envelopes(spool: Spool, queue: QueueStore) -> None:
+    good = receive(spool, remote("far@remote.test"))
+    (queue.envelopes / "0000damaged.json").write_bytes(b"{not json")
+    assert queue.ids() == sorted([good, "0000damaged"])

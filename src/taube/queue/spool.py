@@ -277,12 +277,23 @@ class QueueStore:
         for queue_id in sorted(queued):
             log.error("queue: envelope %s has no data file; left for inspection", queue_id)
 
+    def ids(self) -> list[str]:
+        """The ids of every queued entry, oldest first, without reading the envelopes (so a
+        damaged one is included)."""
+        return sorted(p.name[: -len(_ENVELOPE_SUFFIX)] for p in self.envelopes.glob("*" + _ENVELOPE_SUFFIX))
+
     def list(self) -> list[QueueEntry]:
-        """All queued entries, oldest first (queue ids sort by time)."""
+        """All queued entries, oldest first (queue ids sort by time). A damaged envelope is
+        logged and skipped, so that one bad file never stops the rest of the queue; it stays on
+        disk for inspection (``taube queue show`` / ``delete`` by its id)."""
         entries = []
         for path in sorted(self.envelopes.glob("*" + _ENVELOPE_SUFFIX)):
-            with contextlib.suppress(FileNotFoundError):  # removed while we were listing
+            try:
                 entries.append(QueueEntry.from_json(path.read_bytes()))
+            except FileNotFoundError:  # removed while we were listing
+                continue
+            except (ValueError, TypeError, KeyError) as e:
+                log.error("queue: damaged envelope %s skipped: %s", path.name, e)
         return entries
 
 
