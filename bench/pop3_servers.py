@@ -25,6 +25,7 @@ from servers import (
     free_port,
     log_tail,
     process_cpu_seconds,
+    spawn,
     terminate,
 )
 
@@ -129,13 +130,7 @@ class Pop3Server:
 
     def start(self) -> None:
         self.setup()
-        with self.log.open("ab") as log:
-            try:
-                self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                                stdout=log, stderr=subprocess.STDOUT,
-                                                cwd=self.workdir)
-            except OSError as exc:
-                raise ServerUnavailable(f"cannot run {self.command()[0]}: {exc}") from exc
+        self.process = spawn(self.command(), self.log, self.workdir, append=True)
         try:
             wait_pop3_ready(self.port, self.process, self.log)
         except ServerUnavailable:

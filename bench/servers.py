@@ -52,6 +52,16 @@ class Server(Protocol):
         ...
 
 
+def spawn(command: list[str], log_path: Path, cwd: Path, *, append: bool = False) -> subprocess.Popen[bytes]:
+    """Start a server with its output in ``log_path``; ServerUnavailable if it cannot run."""
+    with log_path.open("ab" if append else "wb") as log:
+        try:
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=cwd)
+        except OSError as exc:
+            raise ServerUnavailable(f"cannot run {command[0]}: {exc}") from exc
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -146,13 +156,7 @@ class ProcessServer:
 
     def start(self) -> None:
         self.prepare()
-        with self.log.open("wb") as log:
-            try:
-                self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                                stdout=log, stderr=subprocess.STDOUT,
-                                                cwd=self.workdir)
-            except OSError as exc:
-                raise ServerUnavailable(f"cannot run {self.command()[0]}: {exc}") from exc
+        self.process = spawn(self.command(), self.log, self.workdir)
         try:
             wait_ready(self.port, time.monotonic() + START_TIMEOUT, self.process, self.log)
         except ServerUnavailable:

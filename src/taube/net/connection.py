@@ -106,6 +106,12 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` (if any) and wait while the peer is slow to read (flow control)."""
+        if data:
+            self.write(data)
+            await self.drain()
+
     async def drain(self) -> None:
         if self._closed:
             raise ConnectionClosed("connection lost")

@@ -115,10 +115,7 @@ class POP3Session:
             return None
 
     async def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            self.io.write(out)
-            await self.io.drain()
+        await self.io.send(self.conn.data_to_send())
 
     async def _handle(self, event: Event) -> None:
         match event:

@@ -174,10 +174,7 @@ class SMTPSession:
             return None
 
     async def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            self.io.write(out)
-            await self.io.drain()
+        await self.io.send(self.conn.data_to_send())
 
     def _say_goodbye(self, reply: Reply) -> None:
         self.conn.close_with(reply)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["NEED_DATA", "LocalProtocolError", "NeedData"]
+from .buffer import LineBuffer
+
+__all__ = ["NEED_DATA", "ByteSide", "LocalProtocolError", "NeedData"]
 
 
 class LocalProtocolError(Exception):
@@ -20,3 +22,31 @@ class NeedData:
 
 
 NEED_DATA: Final = NeedData()
+
+
+class ByteSide:
+    """The bytes-in, bytes-out half every engine shares: a bounded line buffer for input, a
+    list of queued replies for output, and whether the peer has closed. ``closed`` is the
+    engine's own notion of being done (input is ignored then)."""
+
+    def __init__(self, line_limit: int) -> None:
+        self._lines = LineBuffer(line_limit)
+        self._out: list[bytes] = []
+        self._peer_closed = False
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if not data:
+            self._peer_closed = True
+        elif not self.closed:
+            self._lines.feed(data)
+
+    def data_to_send(self) -> bytes:
+        """Every reply queued so far, in order; the queue is emptied."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out

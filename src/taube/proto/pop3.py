@@ -47,9 +47,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import sasl
-from .buffer import TOO_LONG, LineBuffer
+from .buffer import TOO_LONG
 from .dotstuff import stuff
-from .common import NEED_DATA, LocalProtocolError, NeedData
+from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData
 
 __all__ = [
     "NEED_DATA",
@@ -320,10 +320,11 @@ class _ContentEncoder:
         return (b"\n" if self._tail.endswith(b"\r") else b"\r\n") + b".\r\n"
 
 
-class POP3Connection:
+class POP3Connection(ByteSide):
     """One POP3 server connection's protocol state. See the module docstring."""
 
     def __init__(self, config: POP3Config) -> None:
+        super().__init__(AUTH_LINE_MAX)
         if not _TIMESTAMP.fullmatch(config.timestamp):
             raise LocalProtocolError("the timestamp must look like <pid.clock@hostname>")
         self.config = config
@@ -337,25 +338,14 @@ class POP3Connection:
         self._auth_user: str | None = None  # the name the SASL exchange looked up
         self._mechanisms, self._plaintext_mechs = _classify_mechanisms(config)
         self._content: _ContentEncoder | None = None
-        self._lines = LineBuffer(AUTH_LINE_MAX)
-        self._out: list[bytes] = []
         self._events: list[Event] = []
         self._pending: Decision | None = None
-        self._peer_closed = False
         self._ok(f"taube ready {config.timestamp}")
 
     # --- the I/O side ----------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
-        if not data:
-            self._peer_closed = True
-        elif self.state is not State.CLOSED:
-            self._lines.feed(data)
-
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
 
     def next_event(self) -> Event | NeedData:
         if self._pending is not None:

@@ -36,8 +36,8 @@ from typing import Final
 from . import replies as R
 from . import sasl
 from .address import AddressError, Path, parse_mail_argument, parse_path, split_params
-from .buffer import TOO_LONG, LineBuffer
-from .common import NEED_DATA, LocalProtocolError, NeedData
+from .buffer import TOO_LONG
+from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData
 from .dotstuff import DataDecoder
 from .replies import Reply
 
@@ -273,10 +273,11 @@ _USAGE: Final = {
 }
 
 
-class SMTPConnection:
+class SMTPConnection(ByteSide):
     """One SMTP server connection's protocol state. See the module docstring."""
 
     def __init__(self, config: SMTPConfig) -> None:
+        super().__init__(AUTH_LINE_MAX)
         self.config = config
         self.state = State.CONNECTED
         self.esmtp = False
@@ -289,27 +290,16 @@ class SMTPConnection:
         self._mech: sasl.Mechanism | None = None
         self._mech_name = ""
         self._mech_initial: bytes | None = None
-        self._lines = LineBuffer(AUTH_LINE_MAX)
-        self._out: list[bytes] = []
         self._events: list[Event] = []
         self._pending: Decision | None = None
         self._decoder: DataDecoder | None = None
         self._data_size = 0
-        self._peer_closed = False
         self._send(Reply(220, None, f"{config.hostname} {config.greeting_text}"))
 
     # --- the I/O side ----------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
-        if not data:
-            self._peer_closed = True
-        elif self.state is not State.CLOSED:
-            self._lines.feed(data)
-
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
 
     def next_event(self) -> Event | NeedData:
         if self._pending is not None:
