@@ -35,6 +35,8 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "parse_listen",
+    "parse_next_hop",
+    "split_nameserver",
 ]
 
 
@@ -118,6 +120,8 @@ class SMTPSettings(_Section):
     timeout_data_block: Duration = 180.0  # 4.5.3.2.5: 3 minutes per data block
     # Grace for transactions in flight at shutdown before 421.
     shutdown_grace: Duration = 10.0
+    # ETRN (RFC 1985): who may start a queue run: "trusted" networks, "anyone", or "off" (502).
+    etrn: Literal["trusted", "anyone", "off"] = "trusted"
     # Bare CR or LF inside DATA: "reject" (554 5.5.2) or "normalize" (turned into CRLF).
     bare_newline: Literal["reject", "normalize"] = "reject"
 
@@ -196,9 +200,144 @@ class AuthSettings(_Section):
 
 
 class QueueSettings(_Section):
-    """``[queue]``: the durable outbound queue (delivery itself comes with the queue runner)."""
+    """``[queue]``: the durable outbound queue and its retry schedule (Postfix's qmgr settings)."""
 
+    # After this long in the queue a recipient still deferred is bounced (maximal_queue_lifetime).
     lifetime: Duration = 5 * 86400.0
+    # Waits between attempts after a temporary failure; the last one repeats until the lifetime.
+    backoff: list[Duration] = [300.0, 600.0, 1200.0, 2400.0, 3600.0]
+    # A "delayed" notice to the sender once a recipient has waited this long (0: never).
+    delay_warning: Duration = 4 * 3600.0
+    # How often the runner looks for due messages even when nothing woke it.
+    scan_interval: Duration = 30.0
+
+    @field_validator("backoff")
+    @classmethod
+    def _backoff(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one wait, e.g. ['5m', '10m', '20m', '40m', '1h']")
+        if any(wait < 1 for wait in v):
+            raise ValueError("each wait must be at least 1s")
+        return v
+
+
+def _next_hop(value: Any) -> str:
+    """``"host"``, ``"host:port"``, ``"[host]:port"`` (brackets: no MX lookup, as in Postfix)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a next hop is a string 'host', 'host:port' or '[host]:port'")
+    value = value.strip()
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]\s]+)(?::(\d+))?|\[?([0-9A-Fa-f:]+:[0-9A-Fa-f:.]*)\]?:(\d+)", value)
+    if not m:
+        raise ValueError(f"{value!r} is not 'host', 'host:port' or '[host]:port'")
+    port = m.group(2) or m.group(4) or m.group(6)
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return value
+
+
+NextHop = Annotated[str, BeforeValidator(_next_hop)]
+
+
+def parse_next_hop(value: str, default_port: int = 25) -> tuple[str, int, bool]:
+    """A relayhost or transport value as (host, port, look up MX). As in Postfix, ``[host]`` in
+    brackets and IP addresses are contacted directly; a bare host name is a mail domain whose MX
+    records are looked up."""
+    value = _next_hop(value)
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", value)
+    if m:
+        return m.group(1), int(m.group(2) or default_port), False
+    if value.count(":") > 1:  # a bare IPv6 address with a port: "::1:2525"
+        host, _, port = value.rpartition(":")
+        return host, int(port), False
+    host, _, port = value.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        direct = True
+    except ValueError:
+        direct = False
+    return host.lower(), int(port or default_port), not direct
+
+
+class DeliverySettings(_Section):
+    """``[delivery]``: how the queue runner reaches other mail servers."""
+
+    # Send everything that is not local through this smarthost instead of looking up MX records.
+    relayhost: NextHop | None = None
+    relayhost_user: str | None = None  # AUTH PLAIN/LOGIN to the relayhost (only over TLS)
+    relayhost_password_file: Path | None = None  # the password, alone in a file (mode 0600)
+    # TLS towards the relayhost: "may" (STARTTLS when offered), "encrypt" (required).
+    relayhost_tls: Literal["may", "encrypt"] = "may"
+    # TLS towards other servers: "may" (opportunistic, RFC 3207), "encrypt", "none".
+    tls: Literal["none", "may", "encrypt"] = "may"
+    # Verify the next hop's certificate (off by default, as is usual between MTAs).
+    tls_verify: bool = False
+    tls_ca_file: Path | None = None
+    # Static routes, like Postfix's transport table: "example.org" = "127.0.0.1:2626";
+    # ".example.org" matches the subdomains. A route's value is a next hop as for relayhost.
+    transport: dict[str, NextHop] = {}
+    port: int = Field(25, ge=1, le=65535)  # where MX hosts are contacted
+    max_connections: int = Field(20, ge=1)  # outbound SMTP connections in total
+    max_connections_per_destination: int = Field(4, ge=1)
+    max_recipients_per_transaction: int = Field(50, ge=1)
+    connect_timeout: Duration = 30.0
+    command_timeout: Duration = 300.0  # RFC 5321 4.5.3.2: 5 minutes for MAIL/RCPT
+    data_timeout: Duration = 600.0  # RFC 5321 4.5.3.2.6: 10 minutes for the final reply
+    # Where failures of mail from <> are reported: "postmaster" (a notice) or "log" only.
+    null_sender_failures: Literal["postmaster", "log"] = "postmaster"
+
+    @field_validator("transport")
+    @classmethod
+    def _transport(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for domain, hop in v.items():
+            key = domain.strip().lower().rstrip(".")
+            if not re.fullmatch(r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", key):
+                raise ValueError(f"{domain!r} is not a domain name")
+            out[key] = hop
+        return out
+
+    @model_validator(mode="after")
+    def _auth(self) -> DeliverySettings:
+        if (self.relayhost_user is None) != (self.relayhost_password_file is None):
+            raise ValueError("give both relayhost_user and relayhost_password_file, or neither")
+        if self.relayhost_user is not None and self.relayhost is None:
+            raise ValueError("relayhost_user needs a relayhost")
+        return self
+
+
+def _nameserver(value: Any) -> str:
+    """``"192.0.2.53"``, ``"127.0.0.1:5353"``, ``"[::1]:5353"``, ``"::1"``."""
+    if not isinstance(value, str):
+        raise ValueError("a name server is a string 'address' or 'address:port'")
+    split_nameserver(value)
+    return value
+
+
+def split_nameserver(value: str) -> tuple[str, int]:
+    """A ``[dns] nameservers`` entry as (IP address, port); ValueError if it is not one."""
+    text = value.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", text)
+    if m:
+        host, port = m.group(1), m.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address with optional port") from None
+    number = int(port) if port else 53
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, number
+
+
+class DNSSettings(_Section):
+    """``[dns]``: the resolver for MX and address lookups. Empty: ``/etc/resolv.conf``."""
+
+    nameservers: list[Annotated[str, BeforeValidator(_nameserver)]] = []
+    timeout: Duration = 10.0  # per lookup, all name servers and retries included
 
 
 class LogSettings(_Section):
@@ -225,6 +364,8 @@ class Settings(_Section):
     tls: TLSSettings = TLSSettings()
     auth: AuthSettings = AuthSettings()
     queue: QueueSettings = QueueSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    dns: DNSSettings = DNSSettings()
     log: LogSettings = LogSettings()
     # Where the settings came from (None: built-in defaults); not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
@@ -306,11 +447,18 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
     data_dir = settings.data_dir if settings.data_dir.is_absolute() else base / settings.data_dir
+    delivery = settings.delivery
+    if delivery.relayhost_password_file is not None or delivery.tls_ca_file is not None:
+        delivery = delivery.model_copy(update={
+            "relayhost_password_file": (base / delivery.relayhost_password_file).resolve()
+            if delivery.relayhost_password_file else None,
+            "tls_ca_file": (base / delivery.tls_ca_file).resolve() if delivery.tls_ca_file else None,
+        })
     tls = settings.tls.model_copy(update={
         "cert": (base / settings.tls.cert).resolve() if settings.tls.cert else None,
         "key": (base / settings.tls.key).resolve() if settings.tls.key else None,
     })
     return settings.model_copy(update={
-        "data_dir": data_dir.resolve(), "tls": tls,
+        "data_dir": data_dir.resolve(), "tls": tls, "delivery": delivery,
         "source": cfg_path.resolve() if cfg_path else None,
     })

@@ -4,6 +4,7 @@ replaced whole on reload, so a connection keeps the settings it started with."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..config import Settings
 from ..directory.base import Directory
@@ -12,9 +13,18 @@ from ..queue.spool import Spool
 from ..sharedstate import SharedState
 from .tls import TLSProvider
 
-__all__ = ["TLS_HANDSHAKE_TIMEOUT", "Services"]
+__all__ = ["TLS_HANDSHAKE_TIMEOUT", "QueueControl", "Services"]
 
 TLS_HANDSHAKE_TIMEOUT = 30.0  # STARTTLS/STLS and implicit TLS
+
+
+class QueueControl(Protocol):
+    """What the SMTP side may ask of the queue runner (ETRN, RFC 1985)."""
+
+    def flush(self, domain: str | None, *, subdomains: bool = False) -> int:
+        """Make every pending recipient in ``domain`` (all domains: None; with ``subdomains``
+        also those below it) due now and wake the runner; the number of messages concerned."""
+        ...
 
 
 @dataclass(slots=True)
@@ -25,3 +35,4 @@ class Services:
     spool: Spool  # also the Maildir store (spool.maildirs) that POP3 reads
     state: SharedState
     tls: TLSProvider | None
+    runner: QueueControl | None = None  # the queue runner, when one runs in this process

@@ -18,6 +18,11 @@ class Target:
     kind: Literal["local", "remote"]
     address: str
     original: str
+    # RFC 3461 section 4.1 NOTIFY: None when not given (then failures and delays are reported),
+    # else ("NEVER",) or a subset of ("SUCCESS", "FAILURE", "DELAY").
+    notify: tuple[str, ...] | None = None
+    # RFC 3461 section 4.2 ORCPT, decoded from xtext: "rfc822;user@example.org".
+    orcpt: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,7 +36,9 @@ class Envelope:
     helo: str
     received_at: float  # time.time() when DATA started
     size: int  # octets of the message as written (trace headers included)
-    params: dict[str, str] = field(default_factory=dict)  # MAIL parameters: BODY, SMTPUTF8, ...
+    # MAIL parameters: BODY, SMTPUTF8, and RFC 3461's RET ("FULL"/"HDRS") and ENVID (decoded
+    # from xtext), all as text.
+    params: dict[str, str] = field(default_factory=dict)
 
     @property
     def local(self) -> tuple[Target, ...]:

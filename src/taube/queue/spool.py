@@ -147,10 +147,18 @@ class QueuedRecipient:
 
     address: str
     original: str
+    # "queued" (not tried yet), "deferred" (temporary failure, retried at next_attempt),
+    # "delivered" (the next hop said 2xx), "bounced" (permanent failure, reported), "failed"
+    # (permanent failure that could not be reported: null sender). The last three are final.
     status: str = "queued"
     attempts: int = 0
     last_error: str | None = None
     next_attempt: float
+    last_attempt: float | None = None
+    remote_mta: str | None = None  # the host that gave last_error (Remote-MTA of a report)
+    notify: list[str] | None = None  # RFC 3461 NOTIFY, None: not given
+    orcpt: str | None = None  # RFC 3461 ORCPT, decoded: "rfc822;user@example.org"
+    delay_warned: bool = False  # a "delayed" notice has been sent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,7 +179,9 @@ class QueueEntry:
     def from_envelope(cls, envelope: Envelope, body_offset: int, now: float) -> QueueEntry:
         """The entry for the remote recipients of ``envelope``, all due at once."""
         recipients = tuple(
-            QueuedRecipient(address=t.address, original=t.original, next_attempt=now)
+            QueuedRecipient(address=t.address, original=t.original, next_attempt=now,
+                            notify=list(t.notify) if t.notify is not None else None,
+                            orcpt=t.orcpt)
             for t in envelope.remote
         )
         return cls(
@@ -235,6 +245,19 @@ class QueueStore:
             staged.unlink(missing_ok=True)
             raise
         return staged
+
+    def save(self, entry: QueueEntry) -> None:
+        """Replace the envelope of ``entry`` atomically and durably (the queue runner's record of
+        an attempt). FileNotFoundError if the entry is no longer queued (deleted meanwhile)."""
+        if not self.envelope_path(entry.queue_id).exists():
+            raise FileNotFoundError(self.envelope_path(entry.queue_id))
+        staged = self.stage(entry)
+        try:
+            os.rename(staged, self.envelope_path(entry.queue_id))
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        fsync_directory(self.envelopes)
 
     def load(self, queue_id: str) -> QueueEntry:
         """The entry of ``queue_id``; FileNotFoundError if it is not (or no longer) queued."""
