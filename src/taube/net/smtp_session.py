@@ -9,6 +9,7 @@ that does not end in ``250`` is aborted in the spool, and an unexpected exceptio
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
@@ -30,6 +31,7 @@ from ..proto.smtp import (
     DataChunk,
     DataStart,
     EndOfData,
+    Etrn,
     Event,
     Expn,
     Hello,
@@ -83,6 +85,7 @@ def engine_config(services: Services, mode: Mode) -> SMTPConfig:
         auth_requires_tls=auth.require_tls,
         auth_legacy_line=auth.legacy_auth_line,
         auth_required=mode != "smtp",
+        etrn=s.etrn != "off",
     )
 
 
@@ -216,6 +219,8 @@ class SMTPSession:
                     self._vrfy(event)
                 case Expn():
                     self._expn(event)
+                case Etrn():
+                    self._etrn(event)
                 case StartTLS():
                     await self._starttls()
                 case AuthStart():
@@ -267,7 +272,10 @@ class SMTPSession:
         if resolution.status == "remote" and not self.services.relay.may_relay(self.client_ip, authenticated=authenticated):
             raise SMTPError(Reply(554, "5.7.1", f"<{address}>: Relay access denied"),
                             reason=f"relay to {path.domain} from untrusted client")
-        self.tx.targets.extend(resolution.targets)
+        targets = resolution.targets
+        if event.notify is not None or event.orcpt is not None:  # RFC 3461: per RCPT, for every target
+            targets = [dataclasses.replace(t, notify=event.notify, orcpt=event.orcpt) for t in targets]
+        self.tx.targets.extend(targets)
         self.tx.recipients.append(address)
         self.conn.accept()
 
@@ -332,7 +340,7 @@ class SMTPSession:
             helo=self.conn.helo,
             received_at=tx.started,
             size=tx.spool_file.size,
-            params={k: v or "" for k, v in tx.sender.params.items()},
+            params=_envelope_params(tx.sender),
         )
         spool_file, tx.spool_file = tx.spool_file, None
         self.committing = True
@@ -422,11 +430,46 @@ class SMTPSession:
             raise SMTPError(Reply(550, "5.1.1", f"<{event.argument}>: No such mailing list"))
         self.conn.accept(Reply(250, "2.1.5", tuple(f"<{t}>" for t in targets)))
 
+    def _etrn(self, event: Etrn) -> None:
+        """RFC 1985: a queue run for a domain, if this client may ask for one."""
+        node = event.node
+        result = self._etrn_reply(event)
+        log.info("etrn client=%s node=%s result=%s", self.client_ip, node, result)
+        if result.is_positive:
+            self.conn.accept(result)
+        else:
+            self.conn.reject(result)
+
+    def _etrn_reply(self, event: Etrn) -> Reply:
+        node = event.node
+        if self.services.settings.smtp.etrn != "anyone" and not self.services.relay.is_trusted(self.client_ip):
+            return R.etrn_not_allowed(node, "ETRN is limited to trusted networks")
+        runner = self.services.runner
+        if event.queue_name is not None or runner is None:  # no named queues; no queue runner
+            return R.etrn_unable(node)
+        try:
+            count = runner.flush(event.domain, subdomains=event.subdomains)
+        except Exception:
+            log.exception("etrn failed client=%s node=%s", self.client_ip, node)
+            return R.etrn_unable(node)
+        return R.etrn_pending(node, count) if count > 0 else R.etrn_nothing_waiting(node)
+
     def _argument_address(self, argument: str) -> str | None:
         try:
             return parse_path(argument.strip(), utf8=True).address.lower()
         except AddressError:
             return None
+
+
+def _envelope_params(mail: MailFrom) -> dict[str, str]:
+    """The MAIL parameters as the envelope keeps them: as given, except RET in upper case and
+    ENVID decoded from xtext (RFC 3461 4.3, 4.4)."""
+    params = {k: v or "" for k, v in mail.params.items()}
+    if mail.ret is not None:
+        params["RET"] = mail.ret
+    if mail.envid is not None:
+        params["ENVID"] = mail.envid
+    return params
 
 
 def _unique(targets: list[Target]) -> tuple[Target, ...]:

@@ -1,4 +1,5 @@
-"""RFC 5321 paths and ESMTP parameters (sections 4.1.2, 4.1.1.2, 4.1.1.3, 4.5.3.1).
+"""RFC 5321 paths and ESMTP parameters (sections 4.1.2, 4.1.1.2, 4.1.1.3, 4.5.3.1), and the
+xtext encoding of RFC 3461 section 4 that the DSN parameters use.
 
 ``MAIL FROM:<path> params`` and ``RCPT TO:<path> params`` are parsed here into a :class:`Path`
 and a parameter dict. Source routes (``<@a,@b:user@c>``) are accepted and ignored as RFC 5321
@@ -12,7 +13,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["AddressError", "Path", "parse_mail_argument", "parse_path", "split_params"]
+__all__ = [
+    "AddressError",
+    "Path",
+    "is_domain",
+    "parse_mail_argument",
+    "parse_path",
+    "split_params",
+    "xtext_decode",
+    "xtext_encode",
+]
 
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_DOMAIN = 255  # 4.5.3.1.2
@@ -33,6 +43,10 @@ _IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9
 _ADDRESS_LITERAL = re.compile(rf"\[(?:{_IPV4}|IPv6:[0-9A-Fa-f:.]+|[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]")
 _ROUTE = re.compile(rf"@{_LABEL}(?:\.{_LABEL})*(?:,@{_LABEL}(?:\.{_LABEL})*)*:")
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?")
+# RFC 3461 section 4: xchar is "!".."~" except "+" and "="; hexchar is "+" and two upper-case
+# hex digits.
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+_XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 
 
 class AddressError(ValueError):
@@ -119,6 +133,39 @@ def _check_domain(domain: str, utf8: bool) -> None:
         return
     if not (_DOMAIN_UTF8 if utf8 else _DOMAIN).fullmatch(domain):
         raise AddressError("bad domain")
+
+
+def is_domain(text: str) -> bool:
+    """``text`` is an ASCII domain name (RFC 5321 4.1.2 Domain, no address literal) of at most
+    255 octets."""
+    return len(text) <= MAX_DOMAIN and text.isascii() and _DOMAIN.fullmatch(text) is not None
+
+
+def xtext_decode(text: str) -> str:
+    """Decode RFC 3461 section 4 xtext: ``"QQ+2Bxyz"`` -> ``"QQ+xyz"``.
+
+    The hexchars stand for octets, read as UTF-8. Raises AddressError for a character outside
+    xchar, a ``+`` without two upper-case hex digits, or octets that are not UTF-8.
+    """
+    if not _XTEXT.fullmatch(text):
+        raise AddressError("bad xtext (RFC 3461 section 4)")
+    raw = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), text)
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise AddressError("xtext is not UTF-8") from None
+
+
+def xtext_encode(text: str) -> str:
+    """Encode ``text`` as RFC 3461 section 4 xtext: every octet of its UTF-8 form outside xchar
+    (and ``+``, ``=``) becomes ``+XX``."""
+    out = []
+    for octet in text.encode("utf-8"):
+        if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D):
+            out.append(chr(octet))
+        else:
+            out.append(f"+{octet:02X}")
+    return "".join(out)
 
 
 def split_params(text: str) -> dict[str, str | None]:

@@ -97,6 +97,13 @@ ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested au
 CANNOT_DECODE = Reply(501, "5.5.2", "Error: cannot decode response")
 TRANSIENT_FAILURE = Reply(451, "4.3.0", "Error: internal error, please try again later")
 STORAGE_FULL = Reply(452, "4.3.1", "Error: insufficient system storage")
+# RFC 3461 section 4 (DSN parameters): what each one must look like.
+BAD_RET = Reply(501, "5.5.4", "Syntax: RET=FULL|HDRS (RFC 3461 4.3)")
+BAD_ENVID = Reply(501, "5.5.4", "Syntax: ENVID=<xtext of printable ASCII, at most 100 characters> (RFC 3461 4.4)")
+BAD_NOTIFY = Reply(501, "5.5.4", "Syntax: NOTIFY=NEVER or NOTIFY=SUCCESS,FAILURE,DELAY, each at most once (RFC 3461 4.1)")
+BAD_ORCPT = Reply(501, "5.5.4", "Syntax: ORCPT=<addr-type>;<xtext of printable ASCII>, at most 500 characters (RFC 3461 4.2)")
+# RFC 1985 (ETRN).
+ETRN_SYNTAX = Reply(501, "5.5.4", "Syntax: ETRN [@|#]<domain>")
 
 
 def syntax(usage: str) -> Reply:
@@ -107,3 +114,34 @@ def syntax(usage: str) -> Reply:
 def closing(hostname: str, enhanced: str, why: str) -> Reply:
     """A 421: RFC 5321 4.2 wants the server's name first in the text."""
     return Reply(421, enhanced, f"{hostname} {why}, closing transmission channel")
+
+
+def bad_parameters(why: str) -> Reply:
+    """``501 5.5.4`` for an ESMTP parameter list that does not parse (RFC 5321 4.1.2)."""
+    return Reply(501, "5.5.4", f"Error: {why}")
+
+
+def etrn_started(node: str) -> Reply:
+    """RFC 1985: 250, the run was started (without a count)."""
+    return Reply(250, "2.0.0", f"OK, queuing for node {node} started")
+
+
+def etrn_nothing_waiting(node: str) -> Reply:
+    """RFC 1985: 251, nothing is queued for the node."""
+    return Reply(251, "2.0.0", f"OK, no messages waiting for node {node}")
+
+
+def etrn_pending(node: str, count: int) -> Reply:
+    """RFC 1985: 253, a run was started for ``count`` messages."""
+    return Reply(253, "2.0.0", f"OK, {count} pending messages for node {node} started")
+
+
+def etrn_unable(node: str) -> Reply:
+    """RFC 1985: 458, the server cannot start a run for the node (now)."""
+    return Reply(458, "4.3.0", f"Unable to queue messages for node {node}")
+
+
+def etrn_not_allowed(node: str, why: str) -> Reply:
+    """RFC 1985: 459, this client may not ask for the node."""
+    return Reply(459, "4.7.1", f"Node {node} not allowed: {why}")
+

@@ -1,4 +1,4 @@
-"""The SMTP server protocol (RFC 5321, with RFC 1870, 1652, 2034, 2920, 6531) as a sans-I/O
+"""The SMTP server protocol (RFC 5321, with RFC 1870, 1652, 1985, 2034, 2920, 3461, 6531) as a sans-I/O
 state machine: bytes in, events out; decisions in, reply bytes out. No sockets, no clock.
 
 How to drive it::
@@ -30,12 +30,21 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
 from . import replies as R
 from . import sasl
-from .address import AddressError, Path, parse_mail_argument, parse_path, split_params
+from .address import (
+    AddressError,
+    Path,
+    is_domain,
+    parse_mail_argument,
+    parse_path,
+    split_params,
+    xtext_decode,
+)
 from .buffer import TOO_LONG
 from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData
 from .dotstuff import DataDecoder
@@ -49,6 +58,7 @@ __all__ = [
     "DataStart",
     "Decision",
     "EndOfData",
+    "Etrn",
     "Event",
     "Expn",
     "Hello",
@@ -68,7 +78,10 @@ __all__ = [
 
 # RFC 5321 4.5.3.1.4: command lines are at most 512 octets with CRLF. MAIL and RCPT may carry
 # ESMTP parameters that extensions allow to grow the line (RFC 1870 section 3, RFC 3461 4,
-# RFC 4954 5); 512 + 1024 covers every parameter we accept. The buffer never holds more.
+# RFC 4954 5); 512 + 1024 covers every parameter we accept: the longest RCPT (a 256-octet
+# path, NOTIFY with all three values, a 500-character ORCPT) is about 800 octets, the longest
+# MAIL (SIZE, BODY, SMTPUTF8, RET, a 100-character ENVID and an AUTH=<xtext mailbox>) stays
+# below 1536. The buffer never holds more.
 COMMAND_LINE_MAX: Final = 512
 PARAM_LINE_MAX: Final = COMMAND_LINE_MAX + 1024
 # RFC 4954 section 4: AUTH lines (the command with an initial response, and each response) may
@@ -113,12 +126,18 @@ class MailFrom(Decision):
     size: int | None = None  # RFC 1870 SIZE= declared by the client
     body: str | None = None  # RFC 1652 BODY=7BIT|8BITMIME
     smtputf8: bool = False  # RFC 6531
+    ret: str | None = None  # RFC 3461 4.3 RET=FULL|HDRS, upper case
+    envid: str | None = None  # RFC 3461 4.4 ENVID, decoded from xtext
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RcptTo(Decision):
     path: Path
     params: dict[str, str | None] = field(default_factory=dict)
+    # RFC 3461 4.1 NOTIFY, upper case: ("NEVER",) or a subset of SUCCESS, FAILURE, DELAY in
+    # that order; None when not given.
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None  # RFC 3461 4.2 ORCPT decoded from xtext: "rfc822;user@example.org"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +161,24 @@ class Vrfy(Decision):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Expn(Decision):
     argument: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Etrn(Decision):
+    """ETRN (RFC 1985): start a queue run for ``domain`` (with ``subdomains`` for ``@domain``)
+    or for the named queue ``#queue_name``. Answer with accept(250/251/252/253 reply) or
+    reject(458/459 reply); accept() without a reply sends a plain 250."""
+
+    domain: str | None  # lower case; None for a #queue_name
+    subdomains: bool = False
+    queue_name: str | None = None
+
+    @property
+    def node(self) -> str:
+        """The argument as RFC 1985 replies name it: ``example.org``, ``@example.org``, ``#q``."""
+        if self.queue_name is not None:
+            return "#" + self.queue_name
+        return ("@" if self.subdomains else "") + (self.domain or "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,7 +256,8 @@ class SMTPConfig:
     auth_requires_tls: bool = True  # no AUTH before TLS: not listed, and 538 5.7.11
     auth_legacy_line: bool = True  # also "AUTH=..." for old Outlook versions
     auth_required: bool = False  # submission (RFC 6409): MAIL needs AUTH first, else 530 5.7.0
-    extra_extensions: tuple[str, ...] = ()  # from the session (ETRN, DSN later)
+    etrn: bool = False  # offer ETRN (RFC 1985); off: 502 5.5.1
+    extra_extensions: tuple[str, ...] = ()  # further EHLO keywords from the session
 
 
 # --- the transition table ------------------------------------------------------------------
@@ -239,15 +277,22 @@ ALLOWED: Final[dict[str, frozenset[State]]] = {
     # RFC 3207 4 and RFC 4954 4: after EHLO, never inside a mail transaction.
     "STARTTLS": frozenset({State.GREETED}),
     "AUTH": frozenset({State.GREETED}),
+    # RFC 1985 asks for no particular state; a queue run is no business of a transaction.
+    "ETRN": frozenset({State.GREETED}),
 }
 # Known to RFC 821/5321 or common, but not offered: 502 rather than 500 (RFC 5321 4.2.4).
-NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ETRN", "ATRN"})
+# ETRN is a real command that the configuration may switch off (then 502 as well).
+NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ATRN"})
+# RFC 3461 4.1: the NOTIFY keywords, in the order a NOTIFY tuple lists them.
+NOTIFY_KEYWORDS: Final = ("SUCCESS", "FAILURE", "DELAY")
+ENVID_MAX: Final = 100  # RFC 3461 4.4: characters of the xtext as sent
+ORCPT_MAX: Final = 500  # RFC 3461 4.2: characters of the parameter value as sent
 
 
 def _out_of_sequence(verb: str, state: State) -> Reply:
     if state is State.CONNECTED:
         return R.NEED_HELO
-    if verb in ("STARTTLS", "AUTH"):
+    if verb in ("STARTTLS", "AUTH", "ETRN"):
         return R.IN_TRANSACTION
     if verb == "MAIL":
         return R.NESTED_MAIL
@@ -270,6 +315,7 @@ _USAGE: Final = {
     "EXPN": "EXPN mailing-list",
     "STARTTLS": "STARTTLS",
     "AUTH": "AUTH mechanism [initial-response]",
+    "ETRN": "ETRN [@|#]<domain>",
 }
 
 
@@ -361,6 +407,8 @@ class SMTPConnection(ByteSide):
                 if reply is None:
                     raise LocalProtocolError("VRFY/EXPN need an explicit reply")
                 self._send(reply)
+            case Etrn():
+                self._send(reply or R.etrn_started(event.node))
             case StartTLS():
                 self._send(reply or R.READY_FOR_TLS)
                 self._lines.clear()  # RFC 3207 5: pipelined plaintext is never executed
@@ -483,7 +531,9 @@ class SMTPConnection(ByteSide):
 
     def _dispatch(self, verb: str, arg: str) -> None:
         allowed = ALLOWED.get(verb)
-        if allowed is None:
+        if verb == "ETRN" and not self.config.etrn:
+            self._error(R.NOT_IMPLEMENTED)  # switched off: as if we did not know it (any state)
+        elif allowed is None:
             self._error(R.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED else R.UNRECOGNIZED)
         elif self.state not in allowed:
             self._error(_out_of_sequence(verb, self.state))
@@ -518,6 +568,8 @@ class SMTPConnection(ByteSide):
         ext = ["PIPELINING", f"SIZE {c.max_message_size}"]
         if c.vrfy:
             ext.append("VRFY")
+        if c.etrn:
+            ext.append("ETRN")
         if c.tls_available and not self.tls_active:
             ext.append("STARTTLS")
         mechanisms = self.offered_mechanisms()
@@ -526,7 +578,7 @@ class SMTPConnection(ByteSide):
             if c.auth_legacy_line:
                 ext.append("AUTH=" + " ".join(mechanisms))
         ext += list(c.extra_extensions)
-        ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
+        ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8"]
         return ext
 
     def offered_mechanisms(self) -> tuple[str, ...]:
@@ -537,63 +589,93 @@ class SMTPConnection(ByteSide):
         if self.config.auth_required and self.authenticated is None:
             self._error(R.AUTH_REQUIRED)
             return
-        try:
-            path_text, param_text = parse_mail_argument(arg, "FROM")
-            params = split_params(param_text)
-        except AddressError:
-            self._error(R.syntax(_USAGE["MAIL"]))
+        parsed = self._path_and_params(arg, "FROM", "MAIL")
+        if parsed is None:
             return
-        if params and not self.esmtp:
-            self._error(R.UNSUPPORTED_PARAMETER)  # RFC 5321 4.1.1.2: parameters need EHLO
-            return
+        path_text, params = parsed
         checked = self._mail_params(params)
         if isinstance(checked, Reply):
             self._error(checked)
             return
-        size, body, utf8 = checked
         try:
-            path = parse_path(path_text, utf8=utf8, allow_null=True)
+            path = parse_path(path_text, utf8=checked.smtputf8, allow_null=True)
         except AddressError as e:
-            self._error(_address_reply(e, "5.1.7", "sender", utf8))
+            self._error(_address_reply(e, "5.1.7", "sender", checked.smtputf8))
             return
-        self._emit(MailFrom(path=path, params=params, size=size, body=body, smtputf8=utf8))
+        self._emit(MailFrom(path=path, params=params, size=checked.size, body=checked.body,
+                            smtputf8=checked.smtputf8, ret=checked.ret, envid=checked.envid))
 
-    def _mail_params(self, params: dict[str, str | None]) -> Reply | tuple[int | None, str | None, bool]:
-        size: int | None = None
-        body: str | None = None
-        utf8 = False
+    def _path_and_params(self, arg: str, keyword: str, verb: str) -> tuple[str, dict[str, str | None]] | None:
+        """Split a MAIL/RCPT argument; None (with the error sent) when it does not parse."""
+        try:
+            path_text, param_text = parse_mail_argument(arg, keyword)
+        except AddressError:
+            self._error(R.syntax(_USAGE[verb]))
+            return None
+        try:
+            params = split_params(param_text)
+        except AddressError as e:
+            self._error(R.bad_parameters(str(e)))  # a bad word or a parameter given twice
+            return None
+        if params and not self.esmtp:
+            self._error(R.UNSUPPORTED_PARAMETER)  # RFC 5321 4.1.1.2: parameters need EHLO
+            return None
+        return path_text, params
+
+    def _mail_params(self, params: dict[str, str | None]) -> Reply | _MailOptions:
+        options = _MailOptions()
         for key, value in params.items():
             if key == "SIZE":
                 if value is None or not value.isdigit() or len(value) > 20:
                     return R.syntax("SIZE=<octets> (RFC 1870)")
-                size = int(value)
-                if size > self.config.max_message_size:
+                options.size = int(value)
+                if options.size > self.config.max_message_size:
                     return R.MESSAGE_TOO_BIG
             elif key == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     return R.syntax("BODY=7BIT|8BITMIME (RFC 1652)")
-                body = value.upper()
+                options.body = value.upper()
             elif key == "SMTPUTF8":
                 if value is not None:
                     return R.syntax("SMTPUTF8 takes no value (RFC 6531)")
-                utf8 = True
+                options.smtputf8 = True
             elif key == "AUTH" and self.config.auth_mechanisms:
                 if value is None:  # RFC 4954 5: AUTH=<> or AUTH=xtext; noted, not trusted
                     return R.syntax("AUTH=<mailbox> (RFC 4954)")
+            elif key == "RET":
+                if value is None or value.upper() not in ("FULL", "HDRS"):
+                    return R.BAD_RET
+                options.ret = value.upper()
+            elif key == "ENVID":
+                envid = _printable_xtext(value, ENVID_MAX)
+                if envid is None:
+                    return R.BAD_ENVID
+                options.envid = envid
             else:
                 return R.UNSUPPORTED_PARAMETER
-        return size, body, utf8
+        return options
 
     def _do_rcpt(self, arg: str) -> None:
-        try:
-            path_text, param_text = parse_mail_argument(arg, "TO")
-            params = split_params(param_text)
-        except AddressError:
-            self._error(R.syntax(_USAGE["RCPT"]))
+        parsed = self._path_and_params(arg, "TO", "RCPT")
+        if parsed is None:
             return
-        if params:
-            self._error(R.UNSUPPORTED_PARAMETER)
-            return
+        path_text, params = parsed
+        notify: tuple[str, ...] | None = None
+        orcpt: str | None = None
+        for key, value in params.items():
+            if key == "NOTIFY":
+                notify = _parse_notify(value)
+                if notify is None:
+                    self._error(R.BAD_NOTIFY)
+                    return
+            elif key == "ORCPT":
+                orcpt = _parse_orcpt(value)
+                if orcpt is None:
+                    self._error(R.BAD_ORCPT)
+                    return
+            else:
+                self._error(R.UNSUPPORTED_PARAMETER)
+                return
         if self.recipients >= self.config.max_recipients:
             self._error(R.TOO_MANY_RECIPIENTS)  # RFC 5321 4.5.3.1.10
             return
@@ -602,7 +684,7 @@ class SMTPConnection(ByteSide):
         except AddressError as e:
             self._error(_address_reply(e, "5.1.3", "recipient", self._smtputf8))
             return
-        self._emit(RcptTo(path=path, params=params))
+        self._emit(RcptTo(path=path, params=params, notify=notify, orcpt=orcpt))
 
     @property
     def _smtputf8(self) -> bool:
@@ -634,7 +716,7 @@ class SMTPConnection(ByteSide):
 
     def _do_help(self, arg: str) -> None:
         self._send(Reply(214, "2.0.0", (
-            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN STARTTLS AUTH",
+            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN STARTTLS AUTH ETRN",
             "See RFC 5321 for their syntax",
         )))
 
@@ -649,6 +731,25 @@ class SMTPConnection(ByteSide):
             self._error(R.syntax(_USAGE["EXPN"]))
             return
         self._emit(Expn(argument=arg))
+
+    def _do_etrn(self, arg: str) -> None:
+        """RFC 1985: ``ETRN example.org``, ``ETRN @example.org`` (and its subdomains) or
+        ``ETRN #queue``. Reached only when enabled and outside a transaction."""
+        if not arg or " " in arg:
+            self._error(R.ETRN_SYNTAX)
+        elif arg.startswith("#"):
+            name = arg[1:]
+            if not name or not name.isascii() or not name.isprintable():
+                self._error(R.ETRN_SYNTAX)
+            else:
+                self._emit(Etrn(domain=None, queue_name=name))
+        else:
+            subdomains = arg.startswith("@")
+            domain = arg[1:] if subdomains else arg
+            if not is_domain(domain):
+                self._error(R.ETRN_SYNTAX)
+            else:
+                self._emit(Etrn(domain=domain.lower(), subdomains=subdomains))
 
     # --- STARTTLS (RFC 3207) and AUTH (RFC 4954) ---------------------------------------------
     def _do_starttls(self, arg: str) -> None:
@@ -765,6 +866,57 @@ class SMTPConnection(ByteSide):
         else:
             self._emit(DataAborted(reply=problem))
             self._end_transaction(problem)
+
+
+@dataclass(slots=True)
+class _MailOptions:
+    """What the MAIL parameters said, once checked."""
+
+    size: int | None = None
+    body: str | None = None
+    smtputf8: bool = False
+    ret: str | None = None
+    envid: str | None = None
+
+
+def _printable_xtext(value: str | None, limit: int) -> str | None:
+    """Decode an xtext of at most ``limit`` characters whose decoded form is printable US-ASCII
+    (RFC 3461 4.2 and 4.4); None when it is anything else."""
+    if not value or len(value) > limit:
+        return None
+    try:
+        decoded = xtext_decode(value)
+    except AddressError:
+        return None
+    return decoded if decoded.isascii() and decoded.isprintable() else None
+
+
+def _parse_notify(value: str | None) -> tuple[str, ...] | None:
+    """RFC 3461 4.1: ``NEVER`` alone, or a comma list of SUCCESS, FAILURE, DELAY (any case,
+    each once). None when malformed."""
+    if not value:
+        return None
+    words = value.upper().split(",")
+    if words == ["NEVER"]:
+        return ("NEVER",)
+    if len(set(words)) != len(words) or not set(words) <= set(NOTIFY_KEYWORDS):
+        return None
+    return tuple(k for k in NOTIFY_KEYWORDS if k in words)
+
+
+_ADDR_TYPE: Final = re.compile(r"[A-Za-z0-9!#$%&'*+\-/?^_`{|}~]+")  # RFC 3461 4.2: an atom
+
+
+def _parse_orcpt(value: str | None) -> str | None:
+    """RFC 3461 4.2: ``addr-type;xtext``, at most 500 characters, decoded to printable ASCII:
+    ``rfc822;bob+2Bx@example.org`` -> ``rfc822;bob+x@example.org``. None when malformed."""
+    if not value or len(value) > ORCPT_MAX:
+        return None
+    addr_type, semicolon, xtext = value.partition(";")
+    if not semicolon or not _ADDR_TYPE.fullmatch(addr_type):
+        return None
+    address = _printable_xtext(xtext, ORCPT_MAX)
+    return None if address is None else f"{addr_type};{address}"
 
 
 def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
