@@ -432,15 +432,16 @@ class SMTPSession:
 
     def _etrn(self, event: Etrn) -> None:
         """RFC 1985: a queue run for a domain, if this client may ask for one."""
-        node = event.node
         result = self._etrn_reply(event)
-        log.info("etrn client=%s node=%s result=%s", self.client_ip, node, result)
+        log.info("etrn client=%s node=%s result=%s", self.client_ip, event.node, result)
         if result.is_positive:
             self.conn.accept(result)
         else:
             self.conn.reject(result)
 
     def _etrn_reply(self, event: Etrn) -> Reply:
+        """459 for a client that may not ask, 458 when no run can start (named queues, no
+        queue runner, a failing one), else 251 (nothing waiting) or 253 (n messages)."""
         node = event.node
         if self.services.settings.smtp.etrn != "anyone" and not self.services.relay.is_trusted(self.client_ip):
             return R.etrn_not_allowed(node, "ETRN is limited to trusted networks")
