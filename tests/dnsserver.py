@@ -132,9 +132,8 @@ class DNSServer:
             if rrset is None:
                 rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, kind)
                 node[kind] = rrset
-            rrset.update_ttl(ttl)
             for rdata in rdatas:
-                rrset.add(rdata, ttl)
+                rrset.add(rdata)
             rrset.ttl = ttl
 
     def remove(self, name: str, rdtype: str | None = None) -> None:

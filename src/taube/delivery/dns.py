@@ -2,9 +2,9 @@
 
 :class:`Resolver` turns a recipient domain into the ordered list of hosts to try, each with its
 addresses, and turns every way the lookup can go wrong into one of two outcomes the delivery code
-can act on: :class:`TemporaryDNSError` (try again later, RFC 5321 section 5.1 "the SMTP client
-... MUST ... treat [a temporary error] as a temporary failure") or :class:`PermanentDNSError`
-(bounce). Each exception carries an RFC 3463 enhanced status code in ``.status``.
+can act on: :class:`TemporaryDNSError` (try again later: RFC 5321 section 5.1 has a temporary
+DNS error defer delivery) or :class:`PermanentDNSError` (bounce). Each exception carries an
+RFC 3463 enhanced status code in ``.status``.
 
 The rules, from RFC 5321 section 5.1:
 
@@ -18,12 +18,13 @@ The rules, from RFC 5321 section 5.1:
   is temporary when any of the address lookups failed temporarily, permanent otherwise.
 
 RFC 7505 null MX: a single MX record whose exchange is the root (``0 .``) says the domain does not
-accept mail; :class:`NullMXError` (``5.1.10``, RFC 7505 section 4.2 / RFC 3463 as updated by
-RFC 7505 section 5). RFC 7505 section 3 says a domain that publishes a null MX "MUST NOT advertise
-any other MX RR"; when one does anyway, the zone is misconfigured and its intent is ambiguous.
+accept mail; :class:`NullMXError` (``5.1.10``, RFC 7505 section 4, registered in its section 6;
+the matching reply code is 556, RFC 7504). RFC 7505 section 3 says a domain that publishes a
+null MX "MUST NOT advertise any other MX RR"; when one does anyway, the zone is misconfigured
+and its intent is ambiguous.
 This module then ignores the ``.`` record and uses the other exchangers: mail to such a domain
-has a real place to go, and the RFC's sender rule (section 4.1: "SMTP clients ... MUST NOT
-attempt to deliver") is worded for the null MX proper, the single-record case.
+has a real place to go, and the sender rule of RFC 7505 section 4 (do not attempt delivery) is
+worded for the null MX proper, the single-record case.
 
 Limits against hostile zones: at most :data:`MAX_MX_HOSTS` exchangers and
 :data:`MAX_ADDRESSES_PER_HOST` addresses per exchanger are used, and the whole of one
@@ -130,7 +131,7 @@ class PermanentDNSError(DNSFailure):
 class NullMXError(PermanentDNSError):
     """The domain publishes a null MX (RFC 7505 section 3): it accepts no mail.
 
-    ``status`` is ``5.1.10``, "recipient address has null MX" (RFC 7505 section 5).
+    ``status`` is ``5.1.10``, "recipient address has null MX" (RFC 7505 sections 4 and 6).
     """
 
     status = "5.1.10"
