@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import re
 import socket
 import ssl
@@ -382,7 +383,7 @@ class OutboundConnection:
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            reason = exc.strerror or str(exc) or type(exc).__name__
+            reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
             raise SMTPClientError(f"{where}: {reason}", stage="connect",
                                   temporary=True) from exc
         except BaseException:
