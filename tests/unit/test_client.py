@@ -487,3 +487,81 @@ def test_commands_are_sequential_without_pipelining(peer: ScriptedPeer) -> None:
     result = deliver(peer, ["one@example.org", "two@example.org"])
     assert all(r.ok for r in result.replies.values())
     assert peer.pipelined == []
+
+
+# -- the reply reader --------------------------------------------------------------------------
+
+class _Transport(asyncio.Transport):
+    """Collects what the protocol writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written.extend(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def test_reader_keeps_replies_split_and_merged_across_packets() -> None:
+    """RFC 2920 3.1: every reply to a pipelined group, however the packets fall."""
+    from aiosmtplib.response import SMTPResponse
+
+    from taube.delivery.client import _QueueingProtocol
+
+    async def go() -> tuple[list[SMTPResponse], bytes]:
+        protocol = _QueueingProtocol(asyncio.get_running_loop(), None)
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"220 hi\r\n")
+        assert (await protocol.read_response(1)).code == 220
+        protocol.data_received(b"250 unsolicited\r\n")  # nothing pending: dropped
+        out: list[SMTPResponse] = []
+        task = asyncio.create_task(protocol.execute_pipelined(
+            [b"MAIL FROM:<>", b"RCPT TO:<a@b>", b"RCPT TO:<c@d>", b"RCPT TO:<e@f>"], DEADLINE, out))
+        await asyncio.sleep(0)
+        protocol.data_received(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n55")  # two and a half
+        protocol.data_received(b"0-5.1.1 no\r\n")  # a continuation line only
+        protocol.data_received(b"550 5.1.1 such user\r\n450 4.2.0 later\r\n250 extra\r\n")
+        await asyncio.wait_for(task, DEADLINE)
+        transport.close()
+        protocol.connection_lost(None)
+        return out, bytes(transport.written)
+
+    out, written = run(go())
+    assert written == b"MAIL FROM:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\n"
+    assert [(r.code, r.message) for r in out] == [
+        (250, "2.1.0 Ok"), (250, "2.1.5 Ok"), (550, "5.1.1 no\n5.1.1 such user"), (450, "4.2.0 later")]
+
+
+# -- against taube's own inbound server --------------------------------------------------------
+
+def test_against_taube_inbound(tmp_path: Any) -> None:
+    from tests.e2e.conftest import TaubeServer
+
+    server = TaubeServer(tmp_path)
+    server.add_user("alice@example.test")
+    server.start()
+    try:
+        result = deliver(
+            server,  # type: ignore[arg-type]  (host and port are all deliver() needs)
+            [OutRecipient("alice@example.test", ("FAILURE",), "rfc822;alice@example.test"),
+             OutRecipient("nobody@example.test")],
+            message=b"Subject: outbound\r\n\r\n.dot line\r\nend\r\n", params={"ENVID": "e 1"})
+    finally:
+        server.stop()
+    assert result.replies["alice@example.test"].ok
+    assert result.replies["nobody@example.test"].status() == "5.1.1"
+    [path] = (server.maildir("alice@example.test") / "new").iterdir()
+    stored = path.read_bytes()
+    assert stored.endswith(b"\r\nSubject: outbound\r\n\r\n.dot line\r\nend\r\n")
+    assert b"using TLS" in stored  # STARTTLS was used
