@@ -339,6 +339,25 @@ def test_close_never_raises_and_send_after_close_is_an_error(peer: ScriptedPeer)
     assert peer.commands.count("QUIT") == 1
 
 
+def test_peer_gone_between_transactions() -> None:
+    with ScriptedPeer() as peer:
+        async def go() -> SMTPClientError:
+            conn = await connect(peer)
+            try:
+                await one_send(["b@example.org"])(conn)
+                await asyncio.to_thread(peer.stop)
+                with pytest.raises(SMTPClientError) as info:
+                    await one_send(["c@example.org"])(conn)
+                assert not conn.usable
+                return info.value
+            finally:
+                await conn.close()
+
+        error = run(go())
+    assert error.temporary and error.stage == "mail" and error.reply is None
+    assert len(peer.transactions) == 1
+
+
 # -- TLS and AUTH ------------------------------------------------------------------------------
 
 def test_starttls_is_used_when_offered(peer: ScriptedPeer) -> None:
@@ -370,6 +389,18 @@ def test_tls_encrypt_without_starttls_fails(peer: ScriptedPeer) -> None:
     assert (error.stage, error.temporary, error.status) == ("starttls", True, "4.7.4")
     assert "TLS is required" in str(error)
     assert "MAIL" not in " ".join(peer.commands)
+
+
+@pytest.mark.parametrize("tls", ["may", "encrypt"])
+def test_starttls_refused(peer: ScriptedPeer, tls: str) -> None:
+    peer.extensions = (*peer.extensions, "STARTTLS")  # announced, but answered with 502
+    if tls == "may":  # RFC 3207 4: the session goes on in the clear
+        assert deliver(peer, ["b@example.org"], tls=tls).replies["b@example.org"].ok
+        assert not peer.wait_for_transactions(1, DEADLINE)[0].tls
+    else:
+        error = failure(peer, tls=tls)
+        assert (error.stage, error.temporary) == ("starttls", True)
+        assert error.reply is not None and error.reply.code == 502
 
 
 def test_verified_tls_with_the_peer_certificate(peer: ScriptedPeer) -> None:

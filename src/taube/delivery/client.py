@@ -26,7 +26,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -193,7 +193,8 @@ class _QueueingProtocol(SMTPProtocol):
     arrive while no reply is expected are discarded, as in aiosmtplib; so are replies left over
     after the expected ones (RFC 3207 4.2: nothing may follow the 220 to STARTTLS)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connection_lost_callback) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 connection_lost_callback: Callable[[SMTPProtocol], None] | None) -> None:
         super().__init__(loop=loop, connection_lost_callback=connection_lost_callback)
         self._replies: collections.deque[SMTPResponse] = collections.deque()
         self._failure: Exception | None = None
