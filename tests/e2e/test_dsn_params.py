@@ -8,11 +8,21 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 
-from tests.e2e.conftest import TaubeServer
+import pytest
+
+from tests.e2e.conftest import TaubeServer, free_port
 from tests.e2e.rawsmtp import RawSMTP
 
-# Never resolvable (RFC 6761): whatever a queue runner tries, the envelope stays queued.
+# Never resolvable (RFC 6761); routed to a closed local port besides, so that a queue runner
+# only ever defers it and the envelope stays in the queue, whatever the DNS says.
 REMOTE = "remote.invalid"
+
+
+@pytest.fixture
+def server(make_server) -> TaubeServer:
+    s = make_server(extra_toml=f'[delivery]\ntransport = {{ "{REMOTE}" = "127.0.0.1:{free_port()}" }}\n')
+    s.add_user("alice@example.test")
+    return s.start()
 
 
 def message() -> EmailMessage:
