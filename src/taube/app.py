@@ -8,6 +8,7 @@ listening addresses themselves need a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -16,6 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .config import ConfigError, Settings, load_settings
+from .delivery.dns import Resolver
+from .delivery.reports import Reporter
+from .delivery.runner import QueueRunner
 from .directory.resolve import resolve_recipient
 from .directory.sqlite import SQLiteDirectory
 from .net.connection import Connection
@@ -24,6 +28,7 @@ from .net.pop3_session import POP3Session
 from .net.services import Services
 from .net.smtp_session import Mode, SMTPSession, postmaster_address
 from .net.tls import TLSProvider
+from .pidfile import remove_pid, write_pid
 from .policy.relay import RelayPolicy
 from .proto import replies as R
 from .queue.spool import Spool
@@ -46,6 +51,9 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         directory, spool, state, tls = previous.directory, previous.spool, previous.state, previous.tls
         if tls is not None:
             tls.reload()
+        runner, reporter = previous.runner, previous.reporter
+        if isinstance(runner, QueueRunner):
+            runner.reconfigure(settings)
     else:
         data = settings.data_dir
         directory = SQLiteDirectory(data / "taube.db", settings.domains,
@@ -53,8 +61,14 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
         state = LocalState()
         tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)
-    return Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
-                        spool=spool, state=state, tls=tls)
+        reporter = Reporter(spool, directory, settings.hostname, postmaster=lambda: settings.postmaster)
+        runner = QueueRunner(settings=settings, store=spool.queue, reporter=reporter,
+                             resolver=Resolver(settings.dns.nameservers, settings.dns.timeout))
+    services = Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
+                        spool=spool, state=state, tls=tls, runner=runner, reporter=reporter)
+    if reporter is not None:
+        reporter.postmaster = lambda: postmaster_address(services)
+    return services
 
 
 class App:
@@ -124,12 +138,26 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        runner = self.services.runner
+        if isinstance(runner, QueueRunner):
+            # SIGUSR1: `taube queue flush/retry` left a request in queue/requests
+            loop.add_signal_handler(signal.SIGUSR1, runner.wake)
+            runner_task = asyncio.create_task(runner.run(), name="queue runner")
         self._check_postmaster()
+        write_pid(self.settings.data_dir)
         log.info("taube ready: hostname=%s data_dir=%s", self.settings.hostname, self.settings.data_dir)
-        await self._stop.wait()
-        log.info("shutting down: draining %d connection(s)", self.services.state.connection_count())
-        grace = self.settings.smtp.shutdown_grace
-        await asyncio.gather(*(listener.stop(grace) for listener in self.listeners))
+        try:
+            await self._stop.wait()
+            log.info("shutting down: draining %d connection(s)", self.services.state.connection_count())
+            grace = self.settings.smtp.shutdown_grace
+            await asyncio.gather(*(listener.stop(grace) for listener in self.listeners))
+            if isinstance(runner, QueueRunner):
+                await runner.stop()
+                runner_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner_task
+        finally:
+            remove_pid(self.settings.data_dir)
         log.info("stopped")
         return 0
 

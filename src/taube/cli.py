@@ -466,3 +466,134 @@ def queue_delete(ctx: click.Context, queue_id: str | None, everything: bool,
     else:
         raise click.UsageError("give either a queue ID or --all", ctx)
     click.echo(f"{count} queue {'entry' if count == 1 else 'entries'} deleted")
+
+
+def _wake_server(data_dir: Path) -> bool:
+    """Tell the running server (if any) to look at its requests now; whether one runs."""
+    import os
+    import signal
+
+    from .pidfile import running_pid
+
+    pid = running_pid(data_dir)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return False
+    return True
+
+
+def _attempt_marks(store: QueueStore, ids: Iterable[str]) -> dict[str, tuple[int, ...] | None]:
+    """Per queue id the attempt counts of its recipients (None: no longer queued)."""
+    marks: dict[str, tuple[int, ...] | None] = {}
+    for queue_id in ids:
+        try:
+            marks[queue_id] = tuple(r.attempts for r in store.load(queue_id).recipients)
+        except (FileNotFoundError, ValueError):
+            marks[queue_id] = None
+    return marks
+
+
+def _wait_for_attempts(store: QueueStore, ids: list[str], timeout: float) -> tuple[int, int]:
+    """Wait until every message in ``ids`` has had a delivery attempt (or left the queue), at
+    most ``timeout`` seconds; a progress bar on a terminal. Returns (attempted, gone)."""
+    before = _attempt_marks(store, ids)
+    deadline = time.monotonic() + timeout
+    done: set[str] = set()
+    progress = None
+    task = None
+    if sys.stdout.isatty():
+        from rich.progress import Progress
+
+        progress = Progress(transient=True)
+        progress.start()
+        task = progress.add_task("delivering", total=len(ids))
+    try:
+        while len(done) < len(ids) and time.monotonic() < deadline:
+            now_marks = _attempt_marks(store, [i for i in ids if i not in done])
+            for queue_id, mark in now_marks.items():
+                if mark is None or mark != before.get(queue_id):
+                    done.add(queue_id)
+            if progress is not None and task is not None:
+                progress.update(task, completed=len(done))
+            if len(done) < len(ids):
+                time.sleep(0.1)
+    finally:
+        if progress is not None:
+            progress.stop()
+    gone = sum(1 for mark in _attempt_marks(store, ids).values() if mark is None)
+    return len(done), gone
+
+
+def _request(ctx_settings: Settings, store: QueueStore, request: dict[str, object], ids: list[str],
+             wait: bool, timeout: float) -> None:
+    from .delivery.runner import write_request
+
+    write_request(ctx_settings.data_dir, request)
+    if not _wake_server(ctx_settings.data_dir):
+        click.echo("taube is not running: the request is carried out when it starts")
+        return
+    if not wait:
+        click.echo(f"delivery of {len(ids)} message(s) started")
+        return
+    attempted, gone = _wait_for_attempts(store, ids, timeout)
+    left = len(ids) - gone
+    click.echo(f"{len(ids)} message(s) tried: {gone} left the queue, {left} still queued"
+               + ("" if attempted == len(ids) else f" ({len(ids) - attempted} not tried within {timeout:g}s)"))
+
+
+_wait_option = click.option("--wait/--no-wait", default=True, show_default=True,
+                            help="Wait until every message concerned has been tried.")
+_timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=120.0,
+                               show_default=True, help="Seconds to wait at most.")
+
+
+@queue.command("flush")
+@click.argument("domain", required=False)
+@_wait_option
+@_timeout_option
+@_config_option
+def queue_flush(domain: str | None, wait: bool, timeout: float, config: Path | None) -> None:
+    """Try every deferred message now, or only those for DOMAIN (and, as "@DOMAIN", its
+    subdomains), as ETRN does."""
+    from .delivery.runner import PENDING
+
+    settings = load_settings(config)
+    store = _queue_store(config)
+    subdomains = False
+    if domain is not None:
+        if domain.startswith("@"):
+            subdomains, domain = True, domain[1:]
+        domain = domain.strip().lower().rstrip(".")
+        if not domain:
+            raise _Failure("give a domain, e.g. example.org or @example.org")
+    ids = []
+    for entry in store.list():
+        for r in entry.recipients:
+            recipient_domain = r.address.rpartition("@")[2].lower()
+            if r.status in PENDING and (domain is None or recipient_domain == domain
+                                        or (subdomains and recipient_domain.endswith("." + domain))):
+                ids.append(entry.queue_id)
+                break
+    if not ids:
+        click.echo("no messages waiting" + (f" for {domain}" if domain else ""))
+        return
+    _request(settings, store, {"action": "flush", "domain": domain, "subdomains": subdomains},
+             ids, wait, timeout)
+
+
+@queue.command("retry")
+@click.argument("queue_id", metavar="ID")
+@_wait_option
+@_timeout_option
+@_config_option
+def queue_retry(queue_id: str, wait: bool, timeout: float, config: Path | None) -> None:
+    """Try queue entry ID now, whatever its next attempt time."""
+    settings = load_settings(config)
+    store = _queue_store(config)
+    entry = _load_entry(store, queue_id)
+    if not _pending(entry):
+        raise _Failure(f"{queue_id}: no recipient is waiting for delivery")
+    _request(settings, store, {"action": "retry", "id": queue_id}, [queue_id], wait, timeout)

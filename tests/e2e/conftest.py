@@ -54,9 +54,11 @@ class TaubeServer:
     def __init__(self, root: Path, extra_toml: str = "", smtp_toml: str = "", domains=("example.test",),
                  trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128"), auth_toml: str = "",
                  submission: bool = False, smtps: bool = False, pop3: bool = False,
-                 pop3s: bool = False, pop3_toml: str = "") -> None:
+                 pop3s: bool = False, pop3_toml: str = "", host: str = "127.0.0.1",
+                 port: int | None = None) -> None:
         self.root = root
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.submission_port = free_port() if submission else None
         self.smtps_port = free_port() if smtps else None
         self.pop3_port = free_port() if pop3 else None
@@ -74,7 +76,7 @@ class TaubeServer:
             f"trusted_networks = [{trusted_list}]\n"
             f"{extra_toml}\n"
             f"[smtp]\n"
-            f'listen = ["127.0.0.1:{self.port}"]\n'
+            f'listen = ["{host}:{self.port}"]\n'
             f"{smtp_toml}\n"
             f"[submission]\n"
             f"listen = [{_listen(self.submission_port)}]\n"
@@ -108,7 +110,7 @@ class TaubeServer:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"taube exited with {self.proc.returncode}:\n{self.log}")
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            with socket.create_connection((self.host, self.port), timeout=2) as s:
                 return s.recv(512).startswith(b"220 ")
         except OSError:
             return False

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Settings
+from ..delivery.reports import Reporter
 from ..directory.base import Directory
 from ..policy.relay import RelayPolicy
 from ..queue.spool import Spool
@@ -26,6 +27,10 @@ class QueueControl(Protocol):
         also those below it) due now and wake the runner; the number of messages concerned."""
         ...
 
+    def wake(self) -> None:
+        """New mail is queued: look at the queue now."""
+        ...
+
 
 @dataclass(slots=True)
 class Services:
@@ -36,3 +41,4 @@ class Services:
     state: SharedState
     tls: TLSProvider | None
     runner: QueueControl | None = None  # the queue runner, when one runs in this process
+    reporter: Reporter | None = None  # delivery status notifications (local NOTIFY=SUCCESS)

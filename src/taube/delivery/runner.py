@@ -1,0 +1,655 @@
+"""The queue runner: delivers the outbound queue to the next hops, retries, expires and reports.
+
+One runner per server process, on the event loop. Each scan reads the queue's envelopes, takes
+every recipient that is due (``next_attempt`` passed, or forced by ETRN / ``taube queue flush`` /
+``taube queue retry``) and groups them by destination: the relayhost, a route of the transport
+table, or the recipient's domain (MX lookup). Per destination up to
+``max_connections_per_destination`` workers (and ``max_connections`` in total) each open one
+connection and send message after message over it, all recipients of a message at that
+destination in one transaction (at most ``max_recipients_per_transaction``).
+
+Outcome per recipient, recorded in its envelope before anything else happens:
+
+- 2xx after DATA: ``delivered`` (a ``relayed`` report if NOTIFY=SUCCESS was asked for and the
+  next hop does not speak DSN; if it does, the parameters went along and it reports);
+- 5xx, NXDOMAIN, null MX, a mail loop: ``bounced`` with a ``failed`` report to the sender;
+- 4xx, no connection, DNS trouble, a connection lost mid-transaction: ``deferred`` until
+  ``next_attempt`` (the ``[queue] backoff`` schedule), with a ``delayed`` report once the
+  message is older than ``[queue] delay_warning``; once older than ``[queue] lifetime``:
+  ``bounced`` as above.
+
+A message leaves the queue only when every recipient is final, and only after its reports are
+committed. A crash in between repeats the last attempt (at-least-once: a recipient may get a
+message twice, none is lost). Mail from ``<>`` is never reported to its sender: its failure goes
+to the postmaster (``[delivery] null_sender_failures``) or only to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from ..config import ConfigError, Settings, parse_listen, parse_next_hop
+from ..queue.bounce import RecipientReport
+from ..queue.spool import QueuedRecipient, QueueEntry, QueueStore
+from .client import OutboundConnection, OutRecipient, SMTPClientError, TransactionResult
+from .dns import DNSFailure, MXHost, Resolver
+from .reports import NOTICE_PARAM, Reporter
+
+__all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "request_path"]
+
+log = logging.getLogger("taube.delivery")
+
+PENDING = frozenset({"queued", "deferred"})
+FINAL = frozenset({"delivered", "bounced", "failed"})
+REQUESTS = "requests"  # <data_dir>/queue/requests: flush/retry requests of the CLI
+
+
+def request_path(data_dir: Path) -> Path:
+    """Where ``taube queue flush/retry`` leave their requests for the running server."""
+    return data_dir / "queue" / REQUESTS
+
+
+# --- routing ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where mail for a domain goes. ``key`` names the destination (concurrency, logs)."""
+
+    key: str
+    host: str
+    port: int
+    mx: bool  # look up MX records of ``host`` (a mail domain); else contact ``host`` itself
+    tls: Literal["none", "may", "encrypt"]
+    auth: tuple[str, str] | None = None
+
+
+class Router:
+    """The transport table, then the relayhost, then MX lookup of the recipient's domain."""
+
+    def __init__(self, settings: Settings) -> None:
+        d = settings.delivery
+        self.port = d.port
+        self.tls = d.tls
+        self.transport = {k: parse_next_hop(v, d.port) for k, v in d.transport.items()}
+        self.relayhost = parse_next_hop(d.relayhost, d.port) if d.relayhost else None
+        self.relayhost_tls = d.relayhost_tls
+        self.auth: tuple[str, str] | None = None
+        if d.relayhost_user is not None and d.relayhost_password_file is not None:
+            try:
+                password = d.relayhost_password_file.read_text(encoding="utf-8").strip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"[delivery] relayhost_password_file: cannot read "
+                                  f"{d.relayhost_password_file}: {e}") from None
+            if not password:
+                raise ConfigError(f"[delivery] relayhost_password_file: {d.relayhost_password_file} is empty")
+            self.auth = (d.relayhost_user, password)
+
+    def route(self, domain: str) -> Route:
+        domain = domain.lower().rstrip(".")
+        hop = self.transport.get(domain)
+        if hop is None:
+            parts = domain.split(".")
+            for i in range(1, len(parts)):
+                hop = self.transport.get("." + ".".join(parts[i:]))
+                if hop is not None:
+                    break
+        if hop is not None:
+            host, port, mx = hop
+            return Route(key=_hop_name(host, port, mx), host=host, port=port, mx=mx, tls=self.tls)
+        if self.relayhost is not None:
+            host, port, mx = self.relayhost
+            tls = self.relayhost_tls if self.relayhost_tls == "encrypt" else "may"
+            return Route(key=_hop_name(host, port, mx), host=host, port=port, mx=mx, tls=tls,
+                         auth=self.auth)
+        return Route(key=domain, host=domain, port=self.port, mx=True, tls=self.tls)
+
+
+def _hop_name(host: str, port: int, mx: bool) -> str:
+    return f"{host}:{port}" if mx else f"[{host}]:{port}"
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# --- outcomes --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one attempt did for one recipient."""
+
+    kind: Literal["sent", "deferred", "bounced"]
+    status: str  # RFC 3463
+    text: str  # for the log and last_error: the reply or the problem
+    diagnostic: str | None  # DSN Diagnostic-Code, "smtp; 550 5.1.1 ..." (None: text as X-Taube)
+    remote_mta: str | None
+    relay: str  # "mx.example.org[192.0.2.1]:25" or "none"
+
+
+class _RouteFailure(Exception):
+    """No transaction was possible for this destination now: DNS or every host failed."""
+
+    def __init__(self, *, temporary: bool, status: str, text: str, diagnostic: str | None = None,
+                 remote_mta: str | None = None, relay: str = "none") -> None:
+        super().__init__(text)
+        self.outcome = _Outcome(kind="deferred" if temporary else "bounced", status=status,
+                                text=text, diagnostic=diagnostic, remote_mta=remote_mta, relay=relay)
+
+
+@dataclass(slots=True)
+class _Work:
+    queue_id: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Destination:
+    route: Route
+    queue: deque[_Work] = field(default_factory=deque)
+    workers: int = 0
+
+
+@dataclass(slots=True)
+class _Connection:
+    conn: OutboundConnection
+    relay: str
+    remote_mta: str
+
+
+# --- the runner ------------------------------------------------------------------------------
+class QueueRunner:
+    """Delivers the queue; :meth:`run` until :meth:`stop`. Also the server's :class:`QueueControl`."""
+
+    def __init__(self, *, settings: Settings, store: QueueStore, reporter: Reporter,
+                 resolver: Resolver, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.reporter = reporter
+        self.resolver = resolver
+        self.router = Router(settings)
+        self.clock = clock
+        self.requests = request_path(settings.data_dir)
+        self.requests.mkdir(parents=True, exist_ok=True)
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._inflight: set[tuple[str, str]] = set()  # (queue id, recipient) handed to a worker
+        self._forced: dict[str, set[str] | None] = {}  # queue id -> recipients due now (None: all)
+        self._destinations: dict[str, _Destination] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """SIGHUP: new routes, limits and schedule for what is dispatched from now on."""
+        try:
+            router = Router(settings)
+        except ConfigError as e:
+            log.error("reload: keeping the previous delivery routes: %s", e)
+            return
+        self.settings = settings
+        self.router = router
+
+    # --- control -----------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Scan now (new mail, a flush request). Safe from any thread."""
+        if self._wake is None or self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def flush(self, domain: str | None, *, subdomains: bool = False) -> int:
+        """ETRN and ``taube queue flush``: every pending recipient in ``domain`` is due now."""
+        count = 0
+        domain = domain.lower().rstrip(".") if domain else None
+        for entry in self.store.list():
+            wanted = {r.address for r in entry.recipients if r.status in PENDING
+                      and _matches(_domain(r.address), domain, subdomains)}
+            if wanted:
+                self._force(entry.queue_id, wanted)
+                count += 1
+        if count:
+            log.info("flush %s: %d message(s) due now", domain or "(all)", count)
+            self.wake()
+        return count
+
+    def retry(self, queue_id: str) -> bool:
+        """``taube queue retry ID``: every pending recipient of that message is due now."""
+        try:
+            entry = self.store.load(queue_id)
+        except (FileNotFoundError, ValueError):
+            return False
+        self._force(queue_id, None if any(r.status in PENDING for r in entry.recipients) else set())
+        self.wake()
+        return True
+
+    def _force(self, queue_id: str, addresses: set[str] | None) -> None:
+        current = self._forced.get(queue_id, set())
+        if addresses is None or current is None:
+            self._forced[queue_id] = None
+        else:
+            self._forced[queue_id] = current | addresses
+
+    def _take_requests(self) -> None:
+        """Apply the CLI's request files (flush, retry), then remove them."""
+        try:
+            paths = sorted(self.requests.iterdir())
+        except FileNotFoundError:
+            return
+        for path in paths:
+            if path.suffix != ".json":
+                continue
+            try:
+                request = json.loads(path.read_bytes())
+                action = request.get("action")
+                if action == "flush":
+                    self.flush(request.get("domain"), subdomains=bool(request.get("subdomains")))
+                elif action == "retry":
+                    if not self.retry(str(request.get("id"))):
+                        log.info("retry %s: no such queue entry", request.get("id"))
+                else:
+                    log.warning("queue request %s: unknown action %r", path.name, action)
+            except (ValueError, AttributeError, OSError) as e:
+                log.warning("queue request %s ignored: %s", path.name, e)
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    # --- main loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self.settings.delivery.max_connections)
+        log.info("queue runner started")
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                next_due = await self._scan()
+            except Exception:
+                log.exception("queue scan failed")
+                next_due = self.clock() + self.settings.queue.scan_interval
+            wait = max(0.05, min(self.settings.queue.scan_interval, next_due - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    async def stop(self) -> None:
+        """Stop scanning and cancel the workers; an interrupted attempt is repeated later."""
+        self._stopping = True
+        self.wake()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _scan(self) -> float:
+        """Dispatch every due recipient; the time the next one falls due."""
+        loop = asyncio.get_running_loop()
+        self._take_requests()  # a few small files, on the loop: flush() is not thread-safe
+        entries = await loop.run_in_executor(None, self.store.list)
+        queued = {entry.queue_id for entry in entries}
+        for queue_id in [q for q, lock in self._locks.items() if q not in queued and not lock.locked()]:
+            del self._locks[queue_id]
+        now = self.clock()
+        next_due = now + self.settings.queue.scan_interval
+        limit = self.settings.delivery.max_recipients_per_transaction
+        forced, self._forced = self._forced, {}
+        for entry in entries:
+            by_route: dict[str, tuple[Route, list[str]]] = {}
+            force = forced.get(entry.queue_id, set())
+            for r in entry.recipients:
+                if r.status not in PENDING or (entry.queue_id, r.address) in self._inflight:
+                    continue
+                if r.next_attempt <= now or force is None or r.address in force:
+                    route = self.router.route(_domain(r.address))
+                    by_route.setdefault(route.key, (route, []))[1].append(r.address)
+                else:
+                    next_due = min(next_due, r.next_attempt)
+            for route, addresses in by_route.values():
+                for i in range(0, len(addresses), limit):
+                    chunk = tuple(addresses[i:i + limit])
+                    self._inflight.update((entry.queue_id, a) for a in chunk)
+                    self._enqueue(route, _Work(entry.queue_id, chunk))
+        return next_due
+
+    def _enqueue(self, route: Route, work: _Work) -> None:
+        dest = self._destinations.get(route.key)
+        if dest is None:
+            dest = self._destinations[route.key] = _Destination(route)
+        dest.queue.append(work)
+        per_destination = self.settings.delivery.max_connections_per_destination
+        if dest.workers < per_destination and dest.workers < len(dest.queue):
+            dest.workers += 1
+            task = asyncio.create_task(self._worker(dest), name=f"deliver {route.key}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # --- a worker: one connection at a time to one destination ------------------------------
+    async def _worker(self, dest: _Destination) -> None:
+        assert self._slots is not None
+        try:
+            async with self._slots:
+                while dest.queue and not self._stopping:
+                    try:
+                        connection = await self._connect(dest.route)
+                    except _RouteFailure as failure:
+                        # The destination is unreachable now: everything waiting for it shares
+                        # the failure (as Postfix's "dead destination"), each recorded once.
+                        items = list(dest.queue)
+                        dest.queue.clear()
+                        for work in items:
+                            await self._record(work, dict.fromkeys(work.addresses, failure.outcome))
+                        break
+                    try:
+                        while dest.queue and not self._stopping:
+                            work = dest.queue.popleft()
+                            if not await self._deliver(connection, work):
+                                break  # the connection is gone: open a new one for the rest
+                    finally:
+                        await connection.conn.close()
+        finally:
+            dest.workers -= 1
+            if not dest.queue and dest.workers == 0:
+                self._destinations.pop(dest.route.key, None)
+
+    async def _connect(self, route: Route) -> _Connection:
+        hosts = await self._hosts(route)
+        d = self.settings.delivery
+        errors: list[SMTPClientError] = []
+        last_relay = "none"
+        for host in hosts:
+            for address in host.addresses:
+                last_relay = _relay(host.name, address, route.port)
+                try:
+                    conn = await OutboundConnection.open(
+                        address=address, port=route.port, server_name=host.name,
+                        helo=self.settings.hostname, tls=route.tls, verify=d.tls_verify,
+                        ca_file=str(d.tls_ca_file) if d.tls_ca_file else None, auth=route.auth,
+                        connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
+                        data_timeout=d.data_timeout,
+                    )
+                except SMTPClientError as e:
+                    log.info("connect %s: %s", last_relay, e)
+                    errors.append(e)
+                    continue
+                return _Connection(conn, last_relay, host.name)
+        if not errors:
+            raise _RouteFailure(temporary=True, status="4.4.1", text=f"no address for {route.key}")
+        last = errors[-1]
+        temporary = any(e.temporary for e in errors)
+        if last.reply is not None:
+            status = last.reply.status()
+            if temporary and status.startswith("5"):
+                status = "4" + status[1:]
+            raise _RouteFailure(temporary=temporary, status=status, text=str(last),
+                                diagnostic=last.reply.diagnostic(),
+                                remote_mta=hosts[-1].name if hosts else None, relay=last_relay)
+        raise _RouteFailure(temporary=temporary, status="4.4.1" if temporary else "5.4.1",
+                            text=str(last), relay=last_relay)
+
+    async def _hosts(self, route: Route) -> list[MXHost]:
+        """The hosts to try for ``route``, best first, without ourselves (RFC 5321 5.1)."""
+        try:
+            if not route.mx:
+                if _is_ip(route.host):
+                    return [MXHost(name=route.host, preference=0, addresses=(route.host,))]
+                addresses = await self.resolver.addresses(route.host)
+                return [MXHost(name=route.host, preference=0, addresses=tuple(addresses))]
+            hosts = await self.resolver.mail_exchangers(route.host)
+        except DNSFailure as e:
+            raise _RouteFailure(temporary=e.temporary, status=e.status, text=str(e)) from None
+        mine = [h.preference for h in hosts if self._is_me(h, route.port)]
+        if mine:
+            # RFC 5321 5.1: we are one of the MX hosts: only those more preferred may be used.
+            hosts = [h for h in hosts if h.preference < min(mine)]
+            if not hosts:
+                raise _RouteFailure(temporary=False, status="5.4.6",
+                                    text=f"mail for {route.host} loops back to myself")
+        return hosts
+
+    def _is_me(self, host: MXHost, port: int) -> bool:
+        if host.name.lower().rstrip(".") == self.settings.hostname:
+            return True
+        listening = set()
+        for spec in self.settings.smtp.listen:
+            with contextlib.suppress(ValueError):
+                listening.add(parse_listen(spec))
+        return any((address, port) in listening for address in host.addresses)
+
+    async def _deliver(self, connection: _Connection, work: _Work) -> bool:
+        """One transaction for ``work``; False if the connection can no longer be used."""
+        loop = asyncio.get_running_loop()
+        try:
+            entry = await loop.run_in_executor(None, self.store.load, work.queue_id)
+            message = await loop.run_in_executor(None, self._read_message, work.queue_id)
+        except (FileNotFoundError, ValueError) as e:
+            log.info("%s: no longer queued (%s)", work.queue_id, e)
+            self._release(work)
+            return True
+        recipients = [r for r in entry.recipients if r.address in work.addresses and r.status in PENDING]
+        if not recipients:
+            self._release(work)
+            return True
+        params = {k: v for k, v in entry.params.items() if k != NOTICE_PARAM}
+        out = [OutRecipient(address=r.address, notify=tuple(r.notify) if r.notify is not None else None,
+                            orcpt=r.orcpt) for r in recipients]
+        try:
+            result = await connection.conn.send(sender=entry.sender, recipients=out,
+                                                 message=message, params=params)
+        except SMTPClientError as e:
+            outcome = _Outcome(kind="deferred", status=e.reply.status() if e.reply else "4.4.2",
+                               text=str(e), diagnostic=e.reply.diagnostic() if e.reply else None,
+                               remote_mta=connection.remote_mta, relay=connection.relay)
+            if outcome.status.startswith("5"):
+                outcome = replace(outcome, status="4" + outcome.status[1:])
+            await self._record(work, {r.address: outcome for r in recipients})
+            return False
+        await self._record(work, self._outcomes(result, connection), dsn_passed=result.dsn)
+        return connection.conn.usable
+
+    def _read_message(self, queue_id: str) -> bytes:
+        with self.store.open_message(queue_id) as message:
+            return message.read()
+
+    @staticmethod
+    def _outcomes(result: TransactionResult, connection: _Connection) -> dict[str, _Outcome]:
+        outcomes = {}
+        for address, reply in result.replies.items():
+            kind: Literal["sent", "deferred", "bounced"] = (
+                "sent" if reply.ok else "deferred" if reply.temporary else "bounced")
+            outcomes[address] = _Outcome(kind=kind, status=reply.status(), text=str(reply),
+                                         diagnostic=reply.diagnostic(),
+                                         remote_mta=connection.remote_mta, relay=connection.relay)
+        return outcomes
+
+    def _release(self, work: _Work) -> None:
+        self._inflight.difference_update((work.queue_id, a) for a in work.addresses)
+
+    # --- recording an attempt ----------------------------------------------------------------
+    async def _record(self, work: _Work, outcomes: dict[str, _Outcome], *, dsn_passed: bool = False) -> None:
+        lock = self._locks.setdefault(work.queue_id, asyncio.Lock())
+        try:
+            async with lock:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._apply, work.queue_id, outcomes, dsn_passed)
+        except Exception:
+            log.exception("%s: recording the delivery attempt failed; it will be repeated",
+                          work.queue_id)
+        finally:
+            self._release(work)
+
+    def _apply(self, queue_id: str, outcomes: dict[str, _Outcome], dsn_passed: bool) -> None:
+        """Blocking: update the envelope with ``outcomes``, send the reports, save or remove."""
+        try:
+            entry = self.store.load(queue_id)
+        except FileNotFoundError:
+            log.info("%s: deleted during delivery", queue_id)
+            return
+        now = self.clock()
+        q = self.settings.queue
+        age = now - entry.received_at
+        expired = age >= q.lifetime
+        failed: list[RecipientReport] = []
+        delayed: list[RecipientReport] = []
+        relayed: list[RecipientReport] = []
+        updated: list[QueuedRecipient] = []
+        for r in entry.recipients:
+            o = outcomes.get(r.address)
+            if o is None or r.status not in PENDING:
+                updated.append(r)
+                continue
+            attempts = r.attempts + 1
+            common = dict(attempts=attempts, last_attempt=now, remote_mta=o.remote_mta)
+            if o.kind == "sent":
+                r = replace(r, status="delivered", last_error=None, **common)
+                if _wants(r, "SUCCESS") and not dsn_passed:
+                    relayed.append(_report(r, "relayed", o, now))
+                status = "sent"
+            elif o.kind == "bounced" or expired:
+                final_status = "bounced" if entry.sender else "failed"
+                r = replace(r, status=final_status, last_error=o.text, **common)
+                if _wants(r, "FAILURE"):
+                    failed.append(_report(r, "failed", o, now))
+                status = "bounced" if o.kind == "bounced" else "expired"
+            else:
+                wait = q.backoff[min(attempts - 1, len(q.backoff) - 1)]
+                next_attempt = min(now + wait, max(entry.received_at + q.lifetime, now + 1.0))
+                r = replace(r, status="deferred", last_error=o.text, next_attempt=next_attempt, **common)
+                if (q.delay_warning > 0 and not r.delay_warned and age >= q.delay_warning
+                        and _wants(r, "DELAY") and entry.sender):
+                    delayed.append(_report(r, "delayed", o, now))
+                    r = replace(r, delay_warned=True)
+                status = "deferred"
+            updated.append(r)
+            self._log_attempt(entry, r, o, now, status)
+        entry = replace(entry, recipients=tuple(updated))
+        self._send_reports(entry, failed, delayed, relayed)
+        if all(r.status in FINAL for r in entry.recipients):
+            self.store.remove(queue_id)
+            log.info("%s: removed", queue_id)
+        else:
+            try:
+                self.store.save(entry)
+            except FileNotFoundError:
+                log.info("%s: deleted during delivery", queue_id)
+
+    def _log_attempt(self, entry: QueueEntry, r: QueuedRecipient, o: _Outcome, now: float,
+                     status: str) -> None:
+        orig = f", orig_to=<{r.original}>" if r.original.lower() != r.address.lower() else ""
+        log.info("%s: to=<%s>%s, relay=%s, delay=%.1f, dsn=%s, status=%s (%s)",
+                 entry.queue_id, r.address, orig, o.relay, now - entry.received_at, o.status,
+                 status, o.text)
+
+    def _send_reports(self, entry: QueueEntry, failed: list[RecipientReport],
+                      delayed: list[RecipientReport], relayed: list[RecipientReport]) -> None:
+        """Commit the reports of one attempt (blocking). Mail from <> gets none: its failures go
+        to the postmaster or the log, and a failed notice to the postmaster only to the log."""
+        sent = False
+        if not entry.sender:
+            if failed:
+                notice = entry.params.get(NOTICE_PARAM)
+                if self.settings.delivery.null_sender_failures == "postmaster" and notice != "postmaster":
+                    to = self.reporter.postmaster()
+                    self._report(entry, to, failed, "headers", notice="postmaster")
+                    sent = True
+                else:
+                    log.warning("%s: undeliverable mail from <> discarded: %s", entry.queue_id,
+                                ", ".join(f"<{r.address}>" for r in failed))
+        else:
+            ret = entry.params.get("RET", "FULL").upper()
+            if failed:
+                self._report(entry, entry.sender, failed, "headers" if ret == "HDRS" else "full")
+                sent = True
+            if delayed:
+                self._report(entry, entry.sender, delayed, "headers")
+                sent = True
+            if relayed:
+                self._report(entry, entry.sender, relayed, "headers")
+                sent = True
+        if sent:
+            self.wake()  # a report to a remote sender waits in the queue now
+
+    def _report(self, entry: QueueEntry, to: str, reports: Sequence[RecipientReport],
+                content: Literal["full", "headers"], notice: str = "dsn") -> None:
+        with self.store.open_message(entry.queue_id) as original:
+            self.reporter.send(to=to, queue_id=entry.queue_id, arrival=entry.received_at,
+                               reports=reports, original=original, return_content=content,
+                               envid=entry.params.get("ENVID"), notice=notice)
+
+
+def _matches(domain: str, wanted: str | None, subdomains: bool) -> bool:
+    if wanted is None:
+        return True
+    return domain == wanted or (subdomains and domain.endswith("." + wanted))
+
+
+def _wants(r: QueuedRecipient, kind: str) -> bool:
+    """RFC 3461 4.1: without NOTIFY, failures (and delays, at the MTA's choice) are reported."""
+    if r.notify is None:
+        return kind in ("FAILURE", "DELAY")
+    return kind in r.notify
+
+
+def _original(r: QueuedRecipient) -> str | None:
+    """The Original-Recipient: the ORCPT address if one was given, else the RCPT address."""
+    if r.orcpt:
+        kind, _, value = r.orcpt.partition(";")
+        if kind.strip().lower() in ("rfc822", "utf-8") and value.strip():
+            return value.strip()
+        return None
+    return r.original
+
+
+def _report(r: QueuedRecipient, action: Literal["failed", "delayed", "relayed"], o: _Outcome,
+            now: float) -> RecipientReport:
+    status = o.status
+    if action == "relayed":
+        status = "2.0.0" if not status.startswith("2") else status
+    elif action == "failed" and status.startswith("2"):
+        status = "5.0.0"
+    return RecipientReport(address=r.address, original=_original(r), action=action, status=status,
+                           diagnostic=o.diagnostic or o.text, remote_mta=o.remote_mta,
+                           last_attempt=now)
+
+
+def _relay(name: str, address: str, port: int) -> str:
+    return f"{name}[{address}]:{port}"
+
+
+def write_request(data_dir: Path, request: dict[str, object]) -> Path:
+    """Leave a request for the runner (used by the CLI): written whole, then renamed."""
+    directory = request_path(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns()}-{os.getpid()}"
+    staged = directory / f"{name}.tmp"
+    staged.write_text(json.dumps(request), encoding="utf-8")
+    final = directory / f"{name}.json"
+    os.rename(staged, final)
+    return final
+
+
+def pending_domains(entries: Iterable[QueueEntry]) -> set[str]:
+    return {_domain(r.address) for e in entries for r in e.recipients if r.status in PENDING}

@@ -1,0 +1,46 @@
+"""``<data_dir>/taube.pid``: how the ``taube`` command finds the running server (to wake its
+queue runner with SIGUSR1 after ``taube queue flush`` / ``retry``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+__all__ = ["pid_path", "remove_pid", "running_pid", "write_pid"]
+
+
+def pid_path(data_dir: Path) -> Path:
+    return data_dir / "taube.pid"
+
+
+def write_pid(data_dir: Path) -> None:
+    """Record this process, written whole and renamed into place."""
+    path = pid_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_suffix(".pid.tmp")
+    staged.write_text(f"{os.getpid()}\n", encoding="ascii")
+    os.rename(staged, path)
+
+
+def remove_pid(data_dir: Path) -> None:
+    """Remove the file if it names this process."""
+    if running_pid(data_dir) == os.getpid():
+        with contextlib.suppress(OSError):
+            pid_path(data_dir).unlink()
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the server using ``data_dir`` if it is alive, else None (a stale file left
+    by a crash names a process that is gone, or one that is not a taube server)."""
+    try:
+        pid = int(pid_path(data_dir).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"taube" in cmdline else None
