@@ -15,6 +15,16 @@ from tests.e2e.conftest import TaubeServer, wait_for
 FAST_QUEUE = '[queue]\nscan_interval = "1s"\nbackoff = ["1s"]\n'
 
 
+def queue_section(extra: str = "") -> str:
+    """A ``[queue]`` section: FAST_QUEUE's keys, overridden or extended by ``extra`` lines."""
+    keys = {"scan_interval": '"1s"', "backoff": '["1s"]'}
+    for line in extra.splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            keys[key.strip()] = value.strip()
+    return "[queue]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+
+
 def transport(routes: dict[str, str], delivery: str = "") -> str:
     """A ``[delivery]`` section (with ``delivery`` keys) and its transport table."""
     lines = ["[delivery]", delivery, "[delivery.transport]"]
@@ -90,6 +100,6 @@ def by_recipient(blocks: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     return {b["Final-Recipient"].split(";", 1)[1].strip(): b for b in blocks}
 
 
-__all__ = ["EmailMessage", "FAST_QUEUE", "Path", "by_recipient", "envelopes", "mails", "message",
+__all__ = ["EmailMessage", "FAST_QUEUE", "queue_section", "Path", "by_recipient", "envelopes", "mails", "message",
            "parse", "queue_empty", "recipient_states", "report_parts", "send", "transport",
            "wait_for_mails"]

@@ -15,6 +15,7 @@ from tests.dnsserver import DNSServer
 from tests.e2e.conftest import free_port, wait_for
 from tests.e2e.delivery_helpers import (
     FAST_QUEUE,
+    queue_section,
     by_recipient,
     envelopes,
     mails,
@@ -38,7 +39,7 @@ def make_b(make_server, **kwargs):
 
 def make_a(make_server, extra: str, queue: str = "", **kwargs):
     """A: queue settings for tests (``queue`` adds keys to its ``[queue]`` section)."""
-    a = make_server(domains=("a.test",), extra_toml=extra + FAST_QUEUE + queue + "\n", **kwargs)
+    a = make_server(domains=("a.test",), extra_toml=extra + queue_section(queue), **kwargs)
     a.add_user("alice@a.test")
     a.cli("alias", "add", "postmaster@a.test", "alice@a.test")
     return a
@@ -130,9 +131,7 @@ def test_delay_warning(make_server):
 def test_etrn_starts_delivery_of_deferred_mail(make_server):
     port = free_port()
     b = make_b(make_server, port=port)
-    a = make_a(make_server, transport({"b.test": f"127.0.0.1:{port}"}))
-    a.config.write_text(a.config.read_text().replace('backoff = ["1s"]', 'backoff = ["1h"]'))
-    a.start()
+    a = make_a(make_server, transport({"b.test": f"127.0.0.1:{port}"}), queue='backoff = ["1h"]').start()
     send(a, "alice@a.test", ["bob@b.test"])
     wait_for(lambda: recipient_states(a).get("bob@b.test", {}).get("status") == "deferred",
              what="a deferral")
