@@ -67,6 +67,10 @@ class TaubeServer:
         self.data_dir = root / "var"
         self.log_path = root / "taube.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        if "[delivery" not in extra_toml and "[dns" not in extra_toml:
+            # Tests that do not deliver: remote mail goes to a closed loopback port and waits
+            # in the queue (deferred), never to the internet's DNS and MX hosts.
+            extra_toml += f'\n[delivery]\nrelayhost = "[127.0.0.1]:{free_port()}"\n'
         domain_list = ", ".join(f'"{d}"' for d in domains)
         trusted_list = ", ".join(f'"{n}"' for n in trusted)
         self.config.write_text(

@@ -199,3 +199,28 @@ def test_several_messages_share_one_connection(make_server, peer):
     a.cli("queue", "flush", "peer.test", "--timeout", "30")
     peer.wait_for_transactions(3, timeout=20)
     assert peer.connections - connections == 1
+
+
+def test_notify_success_for_local_delivery_gets_delivered_report(make_server, peer):
+    a = server_a(make_server, peer)
+    a.add_user("dora@a.test")
+    send(a, "alice@a.test", ["dora@a.test"], message(subject="local", to="dora@a.test"),
+         mail_options=("ENVID=local-1",), rcpt_options=("NOTIFY=SUCCESS",))
+    assert len(wait_for_mails(a, "dora@a.test")) == 1
+    report = wait_for_mails(a, "alice@a.test")[0]
+    msg, parts, blocks, returned = report_parts(report)
+    block = by_recipient(blocks)["dora@a.test"]
+    assert block["Action"] == "delivered" and block["Status"] == "2.0.0"
+    assert "Original-Envelope-Id: local-1" in parts[1].as_string()
+    assert returned is not None and returned.get_content_type() == "text/rfc822-headers"
+    assert "Subject: local" in returned.get_payload()
+
+
+def test_local_delivery_without_notify_success_gets_no_report(make_server, peer):
+    a = server_a(make_server, peer)
+    a.add_user("dora@a.test")
+    send(a, "alice@a.test", ["dora@a.test"], rcpt_options=("NOTIFY=FAILURE",))
+    wait_for_mails(a, "dora@a.test")
+    send(a, "alice@a.test", ["dora@a.test"], message(subject="second", to="dora@a.test"))
+    wait_for_mails(a, "dora@a.test", 2)
+    assert mails(a, "alice@a.test") == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
 import ssl
 import time
@@ -46,6 +47,7 @@ from ..proto.smtp import (
 )
 from ..proto.address import AddressError, parse_path
 from ..proto.trace import received_header, with_protocol
+from ..queue.bounce import RecipientReport
 from ..queue.envelope import Envelope, Target
 from ..queue.spool import SpoolFile, StorageFullError
 from .connection import Connection
@@ -54,6 +56,7 @@ from .services import TLS_HANDSHAKE_TIMEOUT, Services
 __all__ = ["Mode", "SMTPSession", "postmaster_address"]
 
 log = logging.getLogger("taube.smtp")
+REPORT_HEAD_MAX = 64 * 1024  # octets of a message kept for a "delivered" report
 # "smtp": port-25 style; "submission": RFC 6409, AUTH before MAIL; "smtps": the same over
 # implicit TLS (RFC 8314).
 Mode = Literal["smtp", "submission", "smtps"]
@@ -108,6 +111,13 @@ class _Transaction:
     queue_id: str = ""
     spool_file: SpoolFile | None = None
     started: float = 0.0
+    # The start of the message, kept for a "delivered" report (RFC 3461 NOTIFY=SUCCESS to a
+    # local recipient): the report returns the header section only.
+    head: bytearray | None = None
+
+    def keep_head(self, data: bytes) -> None:
+        if self.head is not None and len(self.head) < REPORT_HEAD_MAX:
+            self.head += data[: REPORT_HEAD_MAX - len(self.head)]
 
     def discard(self) -> None:
         if self.spool_file is not None:
@@ -291,7 +301,11 @@ class SMTPSession:
         tx.queue_id = spool.new_queue_id()
         tx.started = time.time()
         tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address, _unique(tx.targets))
-        tx.spool_file.write(self._received(tx))
+        received = self._received(tx)
+        tx.spool_file.write(received)
+        if tx.sender.path.address and any(_wants_success(t) for t in tx.targets if t.kind == "local"):
+            tx.head = bytearray()
+            tx.keep_head(received)
         self.conn.accept()
 
     def _received(self, tx: _Transaction) -> bytes:
@@ -326,6 +340,7 @@ class SMTPSession:
         spool_file = self.tx.spool_file
         if spool_file is not None:
             spool_file.write(event.data)
+            self.tx.keep_head(event.data)
             if spool_file.needs_spill:  # file I/O waits on the journal: never on the loop
                 await asyncio.get_running_loop().run_in_executor(None, spool_file.spill)
 
@@ -353,7 +368,40 @@ class SMTPSession:
             self.committing = False
         self._log_message(envelope, "queued")
         self.conn.accept(Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}"))
+        if envelope.remote and self.services.runner is not None:
+            self.services.runner.wake()
+        if tx.head is not None:
+            self._report_local_delivery(envelope, bytes(tx.head))
         self._new_transaction()
+
+    def _report_local_delivery(self, envelope: Envelope, head: bytes) -> None:
+        """RFC 3461 section 5.2.2 / 6.2: NOTIFY=SUCCESS for a recipient delivered into a local
+        Maildir gets a "delivered" report. Committed in a worker thread after the 250 (the
+        message itself is already safe); a failure is logged, the message stays delivered."""
+        reporter = self.services.reporter
+        if reporter is None:
+            return
+        now = time.time()
+        reports = [
+            RecipientReport(address=t.address, original=_original_recipient(t), action="delivered",
+                            status="2.0.0", diagnostic=None, remote_mta=None, last_attempt=now)
+            for t in envelope.local if _wants_success(t)
+        ]
+
+        def send() -> None:
+            try:
+                reporter.send(to=envelope.sender, queue_id=envelope.queue_id,
+                              arrival=envelope.received_at, reports=reports,
+                              original=io.BytesIO(head), return_content="headers",
+                              envid=envelope.params.get("ENVID"))
+            except Exception:
+                log.exception("%s: the delivery report to <%s> failed", envelope.queue_id,
+                              envelope.sender)
+            else:
+                if self.services.runner is not None:
+                    self.services.runner.wake()
+
+        asyncio.get_running_loop().run_in_executor(None, send)
 
     def _log_message(self, envelope: Envelope, result: str) -> None:
         log.info(
@@ -471,6 +519,18 @@ def _envelope_params(mail: MailFrom) -> dict[str, str]:
     if mail.envid is not None:
         params["ENVID"] = mail.envid
     return params
+
+
+def _wants_success(target: Target) -> bool:
+    return target.notify is not None and "SUCCESS" in target.notify
+
+
+def _original_recipient(target: Target) -> str | None:
+    """Original-Recipient of a report: the ORCPT address if given, else the RCPT address."""
+    if target.orcpt:
+        kind, _, value = target.orcpt.partition(";")
+        return value.strip() if kind.strip().lower() in ("rfc822", "utf-8") and value.strip() else None
+    return target.original
 
 
 def _unique(targets: list[Target]) -> tuple[Target, ...]:
