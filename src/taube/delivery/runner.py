@@ -196,6 +196,8 @@ class QueueRunner:
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cache: dict[str, tuple[tuple[int, int, int], QueueEntry]] = {}  # see _entries
+        self._damaged: set[str] = set()  # damaged envelopes already logged
 
     def reconfigure(self, settings: Settings) -> None:
         """SIGHUP: new routes, limits and schedule for what is dispatched from now on."""
@@ -309,7 +311,7 @@ class QueueRunner:
         """Dispatch every due recipient; the time the next one falls due."""
         loop = asyncio.get_running_loop()
         self._take_requests()  # a few small files, on the loop: flush() is not thread-safe
-        entries = await loop.run_in_executor(None, self.store.list)
+        entries = await loop.run_in_executor(None, self._entries)
         queued = {entry.queue_id for entry in entries}
         for queue_id in [q for q, lock in self._locks.items() if q not in queued and not lock.locked()]:
             del self._locks[queue_id]
@@ -334,6 +336,37 @@ class QueueRunner:
                     self._inflight.update((entry.queue_id, a) for a in chunk)
                     self._enqueue(route, _Work(entry.queue_id, chunk))
         return next_due
+
+    def _entries(self) -> list[QueueEntry]:
+        """Every queued entry, oldest first. An envelope is parsed again only when its file
+        changed (every save is a new file: a new inode), so a scan of a large queue of waiting
+        messages costs a directory listing and a stat per entry, not a JSON parse."""
+        seen: dict[str, tuple[tuple[int, int, int], QueueEntry]] = {}
+        try:
+            with os.scandir(self.store.envelopes) as listing:
+                files = [(e.name, e) for e in listing if e.name.endswith(".json")]
+        except FileNotFoundError:
+            return []
+        for name, dir_entry in sorted(files):
+            try:
+                st = dir_entry.stat()
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                cached = self._cache.get(name)
+                if cached is not None and cached[0] == key:
+                    seen[name] = cached
+                    continue
+                with open(dir_entry.path, "rb") as f:
+                    entry = QueueEntry.from_json(f.read())
+            except FileNotFoundError:
+                continue  # removed while we were listing
+            except (ValueError, TypeError, KeyError) as e:
+                if name not in self._damaged:
+                    log.error("queue: damaged envelope %s skipped: %s", name, e)
+                    self._damaged.add(name)
+                continue
+            seen[name] = (key, entry)
+        self._cache = seen
+        return [entry for _, entry in seen.values()]
 
     def _enqueue(self, route: Route, work: _Work) -> None:
         dest = self._destinations.get(route.key)

@@ -1,0 +1,187 @@
+"""The queue runner's bookkeeping of attempts, with a controlled clock: the backoff schedule,
+expiry after the queue lifetime, delay warnings, and who gets which report."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taube.config import Settings
+from taube.delivery.dns import Resolver
+from taube.delivery.reports import NOTICE_PARAM, Reporter
+from taube.delivery.runner import QueueRunner, _Outcome
+from taube.directory.sqlite import SQLiteDirectory
+from taube.queue.envelope import Envelope, Target
+from taube.queue.spool import Spool
+from taube.store.maildir import MaildirStore
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+class World:
+    """One data directory with a directory of users, a spool and a runner on a fake clock."""
+
+    def __init__(self, root: Path, **queue: object) -> None:
+        self.now = 1_800_000_000.0
+        self.settings = Settings.model_validate({
+            "hostname": "mail.a.test", "data_dir": str(root), "domains": ["a.test"],
+            "queue": queue,
+        })
+        self.directory = SQLiteDirectory(root / "taube.db", ["a.test"])
+        self.directory.add_user("alice@a.test", "pw-alice-123")
+        self.directory.add_user("postmaster@a.test", "pw-postmaster-123")
+        self.spool = Spool(root, "mail.a.test", MaildirStore(root / "mail"))
+        self.reporter = Reporter(self.spool, self.directory, "mail.a.test",
+                                 postmaster=lambda: "postmaster@a.test")
+        self.runner = QueueRunner(settings=self.settings, store=self.spool.queue,
+                                  reporter=self.reporter, resolver=Resolver(["127.0.0.1:9"]),
+                                  clock=lambda: self.now)
+        self.root = root
+
+    def queue(self, sender: str = "alice@a.test", recipients: tuple[str, ...] = ("bob@b.test",),
+              notify: tuple[str, ...] | None = None, params: dict[str, str] | None = None) -> str:
+        queue_id = self.spool.new_queue_id()
+        targets = tuple(Target(kind="remote", address=r, original=r, notify=notify) for r in recipients)
+        body = b"Subject: hello\r\nMessage-ID: <1@a.test>\r\n\r\nbody\r\n"
+        spool_file = self.spool.open(queue_id, sender, targets)
+        spool_file.write(body)
+        spool_file.commit(Envelope(queue_id=queue_id, sender=sender, targets=targets,
+                                   client_address="127.0.0.1", helo="client", received_at=self.now,
+                                   size=len(body), params=params or {}))
+        return queue_id
+
+    def attempt(self, queue_id: str, kind: str = "deferred", status: str = "4.4.1",
+                text: str = "connect to b.test: Connection refused", address: str = "bob@b.test") -> None:
+        outcome = _Outcome(kind=kind, status=status, text=text, diagnostic=None,  # type: ignore[arg-type]
+                           remote_mta=None, relay="none")
+        self.runner._apply(queue_id, {address: outcome}, False)
+
+    def recipient(self, queue_id: str, address: str = "bob@b.test"):
+        return next(r for r in self.spool.queue.load(queue_id).recipients if r.address == address)
+
+    def inbox(self, address: str) -> list[email.message.Message]:
+        local, domain = address.split("@")
+        new = self.root / "mail" / domain / local / "new"
+        return [email.message_from_bytes(p.read_bytes()) for p in sorted(new.glob("*"))] if new.exists() else []
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.directory.close()
+
+
+def test_backoff_schedule_doubles_then_stays_hourly(world: World) -> None:
+    queue_id = world.queue()
+    waits = []
+    for _ in range(7):
+        world.attempt(queue_id)
+        r = world.recipient(queue_id)
+        waits.append(r.next_attempt - world.now)
+        world.now = r.next_attempt
+    assert waits == [300, 600, 1200, 2400, 3600, 3600, 3600]
+    r = world.recipient(queue_id)
+    assert r.status == "deferred" and r.attempts == 7 and "refused" in r.last_error
+
+
+def test_expired_after_lifetime_bounces_once_and_leaves_the_queue(world: World) -> None:
+    queue_id = world.queue()
+    world.attempt(queue_id)
+    assert world.recipient(queue_id).status == "deferred"
+    # The last retry is not scheduled past the lifetime.
+    world.now += 5 * DAY - 60
+    world.attempt(queue_id)
+    assert world.recipient(queue_id).next_attempt <= world.spool.queue.load(queue_id).received_at + 5 * DAY
+    world.now += 60
+    world.attempt(queue_id)
+    with pytest.raises(FileNotFoundError):
+        world.spool.queue.load(queue_id)
+    reports = [m for m in world.inbox("alice@a.test") if "Undelivered" in m["Subject"]]
+    assert len(reports) == 1
+    status = reports[0].get_payload()[1].get_payload()[1]
+    assert status["Action"] == "failed" and status["Status"] == "4.4.1"
+
+
+def test_delay_warning_once_after_four_hours(world: World) -> None:
+    queue_id = world.queue()
+    world.attempt(queue_id)
+    world.now += 3 * HOUR
+    world.attempt(queue_id)
+    assert world.inbox("alice@a.test") == []
+    world.now += 1 * HOUR
+    world.attempt(queue_id)
+    world.now += 1 * HOUR
+    world.attempt(queue_id)
+    [warning] = world.inbox("alice@a.test")
+    assert warning["Subject"].startswith("Delayed Mail")
+    assert warning.get_payload()[1].get_payload()[1]["Action"] == "delayed"
+    assert world.recipient(queue_id).delay_warned is True
+
+
+def test_notify_failure_only_gets_no_delay_warning(world: World) -> None:
+    queue_id = world.queue(notify=("FAILURE",))
+    world.now += 5 * HOUR
+    world.attempt(queue_id)
+    assert world.inbox("alice@a.test") == []
+
+
+def test_permanent_failure_bounces_at_once(world: World) -> None:
+    queue_id = world.queue(recipients=("bob@b.test", "carol@b.test"))
+    world.attempt(queue_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    assert world.recipient(queue_id).status == "bounced"
+    assert world.recipient(queue_id, "carol@b.test").status == "queued"
+    [bounce] = world.inbox("alice@a.test")
+    assert bounce["From"] == "Mail Delivery System <MAILER-DAEMON@mail.a.test>"
+    world.attempt(queue_id, kind="sent", status="2.0.0", text="250 ok", address="carol@b.test")
+    with pytest.raises(FileNotFoundError):
+        world.spool.queue.load(queue_id)
+    assert len(world.inbox("alice@a.test")) == 1
+
+
+def test_null_sender_failure_goes_to_postmaster_once(world: World) -> None:
+    queue_id = world.queue(sender="")
+    world.attempt(queue_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    [notice] = world.inbox("postmaster@a.test")
+    assert notice["To"] == "<postmaster@a.test>"
+    # That notice, were it to fail in turn, is only logged: no report about a report's report.
+    notice_id = world.queue(sender="", params={NOTICE_PARAM: "postmaster"})
+    world.attempt(notice_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    assert len(world.inbox("postmaster@a.test")) == 1
+
+
+def test_deleted_during_delivery_is_not_recreated(world: World) -> None:
+    queue_id = world.queue()
+    world.spool.queue.remove(queue_id)
+    world.attempt(queue_id)
+    assert not world.spool.queue.envelope_path(queue_id).exists()
+
+
+def test_scan_skips_damaged_envelopes_and_reads_changed_ones(world: World) -> None:
+    queue_id = world.queue()
+    (world.spool.queue.envelopes / "0damaged.json").write_text("{not json")
+    first = world.runner._entries()
+    assert [e.queue_id for e in first] == [queue_id]
+    world.attempt(queue_id)
+    second = world.runner._entries()
+    assert second[0].recipients[0].attempts == 1
+    assert world.runner._entries()[0] is second[0]  # unchanged file: not parsed again
+
+
+def test_flush_makes_recipients_due_by_domain(world: World) -> None:
+    queue_id = world.queue(recipients=("bob@b.test", "eve@sub.c.test"))
+    world.attempt(queue_id)
+    world.attempt(queue_id, address="eve@sub.c.test")
+    assert world.runner.flush("nothing.test") == 0
+    assert world.runner.flush("c.test") == 0
+    assert world.runner.flush("c.test", subdomains=True) == 1
+    assert world.runner._forced == {queue_id: {"eve@sub.c.test"}}
+    assert world.runner.flush(None) == 1
+    assert world.runner._forced == {queue_id: {"eve@sub.c.test", "bob@b.test"}}
+    assert world.runner.retry(queue_id) and world.runner._forced == {queue_id: None}
+    assert not world.runner.retry("0nosuchid")
+
