@@ -4,6 +4,9 @@ Its own config_directory, queue_directory and data_directory; one smtpd on a loo
 virtual(8) delivery of ``USER@DOMAIN`` into a Maildir. Started with ``postfix -c DIR start`` and
 stopped with ``postfix -c DIR stop``; nothing is chrooted and nothing touches /etc/postfix.
 Needs root (Postfix drops privileges to its ``postfix`` user itself).
+
+With ``relayhost`` it is a relay instead: mail from ``mynetworks`` (loopback) to any domain is
+queued and forwarded by the ``smtp(8)`` client to that next hop (e.g. ``[127.0.0.1]:2626``).
 """
 
 from __future__ import annotations
@@ -41,11 +44,18 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
+# The SMTP client services a relaying instance adds (Debian's lines, without chroot).
+RELAY_SERVICES = """\
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+"""
+
 
 class PostfixInstance:
     def __init__(self, root: Path, host: str, port: int, domain: str, user: str,
-                 delivery_user: pwd.struct_passwd) -> None:
+                 delivery_user: pwd.struct_passwd, relayhost: str | None = None) -> None:
         self.root = root
+        self.relayhost = relayhost  # "[127.0.0.1]:PORT": relay everything non-local there
         self.host = host
         self.port = port
         self.domain = domain
@@ -90,10 +100,13 @@ class PostfixInstance:
             "biff": "no",
             "append_dot_mydomain": "no",
         }
+        if self.relayhost is not None:
+            settings["relayhost"] = self.relayhost
         return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
     def master_cf(self) -> str:
-        return f"{self.host}:{self.port} inet n - n - - smtpd\n" + MASTER_SERVICES
+        relay = RELAY_SERVICES if self.relayhost is not None else ""
+        return f"{self.host}:{self.port} inet n - n - - smtpd\n" + MASTER_SERVICES + relay
 
     def prepare(self) -> None:
         try:

@@ -43,4 +43,6 @@ def running_pid(data_dir: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    return pid if b"taube" in cmdline else None
+    args = cmdline.split(b"\0")
+    serving = b"serve" in args and any(a.endswith(b"taube") or a.endswith(b"taube/cli.py") for a in args)
+    return pid if serving else None

@@ -185,3 +185,47 @@ def test_delete_needs_an_id_or_all(config: Path, args: tuple[str, ...]) -> None:
     assert "Usage: taube queue delete" in refused.stderr
     assert "give either a queue ID or --all" in refused.stderr
     assert queued_ids(config) == [queue_id]
+
+
+# -- flush and retry without a running server -------------------------------------------------
+
+def requests(config: Path) -> list[dict]:
+    import json
+
+    folder = data_dir(config) / "queue" / "requests"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+
+
+def test_flush_with_nothing_waiting(config: Path) -> None:
+    result = run(config, "queue", "flush")
+    assert result.returncode == 0 and "no messages waiting" in result.stdout
+    enqueue(config, "a@example.test", "x@remote.test")
+    result = run(config, "queue", "flush", "other.test")
+    assert result.returncode == 0 and "no messages waiting for other.test" in result.stdout
+    assert requests(config) == []
+
+
+def test_flush_leaves_a_request_for_the_next_start(config: Path) -> None:
+    enqueue(config, "a@example.test", "x@sub.remote.test")
+    result = run(config, "queue", "flush", "@remote.test")
+    assert result.returncode == 0, result.stderr
+    assert "not running" in result.stdout
+    assert requests(config) == [{"action": "flush", "domain": "remote.test", "subdomains": True}]
+
+
+def test_retry(config: Path) -> None:
+    queue_id = enqueue(config, "a@example.test", "x@remote.test")
+    result = run(config, "queue", "retry", queue_id)
+    assert result.returncode == 0 and "not running" in result.stdout
+    assert requests(config) == [{"action": "retry", "id": queue_id}]
+    missing = run(config, "queue", "retry", "0000000000000")
+    assert missing.returncode == 1 and "no such queue entry: 0000000000000" in missing.stderr
+    bad = run(config, "queue", "retry", "../etc")
+    assert bad.returncode == 1 and "no such queue entry" in bad.stderr
+
+
+def test_stale_pid_file_is_not_signalled(config: Path) -> None:
+    enqueue(config, "a@example.test", "x@remote.test")
+    (data_dir(config) / "taube.pid").write_text(f"{os.getpid()}\n")  # this test process: no taube
+    result = run(config, "queue", "flush")
+    assert "not running" in result.stdout
