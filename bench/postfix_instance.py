@@ -125,6 +125,15 @@ class PostfixInstance:
         (self.config_dir / "vmailbox").write_text(
             f"{self.user}@{self.domain} {self.domain}/{self.user}/\n")
 
+    def queued_count(self) -> int:
+        """Messages still in the queue (maildrop, incoming, active, deferred, hold): 0 once a
+        relaying instance has handed everything on."""
+        total = 0
+        for name in ("maildrop", "incoming", "active", "deferred", "hold", "corrupt"):
+            for _, _, files in os.walk(self.queue_dir / name):
+                total += len(files)
+        return total
+
     def postfix(self, action: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([POSTFIX, "-c", str(self.config_dir), action],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
