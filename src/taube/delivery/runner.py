@@ -382,31 +382,47 @@ class QueueRunner:
 
     # --- a worker: one connection at a time to one destination ------------------------------
     async def _worker(self, dest: _Destination) -> None:
-        assert self._slots is not None
         try:
-            async with self._slots:
-                while dest.queue and not self._stopping:
-                    try:
-                        connection = await self._connect(dest.route)
-                    except _RouteFailure as failure:
-                        # The destination is unreachable now: everything waiting for it shares
-                        # the failure (as Postfix's "dead destination"), each recorded once.
-                        items = list(dest.queue)
-                        dest.queue.clear()
-                        for work in items:
-                            await self._record(work, dict.fromkeys(work.addresses, failure.outcome))
-                        break
-                    try:
-                        while dest.queue and not self._stopping:
-                            work = dest.queue.popleft()
-                            if not await self._deliver(connection, work):
-                                break  # the connection is gone: open a new one for the rest
-                    finally:
-                        await connection.conn.close()
+            await self._work(dest)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug must not strand mail: what this destination still had waits for the next scan.
+            log.exception("delivery to %s failed unexpectedly; its messages are retried later",
+                          dest.route.key)
+            while dest.queue:
+                self._release(dest.queue.popleft())
         finally:
             dest.workers -= 1
             if not dest.queue and dest.workers == 0:
                 self._destinations.pop(dest.route.key, None)
+
+    async def _work(self, dest: _Destination) -> None:
+        assert self._slots is not None
+        async with self._slots:
+            while dest.queue and not self._stopping:
+                try:
+                    connection = await self._connect(dest.route)
+                except _RouteFailure as failure:
+                    # The destination is unreachable now: everything waiting for it shares
+                    # the failure (as Postfix's "dead destination"), each recorded once.
+                    items = list(dest.queue)
+                    dest.queue.clear()
+                    for work in items:
+                        await self._record(work, dict.fromkeys(work.addresses, failure.outcome))
+                    break
+                try:
+                    while dest.queue and not self._stopping:
+                        work = dest.queue.popleft()
+                        try:
+                            usable = await self._deliver(connection, work)
+                        except BaseException:
+                            self._release(work)
+                            raise
+                        if not usable:
+                            break  # the connection is gone: open a new one for the rest
+                finally:
+                    await connection.conn.close()
 
     async def _connect(self, route: Route) -> _Connection:
         hosts = await self._hosts(route)
@@ -563,14 +579,14 @@ class QueueRunner:
                 status = "sent"
             elif o.kind == "bounced" or expired:
                 final_status = "bounced" if entry.sender else "failed"
-                r = replace(r, status=final_status, last_error=o.text, **common)
+                r = replace(r, status=final_status, last_error=_one_line(o.text), **common)
                 if _wants(r, "FAILURE"):
                     failed.append(_report(r, "failed", o, now))
                 status = "bounced" if o.kind == "bounced" else "expired"
             else:
                 wait = q.backoff[min(attempts - 1, len(q.backoff) - 1)]
                 next_attempt = min(now + wait, max(entry.received_at + q.lifetime, now + 1.0))
-                r = replace(r, status="deferred", last_error=o.text, next_attempt=next_attempt, **common)
+                r = replace(r, status="deferred", last_error=_one_line(o.text), next_attempt=next_attempt, **common)
                 if (q.delay_warning > 0 and not r.delay_warned and age >= q.delay_warning
                         and _wants(r, "DELAY") and entry.sender):
                     delayed.append(_report(r, "delayed", o, now))
@@ -594,7 +610,7 @@ class QueueRunner:
         orig = f", orig_to=<{r.original}>" if r.original.lower() != r.address.lower() else ""
         log.info("%s: to=<%s>%s, relay=%s, delay=%.1f, dsn=%s, status=%s (%s)",
                  entry.queue_id, r.address, orig, o.relay, now - entry.received_at, o.status,
-                 status, o.text)
+                 status, _one_line(o.text))
 
     def _send_reports(self, entry: QueueEntry, failed: list[RecipientReport],
                       delayed: list[RecipientReport], relayed: list[RecipientReport]) -> None:
@@ -631,6 +647,13 @@ class QueueRunner:
             self.reporter.send(to=to, queue_id=entry.queue_id, arrival=entry.received_at,
                                reports=reports, original=original, return_content=content,
                                envid=entry.params.get("ENVID"), notice=notice)
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """Remote text for a log line: control characters (a CR/LF could forge a log line) become
+    spaces, and it is cut at ``limit`` characters."""
+    clean = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).strip()
+    return clean if len(clean) <= limit else clean[:limit] + "..."
 
 
 def _matches(domain: str, wanted: str | None, subdomains: bool) -> bool:
