@@ -351,8 +351,12 @@ def _envelope_lines(entry: QueueEntry, now: float) -> list[str]:
                      + (f" (original <{r.original}>)" if r.original != r.address else ""))
         lines.append(f"  status {r.status}, attempts {r.attempts}, "
                      f"next attempt {format_due(r.next_attempt, now)}")
+        if r.notify is not None or r.orcpt:
+            lines.append("  dsn" + (f" notify {','.join(r.notify)}" if r.notify is not None else "")
+                         + (f" orcpt {r.orcpt}" if r.orcpt else ""))
         if r.last_error:
-            lines.append(f"  last error: {shorten(r.last_error, 1000)}")
+            lines.append(f"  last error: {shorten(r.last_error, 1000)}"
+                         + (f" (from {r.remote_mta})" if r.remote_mta else ""))
     return lines
 
 
