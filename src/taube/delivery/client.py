@@ -42,6 +42,8 @@ from aiosmtplib.errors import (
 from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
+from ..proto.address import xtext_encode
+
 __all__ = [
     "OutRecipient",
     "OutboundConnection",
@@ -81,15 +83,8 @@ _STAGE_STATUS = {  # RFC 3463 3.5: 4.4.2 bad connection, 4.4.1 no answer from ho
 
 
 def xtext(value: str) -> str:
-    """RFC 3461 4: xtext-encode ``value`` (UTF-8 octets outside ``!``..``~``, and ``+`` and ``=``,
-    become ``+`` and two upper-case hex digits)."""
-    out: list[str] = []
-    for octet in value.encode("utf-8"):
-        if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D):
-            out.append(chr(octet))
-        else:
-            out.append(f"+{octet:02X}")
-    return "".join(out)
+    """RFC 3461 4: xtext-encode ``value`` (the server side's encoder, one implementation)."""
+    return xtext_encode(value)
 
 
 @dataclass(frozen=True, slots=True)

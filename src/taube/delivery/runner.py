@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from ..config import ConfigError, Settings, parse_listen, parse_next_hop
 from ..queue.bounce import RecipientReport
 from ..queue.spool import QueuedRecipient, QueueEntry, QueueStore
 from .client import OutboundConnection, OutRecipient, SMTPClientError, TransactionResult
-from .dns import DNSFailure, MXHost, Resolver
+from .dns import DNSFailure, MXHost, Resolver, is_ip_literal
 from .reports import NOTICE_PARAM, Reporter
 
 __all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "request_path"]
@@ -120,14 +119,6 @@ def _hop_name(host: str, port: int, mx: bool) -> str:
 
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 # --- outcomes --------------------------------------------------------------------------------
@@ -463,7 +454,7 @@ class QueueRunner:
         """The hosts to try for ``route``, best first, without ourselves (RFC 5321 5.1)."""
         try:
             if not route.mx:
-                if _is_ip(route.host):
+                if is_ip_literal(route.host):
                     return [MXHost(name=route.host, preference=0, addresses=(route.host,))]
                 addresses = await self.resolver.addresses(route.host)
                 return [MXHost(name=route.host, preference=0, addresses=tuple(addresses))]
