@@ -59,6 +59,7 @@ class Sink:
     """``smtp-sink -c`` on a free loopback port; a thread reads its running message counter."""
 
     COUNTER = re.compile(rb"mesg=(\d+)")
+    SESSIONS = re.compile(rb"sess=(\d+)")
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
@@ -66,6 +67,7 @@ class Sink:
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
         self.count = 0
+        self.sessions = 0  # SMTP sessions the sink has seen end (readiness probes included)
         self.target: int | None = None
         self.reached_at: float | None = None  # perf_counter() when count first reached target
         self._reached = threading.Event()
@@ -100,6 +102,8 @@ class Sink:
             pending += chunk
             *records, pending = pending.split(b"\r")
             for record in records:
+                if match := self.SESSIONS.search(record):
+                    self.sessions = max(self.sessions, int(match.group(1)))
                 if match := self.COUNTER.search(record):
                     self._update(int(match.group(1)), now)
 
@@ -272,6 +276,7 @@ class Measurement:
     drained_seconds: float | None = None  # first connection .. the relay's queue is empty
     queue_left: int | None = None  # queue files still there at the end
     sink_count: int | None = None  # messages the sink received, counted after the relay stopped
+    sink_sessions: int | None = None  # connections the relay opened to the sink
     relay_cpu_seconds: float | None = None  # taube only: CPU time until the queue was empty
     errors: dict[str, int] = field(default_factory=dict)
     server_log: str | None = None
@@ -353,6 +358,8 @@ def measure_fresh(implementation: str, loadgen_name: str, concurrency: int, run:
     try:
         sink = Sink(workdir)
         sink.start()
+        time.sleep(0.05)  # let the counter thread see the readiness probe's session
+        probes = sink.sessions
         try:
             relay = RELAYS[implementation](workdir, sink.port)
             relay.start()
@@ -362,6 +369,7 @@ def measure_fresh(implementation: str, loadgen_name: str, concurrency: int, run:
                 relay.stop()
             time.sleep(SINK_SETTLE)
             m.sink_count = sink.count
+            m.sink_sessions = sink.sessions - probes
         finally:
             sink.stop()
         if m.errors or m.lost_or_extra or not m.clean:
@@ -388,7 +396,8 @@ def describe(m: Measurement) -> str:
     text = (f"[run {m.run}] {m.implementation:<7} {m.loadgen:<11} c={m.concurrency:<3} "
             f"accept {accept} msgs/s, end-to-end {e2e} msgs/s; "
             f"accepted {'-' if m.accepted is None else m.accepted}/{m.messages}, "
-            f"sink {'-' if m.sink_count is None else m.sink_count}, "
+            f"sink {'-' if m.sink_count is None else m.sink_count} "
+            f"over {'-' if m.sink_sessions is None else m.sink_sessions} connection(s), "
             f"queue left {'-' if m.queue_left is None else m.queue_left}")
     if m.drained_seconds:
         text += f", drained at {m.drained_seconds:.2f} s"
