@@ -192,8 +192,11 @@ def test_several_messages_share_one_connection(make_server, peer):
     peer.greeting = "421 4.3.2 not now"
     for n in range(3):
         send(a, "alice@a.test", [f"r{n}@peer.test"], message(subject=f"m{n}"))
-    wait_for(lambda: len([r for r in recipient_states(a).values() if r["status"] == "deferred"]) == 3,
-             what="three deferrals")
+    try:
+        wait_for(lambda: len([r for r in recipient_states(a).values() if r["status"] == "deferred"]) == 3,
+                 what="three deferrals")
+    except AssertionError:
+        raise AssertionError(a.log + repr(recipient_states(a))) from None
     peer.greeting = "220 peer.test ESMTP"
     connections = peer.connections
     a.cli("queue", "flush", "peer.test", "--timeout", "30")

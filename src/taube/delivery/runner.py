@@ -364,10 +364,15 @@ class QueueRunner:
         if dest is None:
             dest = self._destinations[route.key] = _Destination(route)
         dest.queue.append(work)
+        self._staff(dest)
+
+    def _staff(self, dest: _Destination) -> None:
+        """Start workers for ``dest`` while it has more waiting work than workers, up to the
+        per-destination limit."""
         per_destination = self.settings.delivery.max_connections_per_destination
-        if dest.workers < per_destination and dest.workers < len(dest.queue):
+        while not self._stopping and dest.workers < per_destination and dest.workers < len(dest.queue):
             dest.workers += 1
-            task = asyncio.create_task(self._worker(dest), name=f"deliver {route.key}")
+            task = asyncio.create_task(self._worker(dest), name=f"deliver {dest.route.key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -385,6 +390,8 @@ class QueueRunner:
                 self._release(dest.queue.popleft())
         finally:
             dest.workers -= 1
+            if dest.queue:
+                self._staff(dest)  # work that came in while this worker was finishing
             if not dest.queue and dest.workers == 0:
                 self._destinations.pop(dest.route.key, None)
 
@@ -397,9 +404,8 @@ class QueueRunner:
                 except _RouteFailure as failure:
                     # The destination is unreachable now: everything waiting for it shares
                     # the failure (as Postfix's "dead destination"), each recorded once.
-                    items = list(dest.queue)
-                    dest.queue.clear()
-                    for work in items:
+                    while dest.queue:
+                        work = dest.queue.popleft()
                         await self._record(work, dict.fromkeys(work.addresses, failure.outcome))
                     break
                 try:
