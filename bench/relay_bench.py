@@ -37,7 +37,7 @@ import loadgen
 from postfix_instance import PostfixInstance
 from servers import (HOST, START_TIMEOUT, STOP_TIMEOUT, VENV_BIN, ServerUnavailable,
                      count_files, free_port, process_cpu_seconds, spawn, terminate, wait_ready)
-from smtp_bench import (LoadOutcome, checked_choices, command_output, csv_list, keep_log,
+from smtp_bench import (LoadOutcome, checked_choices, command_output, csv_list,
                         smtp_source_path)
 
 SENDER = "from@bench.test"
@@ -545,6 +545,8 @@ def conditions(args: argparse.Namespace) -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "taube_commit": command_output(["git", "rev-parse", "--short", "HEAD"]),
+        # Uncommitted changes under src/ at the start: the commit alone does not say what ran.
+        "taube_src_modified": bool(command_output(["git", "status", "--porcelain", "--", "src"])),
         "postfix": command_output(["postconf", "-d", "-h", "mail_version"]) or None,
         "messages": args.messages,
         "size": args.size,
