@@ -25,6 +25,7 @@ bench: $(VENV)/.installed-test
 	bash bench/install-peers.sh
 	$(PY) bench/smtp_bench.py
 	$(PY) bench/pop3_bench.py
+	$(PY) bench/relay_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
