@@ -146,8 +146,12 @@ class _RouteFailure(Exception):
 
 @dataclass(slots=True)
 class _Work:
-    queue_id: str
+    entry: QueueEntry  # as the scan found it: sender, parameters, recipients' DSN settings
     addresses: tuple[str, ...]
+
+    @property
+    def queue_id(self) -> str:
+        return self.entry.queue_id
 
 
 @dataclass(slots=True)
@@ -188,6 +192,9 @@ class QueueRunner:
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._cache: dict[str, tuple[tuple[int, int, int], QueueEntry]] = {}  # see _entries
+        self._full = True  # a full scan is wanted
+        self._fresh: set[str] = set()  # committed since the last scan: look at these at least
+        self._next_scan = 0.0  # when the next full scan is due (the earliest next_attempt)
         self._damaged: set[str] = set()  # damaged envelopes already logged
 
     def reconfigure(self, settings: Settings) -> None:
@@ -201,8 +208,14 @@ class QueueRunner:
         self.router = router
 
     # --- control -----------------------------------------------------------------------------
-    def wake(self) -> None:
-        """Scan now (new mail, a flush request). Safe from any thread."""
+    def wake(self, queue_id: str | None = None) -> None:
+        """Look at the queue now. With ``queue_id`` (a message just committed): only at that
+        entry, without listing the whole queue; without: a full scan (flush, requests).
+        Safe from any thread."""
+        if queue_id is None:
+            self._full = True
+        else:
+            self._fresh.add(queue_id)
         if self._wake is None or self._loop is None:
             return
         try:
@@ -278,12 +291,20 @@ class QueueRunner:
         log.info("queue runner started")
         while not self._stopping:
             self._wake.clear()
+            interval = self.settings.queue.scan_interval
             try:
-                next_due = await self._scan()
+                if self._full or self.clock() >= self._next_scan:
+                    self._full = False
+                    self._fresh.clear()
+                    next_due = await self._scan()
+                    self._next_scan = min(next_due, self.clock() + interval)
+                elif self._fresh:
+                    fresh, self._fresh = self._fresh, set()
+                    await self._scan(fresh)
             except Exception:
                 log.exception("queue scan failed")
-                next_due = self.clock() + self.settings.queue.scan_interval
-            wait = max(0.05, min(self.settings.queue.scan_interval, next_due - self.clock()))
+                self._next_scan = self.clock() + interval
+            wait = max(0.05, min(interval, self._next_scan - self.clock()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -298,18 +319,25 @@ class QueueRunner:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _scan(self) -> float:
-        """Dispatch every due recipient; the time the next one falls due."""
+    async def _scan(self, only: set[str] | None = None) -> float:
+        """Dispatch every due recipient (of the entries ``only``, or of the whole queue); the
+        time the next one falls due."""
         loop = asyncio.get_running_loop()
-        self._take_requests()  # a few small files, on the loop: flush() is not thread-safe
-        entries = await loop.run_in_executor(None, self._entries)
-        queued = {entry.queue_id for entry in entries}
-        for queue_id in [q for q, lock in self._locks.items() if q not in queued and not lock.locked()]:
-            del self._locks[queue_id]
+        if only is not None:
+            entries = await loop.run_in_executor(None, self._load_some, sorted(only))
+        else:
+            self._take_requests()  # a few small files, on the loop: flush() is not thread-safe
+            entries = await loop.run_in_executor(None, self._entries)
+            queued = {entry.queue_id for entry in entries}
+            for queue_id in [q for q, lock in self._locks.items() if q not in queued and not lock.locked()]:
+                del self._locks[queue_id]
         now = self.clock()
         next_due = now + self.settings.queue.scan_interval
         limit = self.settings.delivery.max_recipients_per_transaction
-        forced, self._forced = self._forced, {}
+        if only is None:
+            forced, self._forced = self._forced, {}
+        else:
+            forced = {q: self._forced.pop(q) for q in list(self._forced) if q in only}
         for entry in entries:
             by_route: dict[str, tuple[Route, list[str]]] = {}
             force = forced.get(entry.queue_id, set())
@@ -325,8 +353,17 @@ class QueueRunner:
                 for i in range(0, len(addresses), limit):
                     chunk = tuple(addresses[i:i + limit])
                     self._inflight.update((entry.queue_id, a) for a in chunk)
-                    self._enqueue(route, _Work(entry.queue_id, chunk))
+                    self._enqueue(route, _Work(entry, chunk))
         return next_due
+
+    def _load_some(self, queue_ids: list[str]) -> list[QueueEntry]:
+        entries = []
+        for queue_id in queue_ids:
+            try:
+                entries.append(self.store.load(queue_id))
+            except (FileNotFoundError, ValueError, TypeError, KeyError):
+                continue  # gone already (delivered, local only) or damaged: the full scan logs it
+        return entries
 
     def _entries(self) -> list[QueueEntry]:
         """Every queued entry, oldest first. An envelope is parsed again only when its file
@@ -488,10 +525,10 @@ class QueueRunner:
     async def _deliver(self, connection: _Connection, work: _Work) -> bool:
         """One transaction for ``work``; False if the connection can no longer be used."""
         loop = asyncio.get_running_loop()
+        entry = work.entry
         try:
-            entry = await loop.run_in_executor(None, self.store.load, work.queue_id)
-            message = await loop.run_in_executor(None, self._read_message, work.queue_id)
-        except (FileNotFoundError, ValueError) as e:
+            message = await loop.run_in_executor(None, self._read_message, entry)
+        except FileNotFoundError as e:
             log.info("%s: no longer queued (%s)", work.queue_id, e)
             self._release(work)
             return True
@@ -516,8 +553,9 @@ class QueueRunner:
         await self._record(work, self._outcomes(result, connection), dsn_passed=result.dsn)
         return connection.conn.usable
 
-    def _read_message(self, queue_id: str) -> bytes:
-        with self.store.open_message(queue_id) as message:
+    def _read_message(self, entry: QueueEntry) -> bytes:
+        with open(self.store.message_path(entry.queue_id), "rb") as message:
+            message.seek(entry.body_offset)
             return message.read()
 
     @staticmethod
@@ -613,14 +651,12 @@ class QueueRunner:
                       delayed: list[RecipientReport], relayed: list[RecipientReport]) -> None:
         """Commit the reports of one attempt (blocking). Mail from <> gets none: its failures go
         to the postmaster or the log, and a failed notice to the postmaster only to the log."""
-        sent = False
         if not entry.sender:
             if failed:
                 notice = entry.params.get(NOTICE_PARAM)
                 if self.settings.delivery.null_sender_failures == "postmaster" and notice != "postmaster":
                     to = self.reporter.postmaster()
                     self._report(entry, to, failed, "headers", notice="postmaster")
-                    sent = True
                 else:
                     log.warning("%s: undeliverable mail from <> discarded: %s", entry.queue_id,
                                 ", ".join(f"<{r.address}>" for r in failed))
@@ -628,22 +664,20 @@ class QueueRunner:
             ret = entry.params.get("RET", "FULL").upper()
             if failed:
                 self._report(entry, entry.sender, failed, "headers" if ret == "HDRS" else "full")
-                sent = True
             if delayed:
                 self._report(entry, entry.sender, delayed, "headers")
-                sent = True
             if relayed:
                 self._report(entry, entry.sender, relayed, "headers")
-                sent = True
-        if sent:
-            self.wake()  # a report to a remote sender waits in the queue now
 
     def _report(self, entry: QueueEntry, to: str, reports: Sequence[RecipientReport],
                 content: Literal["full", "headers"], notice: str = "dsn") -> None:
         with self.store.open_message(entry.queue_id) as original:
-            self.reporter.send(to=to, queue_id=entry.queue_id, arrival=entry.received_at,
-                               reports=reports, original=original, return_content=content,
-                               envid=entry.params.get("ENVID"), notice=notice)
+            report_id = self.reporter.send(
+                to=to, queue_id=entry.queue_id, arrival=entry.received_at, reports=reports,
+                original=original, return_content=content, envid=entry.params.get("ENVID"),
+                notice=notice)
+        if report_id is not None:
+            self.wake(report_id)  # a report to a remote address waits in the queue now
 
 
 def _one_line(text: str, limit: int = 500) -> str:

@@ -27,8 +27,9 @@ class QueueControl(Protocol):
         also those below it) due now and wake the runner; the number of messages concerned."""
         ...
 
-    def wake(self) -> None:
-        """New mail is queued: look at the queue now."""
+    def wake(self, queue_id: str | None = None) -> None:
+        """Look at the queue now: at the entry ``queue_id`` just committed, or all of it.
+        Safe from any thread."""
         ...
 
 

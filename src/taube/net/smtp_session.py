@@ -369,7 +369,7 @@ class SMTPSession:
         self._log_message(envelope, "queued")
         self.conn.accept(Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}"))
         if envelope.remote and self.services.runner is not None:
-            self.services.runner.wake()
+            self.services.runner.wake(envelope.queue_id)
         if tx.head is not None:
             self._report_local_delivery(envelope, bytes(tx.head))
         self._new_transaction()
@@ -390,16 +390,16 @@ class SMTPSession:
 
         def send() -> None:
             try:
-                reporter.send(to=envelope.sender, queue_id=envelope.queue_id,
-                              arrival=envelope.received_at, reports=reports,
-                              original=io.BytesIO(head), return_content="headers",
-                              envid=envelope.params.get("ENVID"))
+                report_id = reporter.send(to=envelope.sender, queue_id=envelope.queue_id,
+                                          arrival=envelope.received_at, reports=reports,
+                                          original=io.BytesIO(head), return_content="headers",
+                                          envid=envelope.params.get("ENVID"))
             except Exception:
                 log.exception("%s: the delivery report to <%s> failed", envelope.queue_id,
                               envelope.sender)
             else:
-                if self.services.runner is not None:
-                    self.services.runner.wake()
+                if report_id is not None and self.services.runner is not None:
+                    self.services.runner.wake(report_id)
 
         asyncio.get_running_loop().run_in_executor(None, send)
 

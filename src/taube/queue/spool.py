@@ -220,9 +220,18 @@ class QueueStore:
     the ``Return-Path`` line first.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, syncs: DirectorySyncs | None = None) -> None:
         self.messages = data_dir / "queue" / "messages"
         self.envelopes = data_dir / "queue" / "envelopes"
+        # Directory fsyncs of save/remove: grouped with concurrent ones when given (the server),
+        # one each otherwise (the CLI).
+        self._syncs = syncs
+
+    def _sync_envelopes(self) -> None:
+        if self._syncs is not None:
+            self._syncs.sync(self.envelopes)
+        else:
+            fsync_directory(self.envelopes)
 
     def message_path(self, queue_id: str) -> Path:
         return self.messages / _check_queue_id(queue_id)
@@ -257,7 +266,7 @@ class QueueStore:
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
-        fsync_directory(self.envelopes)
+        self._sync_envelopes()
 
     def load(self, queue_id: str) -> QueueEntry:
         """The entry of ``queue_id``; FileNotFoundError if it is not (or no longer) queued."""
@@ -279,7 +288,7 @@ class QueueStore:
         """
         with contextlib.suppress(FileNotFoundError):
             self.envelope_path(queue_id).unlink()
-            fsync_directory(self.envelopes)
+            self._sync_envelopes()
         self.message_path(queue_id).unlink(missing_ok=True)
 
     def recover(self) -> None:
@@ -326,8 +335,8 @@ class Spool:
     def __init__(self, data_dir: Path, hostname: str, maildirs: MaildirStore) -> None:
         self.hostname = hostname
         self.maildirs = maildirs
-        self.queue = QueueStore(data_dir)
         self.syncs = DirectorySyncs()  # group commit of the directory fsyncs of all commits
+        self.queue = QueueStore(data_dir, self.syncs)
         self._ids = _QueueIds()
         _make_durable_directories((self.queue.messages, self.queue.envelopes))
 
