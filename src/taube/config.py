@@ -278,7 +278,7 @@ class DeliverySettings(_Section):
     port: int = Field(25, ge=1, le=65535)  # where MX hosts are contacted
     max_connections: int = Field(20, ge=1)  # outbound SMTP connections in total
     max_connections_per_destination: int = Field(4, ge=1)
-    max_recipients_per_transaction: int = Field(50, ge=1)
+    max_recipients_per_transaction: int = Field(50, ge=1, le=1000)
     connect_timeout: Duration = 30.0
     command_timeout: Duration = 300.0  # RFC 5321 4.5.3.2: 5 minutes for MAIL/RCPT
     data_timeout: Duration = 600.0  # RFC 5321 4.5.3.2.6: 10 minutes for the final reply

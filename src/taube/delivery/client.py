@@ -182,6 +182,12 @@ class SMTPClientError(Exception):
         return _STAGE_STATUS.get(self.stage, "4.4.2" if self.temporary else "5.4.0")
 
 
+# Replies kept while commands are outstanding: a pipelined group is MAIL, at most
+# [delivery] max_recipients_per_transaction RCPTs and DATA; a peer that sends more than this
+# many replies at once is broken or hostile, and must not grow the queue without end.
+MAX_QUEUED_REPLIES = 2000
+
+
 class _QueueingProtocol(SMTPProtocol):
     """aiosmtplib's protocol with a reader that keeps every complete reply, in order, so that
     the replies to pipelined commands (RFC 2920 3.1) are never lost or mis-paired. Bytes that
@@ -206,6 +212,8 @@ class _QueueingProtocol(SMTPProtocol):
         try:
             while (response := self._read_response_from_buffer()) is not None:
                 self._replies.append(response)
+                if len(self._replies) > MAX_QUEUED_REPLIES:
+                    raise SMTPResponseException(-1, "Too many replies")
         except SMTPResponseException as exc:
             self._failure = exc
             del self._buffer[:]
