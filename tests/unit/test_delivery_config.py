@@ -113,3 +113,20 @@ def test_unreadable_relayhost_password_is_a_config_error(tmp_path: Path):
                       'relayhost_password_file = "missing"\n')
     with pytest.raises(ConfigError, match="relayhost_password_file"):
         Router(load_settings(config))
+
+
+def test_readable_password_file_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    password = tmp_path / "pw"
+    password.write_text("s3cret\n")
+    config = tmp_path / "taube.toml"
+    config.write_text('[delivery]\nrelayhost = "[smtp.example.net]:587"\nrelayhost_user = "me"\n'
+                      'relayhost_password_file = "pw"\n')
+    password.chmod(0o644)
+    with caplog.at_level("WARNING", logger="taube.delivery"):
+        Router(load_settings(config))
+    assert "chmod 600" in caplog.text and "s3cret" not in caplog.text
+    caplog.clear()
+    password.chmod(0o600)
+    with caplog.at_level("WARNING", logger="taube.delivery"):
+        Router(load_settings(config))
+    assert caplog.text == ""

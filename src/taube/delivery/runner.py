@@ -91,6 +91,10 @@ class Router:
                                   f"{d.relayhost_password_file}: {e}") from None
             if not password:
                 raise ConfigError(f"[delivery] relayhost_password_file: {d.relayhost_password_file} is empty")
+            with contextlib.suppress(OSError):
+                if d.relayhost_password_file.stat().st_mode & 0o077:
+                    log.warning("%s can be read by other users than its owner: chmod 600 it",
+                                d.relayhost_password_file)
             self.auth = (d.relayhost_user, password)
 
     def route(self, domain: str) -> Route:
