@@ -98,6 +98,16 @@ def test_remove_takes_envelope_then_data(spool: Spool, queue: QueueStore,
     queue.remove(queue_id)  # already gone: fine
 
 
+def test_remove_after_delivery_skips_the_directory_fsync(spool: Spool, queue: QueueStore,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    queue_id = receive(spool, remote("far@remote.test"))
+    synced: list[Path] = []
+    monkeypatch.setattr(spool_module, "fsync_directory", synced.append)
+    queue.remove(queue_id, durable=False)
+    assert synced == []
+    assert queue.list() == [] and list(queue.messages.iterdir()) == []
+
+
 def test_crash_inside_remove_leaves_data_that_recover_drops(spool: Spool, queue: QueueStore) -> None:
     queue_id = receive(spool, remote("far@remote.test"))
     queue.envelope_path(queue_id).unlink()  # remove() died right after its first step
@@ -115,10 +125,10 @@ def test_recover_repairs_only_what_is_broken(spool: Spool, queue: QueueStore,
     with caplog.at_level(logging.INFO, logger="taube.spool"):
         queue.recover()
     assert sorted(p.name for p in queue.messages.iterdir()) == [kept]
-    assert sorted(p.name for p in queue.envelopes.iterdir()) == sorted(
-        [f"{kept}.json", f"{lost}.json"])
+    # An envelope whose data is gone was half removed (see remove(durable=False)): dropped.
+    assert sorted(p.name for p in queue.envelopes.iterdir()) == [f"{kept}.json"]
     assert any("0orphan" in r.message for r in caplog.records)
-    assert any(lost in r.message and r.levelno == logging.ERROR for r in caplog.records)
+    assert any(lost in r.message and r.levelno == logging.WARNING for r in caplog.records)
 
 
 def test_spool_recover_also_repairs_the_queue(spool: Spool, queue: QueueStore) -> None:

@@ -582,20 +582,32 @@ class QueueRunner:
         try:
             async with lock:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, self._apply, work.queue_id, outcomes, dsn_passed)
+                    None, self._apply, work.queue_id, outcomes, dsn_passed, work.entry)
         except Exception:
             log.exception("%s: recording the delivery attempt failed; it will be repeated",
                           work.queue_id)
         finally:
             self._release(work)
 
-    def _apply(self, queue_id: str, outcomes: dict[str, _Outcome], dsn_passed: bool) -> None:
-        """Blocking: update the envelope with ``outcomes``, send the reports, save or remove."""
-        try:
-            entry = self.store.load(queue_id)
-        except FileNotFoundError:
-            log.info("%s: deleted during delivery", queue_id)
-            return
+    def _apply(self, queue_id: str, outcomes: dict[str, _Outcome], dsn_passed: bool,
+               known: QueueEntry | None = None) -> None:
+        """Blocking: update the envelope with ``outcomes``, send the reports, save or remove.
+
+        ``known`` is the entry as the scan read it. When ``outcomes`` cover every recipient
+        still pending in it, nobody else can have changed the envelope since (only this
+        attempt held those recipients, the others were final), so it is not read again."""
+        pending = {r.address for r in known.recipients if r.status in PENDING} if known else None
+        if known is not None and pending is not None and pending <= outcomes.keys():
+            entry = known
+            if not self.store.message_path(queue_id).exists():
+                log.info("%s: deleted during delivery", queue_id)
+                return
+        else:
+            try:
+                entry = self.store.load(queue_id)
+            except FileNotFoundError:
+                log.info("%s: deleted during delivery", queue_id)
+                return
         now = self.clock()
         q = self.settings.queue
         age = now - entry.received_at
@@ -636,7 +648,7 @@ class QueueRunner:
         entry = replace(entry, recipients=tuple(updated))
         self._send_reports(entry, failed, delayed, relayed)
         if all(r.status in FINAL for r in entry.recipients):
-            self.store.remove(queue_id)
+            self.store.remove(queue_id, durable=False)
             log.info("%s: removed", queue_id)
         else:
             try:
@@ -675,7 +687,8 @@ class QueueRunner:
 
     def _report(self, entry: QueueEntry, to: str, reports: Sequence[RecipientReport],
                 content: Literal["full", "headers"], notice: str = "dsn") -> None:
-        with self.store.open_message(entry.queue_id) as original:
+        with open(self.store.message_path(entry.queue_id), "rb") as original:
+            original.seek(entry.body_offset)
             report_id = self.reporter.send(
                 to=to, queue_id=entry.queue_id, arrival=entry.received_at, reports=reports,
                 original=original, return_content=content, envid=entry.params.get("ENVID"),

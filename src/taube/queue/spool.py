@@ -312,21 +312,26 @@ class QueueStore:
         message.seek(offset)
         return message
 
-    def remove(self, queue_id: str) -> None:
+    def remove(self, queue_id: str, *, durable: bool = True) -> None:
         """Forget ``queue_id`` (delivered or bounced).
 
-        The envelope goes first, durably (fsync of ``envelopes/``), then the data: a crash in
-        between leaves data without envelope, which :meth:`recover` drops. The other order could
-        leave an envelope whose data is gone: a queue entry that can never be delivered.
+        The envelope goes first, then the data: a crash in between leaves data without
+        envelope, which :meth:`recover` drops. With ``durable`` the envelope's removal is made
+        durable (fsync of ``envelopes/``) before the data goes. The queue runner passes False
+        after a delivery, as Postfix does when it removes a queue file: a crash can then bring
+        the envelope back and the message is delivered once more (at-least-once), and should
+        the data's removal survive without the envelope's, :meth:`recover` drops the envelope.
         """
         with contextlib.suppress(FileNotFoundError):
             self.envelope_path(queue_id).unlink()
-            self._sync_envelopes()
+            if durable:
+                self._sync_envelopes()
         self.message_path(queue_id).unlink(missing_ok=True)
 
     def recover(self) -> None:
         """At start, before any commit: drop staged envelopes never renamed (their transaction
-        was never acknowledged) and data files without an envelope (same, or half removed)."""
+        was never acknowledged), data files without an envelope (same, or half removed), and
+        envelopes without data (half removed, see :meth:`remove`)."""
         queued = set()
         for path in self.envelopes.iterdir():
             if path.name.endswith(_STAGED_SUFFIX):
@@ -340,7 +345,11 @@ class QueueStore:
                 log.info("queue: dropping orphan data file %s", path.name)
                 path.unlink()
         for queue_id in sorted(queued):
-            log.error("queue: envelope %s has no data file; left for inspection", queue_id)
+            # Only remove() deletes data, after the envelope: this entry was being removed
+            # (delivered) when the system went down. Nothing is left to deliver.
+            log.warning("queue: envelope %s has no data file (removed just before a crash); "
+                        "dropping it", queue_id)
+            self.envelope_path(queue_id).unlink(missing_ok=True)
 
     def ids(self) -> list[str]:
         """The ids of every queued entry, oldest first, without reading the envelopes (so a
