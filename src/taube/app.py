@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .config import ConfigError, Settings, load_settings
 from .delivery.dns import Resolver
 from .delivery.reports import Reporter
+from .delivery.process import RunnerProcess
 from .delivery.runner import QueueRunner
 from .directory.resolve import resolve_recipient
 from .directory.sqlite import SQLiteDirectory
@@ -54,6 +55,8 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         runner, reporter = previous.runner, previous.reporter
         if isinstance(runner, QueueRunner):
             runner.reconfigure(settings)
+        elif isinstance(runner, RunnerProcess):
+            runner.reload(settings)
     else:
         data = settings.data_dir
         directory = SQLiteDirectory(data / "taube.db", settings.domains,
@@ -62,8 +65,12 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         state = LocalState()
         tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)
         reporter = Reporter(spool, directory, settings.hostname, postmaster=lambda: settings.postmaster)
-        runner = QueueRunner(settings=settings, store=spool.queue, reporter=reporter,
-                             resolver=Resolver(settings.dns.nameservers, settings.dns.timeout))
+        runner: QueueRunner | RunnerProcess
+        if settings.delivery.runner_process:
+            runner = RunnerProcess(settings, spool.queue)
+        else:
+            runner = QueueRunner(settings=settings, store=spool.queue, reporter=reporter,
+                                 resolver=Resolver(settings.dns.nameservers, settings.dns.timeout))
     services = Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
                         spool=spool, state=state, tls=tls, runner=runner, reporter=reporter)
     if reporter is not None:
@@ -139,10 +146,19 @@ class App:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         runner = self.services.runner
-        if isinstance(runner, QueueRunner):
+        runner_task: asyncio.Task[None] | None = None
+        if isinstance(runner, RunnerProcess):
+            try:
+                await runner.start()
+            except OSError as e:
+                log.error("cannot start the queue runner process: %s", e)
+                await asyncio.gather(*(done.stop(0) for done in self.listeners))
+                return 1
+        elif isinstance(runner, QueueRunner):
+            runner_task = asyncio.create_task(runner.run(), name="queue runner")
+        if runner is not None:
             # SIGUSR1: `taube queue flush/retry` left a request in queue/requests
             loop.add_signal_handler(signal.SIGUSR1, runner.wake)
-            runner_task = asyncio.create_task(runner.run(), name="queue runner")
         self._check_postmaster()
         write_pid(self.settings.data_dir)
         log.info("taube ready: hostname=%s data_dir=%s", self.settings.hostname, self.settings.data_dir)
@@ -151,8 +167,9 @@ class App:
             log.info("shutting down: draining %d connection(s)", self.services.state.connection_count())
             grace = self.settings.smtp.shutdown_grace
             await asyncio.gather(*(listener.stop(grace) for listener in self.listeners))
-            if isinstance(runner, QueueRunner):
+            if isinstance(runner, (QueueRunner, RunnerProcess)):
                 await runner.stop()
+            if runner_task is not None:
                 runner_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner_task

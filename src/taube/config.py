@@ -282,6 +282,8 @@ class DeliverySettings(_Section):
     connect_timeout: Duration = 30.0
     command_timeout: Duration = 300.0  # RFC 5321 4.5.3.2: 5 minutes for MAIL/RCPT
     data_timeout: Duration = 600.0  # RFC 5321 4.5.3.2.6: 10 minutes for the final reply
+    # Deliver from a process of its own (a second core for delivery); false: inside the server.
+    runner_process: bool = True
     # Where failures of mail from <> are reported: "postmaster" (a notice) or "log" only.
     null_sender_failures: Literal["postmaster", "log"] = "postmaster"
 

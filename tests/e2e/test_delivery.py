@@ -240,3 +240,37 @@ def test_mx_pointing_at_myself_is_a_loop(make_server, dns_server):
     _, _, blocks, _ = report_parts(bounce)
     assert by_recipient(blocks)["bob@b.test"]["Status"] == "5.4.6"
     assert "loops back to myself" in bounce.decode()
+
+
+def _runner_pids(server) -> list[int]:
+    """The queue runner processes serving this server's configuration."""
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", f"taube.delivery.process --fd [0-9]+ --config {server.config}"],
+                         capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def test_runner_inside_the_server_process(make_server):
+    b = make_b(make_server).start()
+    a = make_a(make_server, transport({"b.test": f"127.0.0.1:{b.port}"}, "runner_process = false")).start()
+    assert _runner_pids(a) == []
+    send(a, "alice@a.test", ["bob@b.test"])
+    wait_for_mails(b, "bob@b.test")
+    wait_for(lambda: queue_empty(a), what="A's queue to empty")
+
+
+def test_runner_process_is_restarted_and_never_outlives_the_server(make_server):
+    import os
+    import signal
+
+    b = make_b(make_server).start()
+    a = make_a(make_server, transport({"b.test": f"127.0.0.1:{b.port}"})).start()
+    [first] = wait_for(lambda: _runner_pids(a), what="the runner process")
+    os.kill(first, signal.SIGKILL)
+    [second] = wait_for(lambda: (p := _runner_pids(a)) and p != [first] and p, what="a new runner")
+    assert "exited with status -9; starting it again" in a.log
+    send(a, "alice@a.test", ["bob@b.test"])
+    wait_for_mails(b, "bob@b.test")
+    a.kill()  # SIGKILL: the server cannot stop its runner, which must notice and stop
+    wait_for(lambda: _runner_pids(a) == [], what="the orphaned runner to stop")
