@@ -36,7 +36,7 @@ from pathlib import Path
 import loadgen
 from postfix_instance import PostfixInstance
 from servers import (HOST, START_TIMEOUT, STOP_TIMEOUT, VENV_BIN, ServerUnavailable,
-                     count_files, free_port, process_cpu_seconds, spawn, terminate, wait_ready)
+                     count_files, free_port, process_tree_cpu_seconds, spawn, terminate, wait_ready)
 from smtp_bench import (LoadOutcome, checked_choices, command_output, csv_list,
                         smtp_source_path)
 
@@ -186,7 +186,7 @@ class TaubeRelay:
         return count_files(self.queue / "envelopes") + count_files(self.queue / "messages")
 
     def cpu_seconds(self) -> float | None:
-        return None if self.process is None else process_cpu_seconds(self.process.pid)
+        return None if self.process is None else process_tree_cpu_seconds(self.process.pid)
 
 
 class PostfixRelay:

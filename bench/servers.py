@@ -86,6 +86,26 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of ``pid`` and its living child processes (taube's queue runner is one)."""
+    own = process_cpu_seconds(pid)
+    if own is None:
+        return None
+    total = own
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return total
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            total += process_tree_cpu_seconds(int(child)) or 0.0
+    return total
+
+
 def log_tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
