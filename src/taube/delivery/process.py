@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import ConfigError, Settings, load_settings
-from ..directory.base import Directory
 from ..queue.spool import QueueStore
 from .runner import PENDING, QueueRunner
 
@@ -162,23 +161,13 @@ class RunnerProcess:
 
 
 # --- the runner process ----------------------------------------------------------------------
-def postmaster_for(settings: Settings, directory: Directory) -> str:
-    """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in the
-    first local domain."""
-    pm = settings.postmaster
-    if "@" in pm:
-        return pm
-    domains = settings.domains or directory.list_domains()
-    return f"{pm}@{domains[0] if domains else settings.hostname}"
-
-
 def build_runner(settings: Settings) -> QueueRunner:
     """The queue runner with its own directory, spool and resolver for ``settings``."""
     from ..directory.sqlite import SQLiteDirectory
     from ..queue.spool import Spool
     from ..store.maildir import MaildirStore
     from .dns import Resolver
-    from .reports import Reporter
+    from .reports import Reporter, postmaster_for
 
     data = settings.data_dir
     directory = SQLiteDirectory(data / "taube.db", settings.domains,

@@ -20,19 +20,30 @@ import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
+from ..config import Settings
 from ..directory.base import Directory
 from ..directory.resolve import resolve_recipient
 from ..queue.bounce import RecipientReport, ReturnContent, build_dsn
 from ..queue.envelope import Envelope, Target
 from ..queue.spool import Spool
 
-__all__ = ["NOTICE_PARAM", "Reporter"]
+__all__ = ["NOTICE_PARAM", "Reporter", "postmaster_for"]
 
 log = logging.getLogger("taube.delivery")
 
 # Queue-entry parameter marking a message this server generated: "dsn" (a report to a sender) or
 # "postmaster" (a notice to the postmaster about mail from <> that failed).
 NOTICE_PARAM = "X-NOTICE"
+
+
+def postmaster_for(settings: Settings, directory: Directory) -> str:
+    """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in the
+    first local domain."""
+    pm = settings.postmaster
+    if "@" in pm:
+        return pm
+    domains = settings.domains or directory.list_domains()
+    return f"{pm}@{domains[0] if domains else settings.hostname}"
 
 
 class Reporter:

@@ -47,6 +47,7 @@ from ..proto.smtp import (
 )
 from ..proto.address import AddressError, parse_path
 from ..proto.trace import received_header, with_protocol
+from ..delivery.reports import postmaster_for
 from ..queue.bounce import RecipientReport
 from ..queue.envelope import Envelope, Target
 from ..queue.spool import SpoolFile, StorageFullError
@@ -63,14 +64,8 @@ Mode = Literal["smtp", "submission", "smtps"]
 
 
 def postmaster_address(services: Services) -> str:
-    """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in the
-    first local domain."""
-    settings = services.settings
-    pm = settings.postmaster
-    if "@" in pm:
-        return pm
-    domains = settings.domains or services.directory.list_domains()
-    return f"{pm}@{domains[0] if domains else settings.hostname}"
+    """Where postmaster mail goes (see :func:`postmaster_for`)."""
+    return postmaster_for(services.settings, services.directory)
 
 
 def engine_config(services: Services, mode: Mode) -> SMTPConfig:
