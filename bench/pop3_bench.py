@@ -23,25 +23,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json, add_ratios,
+                      add_runs_messages_size, conditions, cpu_used, errors_note, group_by,
+                      keep_log, machine_now, median, new_parser, print_skipped, print_table,
+                      write_results)
 from pop3_load import HOST, LoadResult, run_download, run_logins
 from pop3_servers import SERVERS, Pop3Server, dovecot_version
 from servers import ServerUnavailable
-from smtp_bench import checked_choices, command_output, csv_list, keep_log
 
 TESTS = ("download", "login")
-RESULTS = Path(__file__).resolve().parent / "results" / "pop3-latest.json"
+RESULTS = RESULTS_DIR / "pop3-latest.json"
+LOGS = RESULTS_DIR / "logs"  # shared with smtp_bench.py, which empties it when it starts
 MEASUREMENT_TIMEOUT = 600.0
 UNITS = {"download": "msgs/s", "login": "logins/s"}
 
@@ -116,9 +114,7 @@ def measure(server: Pop3Server, test: str, concurrency: int, run: int, messages:
         result = bounded(run_download(HOST, server.port, clients))
     else:
         result = bounded(run_logins(HOST, server.port, clients, logins))
-    cpu_after = server.cpu_seconds()
-    if cpu_before is not None and cpu_after is not None:
-        m.server_cpu_seconds = cpu_after - cpu_before
+    m.server_cpu_seconds = cpu_used(cpu_before, server.cpu_seconds())
     m.done, m.octets, m.seconds, m.errors = (result.done, result.octets, result.seconds,
                                              dict(result.errors))
     return m
@@ -165,7 +161,7 @@ def warm_up(servers: dict[str, Pop3Server], args: argparse.Namespace,
         if not m.done:
             skipped[name] = f"warm-up download failed: {m.errors}"
             print(f"skipping {name}: {skipped[name]}", file=sys.stderr, flush=True)
-            kept = keep_log(server.log, f"pop3-{name}-warm-up")
+            kept = keep_log(server.log, LOGS, f"pop3-{name}-warm-up")
             if kept:
                 print(f"    server log: {kept}", file=sys.stderr, flush=True)
             server.stop()
@@ -187,34 +183,23 @@ def run_all(servers: dict[str, Pop3Server], args: argparse.Namespace) -> list[Me
 
 
 def summarize(measurements: list[Measurement]) -> list[Row]:
-    groups: dict[tuple[str, str, int], list[Measurement]] = {}
-    for m in measurements:
-        groups.setdefault((m.implementation, m.test, m.concurrency), []).append(m)
+    groups = group_by(measurements, lambda m: (m.implementation, m.test, m.concurrency))
     rows = []
     for (implementation, test, concurrency), group in groups.items():
         valid = [m for m in group if m.clean]
         rates = [m.rate for m in valid if m.rate]
         mbs = [m.megabytes_per_second for m in valid if m.megabytes_per_second]
-        errors = Counter[str]()
-        for m in group:
-            errors.update(m.errors)
-        notes = f"{sum(errors.values())} error(s)" if errors else ""
-        rows.append(Row(implementation, test, concurrency, UNITS[test],
-                        statistics.median(rates) if rates else None, min(rates, default=None),
-                        max(rates, default=None), statistics.median(mbs) if mbs else None,
-                        len(rates), len(group), notes=notes))
-    taube = {(r.test, r.concurrency): r.median for r in rows if r.implementation == "taube"}
-    for row in rows:
-        reference = taube.get((row.test, row.concurrency))
-        if reference and row.median and row.implementation != "taube":
-            row.ratio = reference / row.median
+        rows.append(Row(implementation, test, concurrency, UNITS[test], median(rates),
+                        min(rates, default=None), max(rates, default=None), median(mbs),
+                        len(rates), len(group), notes=errors_note(group) or ""))
+    add_ratios(rows, lambda r: (r.test, r.concurrency), {"ratio": "median"}, taube_too=False)
     return sorted(rows, key=lambda r: (TESTS.index(r.test), r.concurrency,
                                        r.implementation != "taube", r.implementation))
 
 
 HEADERS = ["implementation", "test", "concurrency", "median rate", "min–max", "MB/s", "runs",
            "taube ÷ peer", "notes"]
-NUMERIC_HEADERS = {"concurrency", "median rate", "min–max", "MB/s", "runs", "taube ÷ peer"}
+LEFT_HEADERS = {"implementation", "test", "notes"}
 
 
 def table_cells(row: Row) -> list[str]:
@@ -226,72 +211,21 @@ def table_cells(row: Row) -> list[str]:
             f"{row.ratio:.2f}" if row.ratio else "-", row.notes]
 
 
-def print_table(rows: list[Row], title: str) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        cells = [HEADERS, *(table_cells(row) for row in rows)]
-        widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
-        print(title)
-        for line in cells:
-            print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-        return
-    table = Table(title=title)
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header in NUMERIC_HEADERS else "left")
-    for row in rows:
-        table.add_row(*table_cells(row))
-    console = Console()
-    console.width = max(console.width, 130)
-    console.print(table)
-
-
-def conditions(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "taube_commit": command_output(["git", "rev-parse", "--short", "HEAD"]),
-        "dovecot": dovecot_version(),
-        "messages": args.messages,
-        "size": args.size,
-        "logins": args.logins,
-        "runs": args.runs,
-        "concurrency": args.concurrency,
-        "tests": args.tests,
-    }
-
-
-def write_json(path: Path, header: dict[str, object], skipped: dict[str, str],
-               measurements: list[Measurement], rows: list[Row]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {
-        "conditions": header,
-        "skipped": skipped,
-        "summary": [asdict(row) for row in rows],
-        "measurements": [asdict(m) | {"rate": m.rate, "mb_per_s": m.megabytes_per_second,
-                                      "server_cpu_share": m.server_cpu_share}
-                         for m in measurements],
-    }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+def derived(m: Measurement) -> dict[str, object]:
+    """What the JSON file adds to each measurement's fields."""
+    return {"rate": m.rate, "mb_per_s": m.megabytes_per_second,
+            "server_cpu_share": m.server_cpu_share}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs per cell (median reported)")
-    parser.add_argument("--messages", type=int, default=1000, help="messages per mailbox")
-    parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    parser = new_parser(__doc__)
+    add_runs_messages_size(parser, messages=1000, messages_help="messages per mailbox",
+                           size=2048)
     parser.add_argument("--logins", type=int, default=300, help="login cycles per login run")
-    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in csv_list(s)],
-                        default=[1, 10], help="comma-separated client counts (default 1,10)")
-    parser.add_argument("--only", type=lambda s: checked_choices(s, list(SERVERS)),
-                        default=list(SERVERS), help=f"implementations: {','.join(SERVERS)}")
-    parser.add_argument("--tests", type=lambda s: checked_choices(s, TESTS),
-                        default=list(TESTS), help=f"tests: {','.join(TESTS)}")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
+    add_concurrency(parser, [1, 10])
+    add_choices(parser, "--only", list(SERVERS), f"implementations: {','.join(SERVERS)}")
+    add_choices(parser, "--tests", TESTS, f"tests: {','.join(TESTS)}")
+    add_json(parser, RESULTS)
     args = parser.parse_args()
     if (args.runs < 1 or args.messages < 1 or args.logins < 1
             or min(args.concurrency, default=0) < 1 or args.size < 300):
@@ -302,11 +236,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    header = conditions(args)
+    header = conditions(dovecot=dovecot_version(), messages=args.messages, size=args.size,
+                        logins=args.logins, runs=args.runs, concurrency=args.concurrency,
+                        tests=args.tests)
     print(f"{header['date']}: {args.messages} x {args.size} B messages per mailbox, "
           f"{args.logins} logins per login run, {args.runs} run(s), concurrency "
-          f"{args.concurrency}, {header['cpus']} CPUs, load average {os.getloadavg()[0]:.2f}",
-          file=sys.stderr)
+          f"{args.concurrency}, {machine_now(header)}", file=sys.stderr)
     skipped: dict[str, str] = {}
     root = Path(tempfile.mkdtemp(prefix="taube-pop3-bench-"))
     root.chmod(0o755)  # Dovecot's mail and auth processes (not root) walk down to their files
@@ -321,19 +256,18 @@ def main() -> int:
         for name, server in servers.items():
             server.stop()
             if any(m.errors for m in measurements if m.implementation == name):
-                kept = keep_log(server.log, f"pop3-{name}")
+                kept = keep_log(server.log, LOGS, f"pop3-{name}")
                 if kept:
                     failed_logs[name] = kept
         shutil.rmtree(root, ignore_errors=True)
     rows = summarize(measurements)
-    print_table(rows, f"POP3 over loopback, {args.messages} x {args.size} B messages per "
-                      f"mailbox, {args.logins} logins per login run, median of {args.runs}")
-    for name, reason in skipped.items():
-        print(f"skipped {name}: {reason.splitlines()[0]}")
+    print_table(f"POP3 over loopback, {args.messages} x {args.size} B messages per "
+                f"mailbox, {args.logins} logins per login run, median of {args.runs}",
+                HEADERS, [table_cells(row) for row in rows], LEFT_HEADERS, 130)
+    print_skipped(skipped)
     for name, kept in failed_logs.items():
         print(f"{name} had errors; its log: {kept}")
-    write_json(args.json, header, skipped, measurements, rows)
-    print(f"results written to {args.json}")
+    write_results(args.json, header, skipped, measurements, rows, derived)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,18 +18,17 @@ from pathlib import Path
 from servers import (
     DOMAIN,
     HOST,
-    START_TIMEOUT,
     VENV_BIN,
+    ProcessServer,
     ServerUnavailable,
     free_port,
-    log_tail,
-    process_cpu_seconds,
-    spawn,
+    run_taube,
+    sbin_tool,
     terminate,
 )
 
 PASSWORD = "bench-password"
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVECOT = sbin_tool("dovecot")
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 MAIL_OWNER = "nobody"  # Dovecot refuses mail access as root; its Maildirs belong to nobody
 
@@ -73,47 +71,20 @@ def fill_maildir(maildir: Path, messages: int, size: int, owner: pwd.struct_pass
                 os.chown(os.path.join(folder, entry), owner.pw_uid, owner.pw_gid)
 
 
-def pop3_greeting_ok(port: int) -> bool:
-    """True once the server accepts a connection and greets with +OK."""
-    try:
-        with socket.create_connection((HOST, port), timeout=2.0) as sock:
-            greeting = sock.makefile("rb").readline()
-            if not greeting.startswith(b"+OK"):
-                return False
-            sock.sendall(b"QUIT\r\n")
-            return True
-    except OSError:
-        return False
-
-
-def wait_pop3_ready(port: int, process: subprocess.Popen[bytes] | None, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            tail = log_tail(log)
-            raise ServerUnavailable(f"exited with status {process.returncode}: "
-                                    f"{tail.splitlines()[-1] if tail else 'no output'}\n{tail}")
-        if pop3_greeting_ok(port):
-            return
-        time.sleep(0.05)
-    raise ServerUnavailable(f"no +OK greeting on {HOST}:{port} within {START_TIMEOUT:.0f} s:\n"
-                            f"{log_tail(log)}")
-
-
-class Pop3Server:
-    """Common part: a work directory, a port, N users with filled Maildirs, one child process."""
+class Pop3Server(ProcessServer):
+    """Common part: a work directory, a port, N users with filled Maildirs, one child process
+    (started, probed for its +OK greeting and stopped as any ProcessServer)."""
 
     name = "pop3"
     tests: tuple[str, ...] = ("download", "login")
+    greeting = b"+OK"
+    append_log = True
 
     def __init__(self, workdir: Path, users: int, messages: int, size: int) -> None:
-        self.workdir = workdir
         self.users = users
         self.messages = messages
         self.size = size
-        self.port = free_port()
-        self.log = workdir / f"{self.name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir)
 
     def maildir(self, index: int) -> Path:
         raise NotImplementedError
@@ -121,28 +92,9 @@ class Pop3Server:
     def logins(self) -> list[tuple[str, str]]:
         return [(f"{user_name(i)}@{DOMAIN}", PASSWORD) for i in range(1, self.users + 1)]
 
-    def setup(self) -> None:
+    def prepare(self) -> None:
         """Configuration, users and mailboxes, before the process starts."""
         raise NotImplementedError
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        self.setup()
-        self.process = spawn(self.command(), self.log, self.workdir, append=True)
-        try:
-            wait_pop3_ready(self.port, self.process, self.log)
-        except ServerUnavailable:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-
-    def cpu_seconds(self) -> float | None:
-        return None if self.process is None else process_cpu_seconds(self.process.pid)
 
 
 class TaubePop3(Pop3Server):
@@ -172,25 +124,13 @@ class TaubePop3(Pop3Server):
                 "[pop3s]\nlisten = []\n"
                 "[auth]\nfailure_delay = 0\n")
 
-    def taube(self, *args: str, stdin: bytes = b"") -> None:
-        command = [str(self.executable), *args, "--config", str(self.config)]
-        try:
-            done = subprocess.run(command, input=stdin, capture_output=True, cwd=self.workdir,
-                                  timeout=START_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise ServerUnavailable(f"`taube {' '.join(args)}` did not finish") from exc
-        if done.returncode != 0:
-            output = (done.stdout + done.stderr).decode(errors="replace").strip()
-            last_line = output.splitlines()[-1] if output else "no output"
-            raise ServerUnavailable(f"`taube {' '.join(args)}` failed ({done.returncode}): "
-                                    f"{last_line}\n{output[-1500:]}")
-
-    def setup(self) -> None:
+    def prepare(self) -> None:
         if not self.executable.exists():
             raise ServerUnavailable(f"{self.executable} is not installed")
         self.config.write_text(self.config_text())
         for address, password in self.logins():
-            self.taube("user", "add", address, stdin=f"{password}\n".encode())
+            run_taube(self.executable, self.config, self.workdir, "user", "add", address,
+                      stdin=f"{password}\n".encode())
         for i in range(1, self.users + 1):
             fill_maildir(self.maildir(i), self.messages, self.size, None)
 
@@ -270,7 +210,7 @@ service stats {{
 }}
 """
 
-    def setup(self) -> None:
+    def prepare(self) -> None:
         if not Path(DOVECOT).exists():
             raise ServerUnavailable("dovecot is not installed (bash bench/install-peers.sh)")
         if os.geteuid() != 0:

@@ -17,55 +17,47 @@ Usage: relay_bench.py [--runs 3] [--messages 2000] [--concurrency 1,20] [--only 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import pwd
 import re
 import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import loadgen
-from postfix_instance import PostfixInstance
-from servers import (HOST, START_TIMEOUT, STOP_TIMEOUT, VENV_BIN, ServerUnavailable,
-                     count_files, free_port, process_tree_cpu_seconds, spawn, terminate, wait_ready)
-from smtp_bench import (LoadOutcome, checked_choices, command_output, csv_list,
-                        smtp_source_path)
+from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json, add_ratios,
+                      add_runs_messages_size, conditions, cpu_used, errors_note, fresh_directory,
+                      group_by, keep_log, machine_now, median, new_parser, poll, postfix_version,
+                      print_skipped, print_table, require_positive, run_interleaved,
+                      run_smtp_load, write_results)
+from servers import (HOST, STOP_TIMEOUT, PostfixServer, ServerUnavailable, SmtpSinkServer,
+                     TaubeServer, count_files, terminate)
 
 SENDER = "from@bench.test"
 SINK_DOMAIN = "sink.test"
 RECIPIENT = f"user@{SINK_DOMAIN}"
 RELAY_DOMAIN = "relay.bench.test"  # the relays' own (local) domain; the recipients are not in it
-RESULTS = Path(__file__).resolve().parent / "results" / "relay-latest.json"
-LOGS = RESULTS.parent / "relay-logs"
+RESULTS = RESULTS_DIR / "relay-latest.json"
+LOGS = RESULTS_DIR / "relay-logs"
 IMPLEMENTATIONS = ("taube", "postfix")
 LOADGENS = ("smtp-source", "loadgen")
-LOAD_TIMEOUT = 600.0
 FORWARD_TIMEOUT = 300.0  # after the last 250: until the sink has every message
 DRAIN_TIMEOUT = 60.0  # after that: until the relay's queue is empty
 SINK_SETTLE = 0.3  # after the relay stopped: late (duplicate) deliveries would show by then
 
 
 # --- the final hop -----------------------------------------------------------------------------
-class Sink:
-    """``smtp-sink -c`` on a free loopback port; a thread reads its running message counter."""
+class Sink(SmtpSinkServer):
+    """``smtp-sink -c`` on a free loopback port; a thread reads its running message counter
+    from its standard output (its standard error goes to the log)."""
 
     COUNTER = re.compile(rb"mesg=(\d+)")
     SESSIONS = re.compile(rb"sess=(\d+)")
+    options = ("-c",)
+    pipe_stdout = True
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.log = workdir / "smtp-sink.log"
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir)
         self.count = 0
         self.sessions = 0  # SMTP sessions the sink has seen end (readiness probes included)
         self.target: int | None = None
@@ -74,25 +66,9 @@ class Sink:
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
 
-    def start(self) -> None:
-        executable = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-        if not Path(executable).exists():
-            raise ServerUnavailable("smtp-sink is not installed (bash bench/install-peers.sh)")
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        command = [executable, *user, "-c", f"{HOST}:{self.port}", "1024"]
-        with self.log.open("wb") as log:
-            try:
-                self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                                stdout=subprocess.PIPE, stderr=log, cwd=self.workdir)
-            except OSError as exc:
-                raise ServerUnavailable(f"cannot run smtp-sink: {exc}") from exc
+    def started(self) -> None:
         self._reader = threading.Thread(target=self._read, name="smtp-sink counter", daemon=True)
         self._reader.start()
-        try:
-            wait_ready(self.port, time.monotonic() + START_TIMEOUT, self.process, self.log)
-        except ServerUnavailable:
-            self.stop()
-            raise
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -134,132 +110,42 @@ class Sink:
 
 
 # --- the relays under test ---------------------------------------------------------------------
-class TaubeRelay:
-    """``taube serve``: [smtp] on a free port, the other listeners off, relayhost = the sink."""
+class TaubeRelay(TaubeServer):
+    """``taube serve``: [smtp] on a free port, the other listeners off, relayhost = the sink;
+    no local user. Its CPU time includes the queue runner's process."""
 
-    name = "taube"
-    executable = VENV_BIN / "taube"
+    domain = RELAY_DOMAIN
+    users = ()
+    count_children_cpu = True
 
     def __init__(self, workdir: Path, sink_port: int) -> None:
-        self.workdir = workdir
         self.sink_port = sink_port
-        self.port = free_port()
-        self.log = workdir / "taube.log"
-        self.config = workdir / "taube.toml"
+        super().__init__(workdir)
         self.queue = workdir / "var" / "queue"
-        self.process: subprocess.Popen[bytes] | None = None
 
     def config_text(self) -> str:
-        return (f'hostname = "{RELAY_DOMAIN}"\n'
-                'data_dir = "var"\n'
-                f'domains = ["{RELAY_DOMAIN}"]\n'
-                'trusted_networks = ["127.0.0.0/8"]\n'
-                "[smtp]\n"
-                f'listen = ["{HOST}:{self.port}"]\n'
-                "max_connections = 500\n"
-                "max_connections_per_client = 500\n"
-                "[submission]\nlisten = []\n"
+        return (super().config_text()
+                + "[submission]\nlisten = []\n"
                 "[smtps]\nlisten = []\n"
                 "[pop3]\nlisten = []\n"
                 "[pop3s]\nlisten = []\n"
                 "[delivery]\n"
                 f'relayhost = "[{HOST}]:{self.sink_port}"\n')
 
-    def start(self) -> None:
-        if not self.executable.exists():
-            raise ServerUnavailable(f"{self.executable} is not installed")
-        self.config.write_text(self.config_text())
-        self.process = spawn([str(self.executable), "serve", "--config", str(self.config)],
-                             self.log, self.workdir)
-        try:
-            wait_ready(self.port, time.monotonic() + START_TIMEOUT, self.process, self.log)
-        except ServerUnavailable:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-
     def queued_count(self) -> int:
         """Envelopes plus data files still in the queue."""
         return count_files(self.queue / "envelopes") + count_files(self.queue / "messages")
 
-    def cpu_seconds(self) -> float | None:
-        return None if self.process is None else process_tree_cpu_seconds(self.process.pid)
 
-
-class PostfixRelay:
+class PostfixRelay(PostfixServer):
     """A private Postfix instance with ``relayhost = [127.0.0.1]:SINK`` and the smtp(8) client."""
 
-    name = "postfix"
-
     def __init__(self, workdir: Path, sink_port: int) -> None:
-        self.port = free_port()
-        self.instance = PostfixInstance(workdir, HOST, self.port, RELAY_DOMAIN, "user",
-                                        delivery_user=pwd.getpwnam("nobody"),
-                                        relayhost=f"[{HOST}]:{sink_port}")
-        self.log = self.instance.log
-
-    def start(self) -> None:
-        try:
-            self.instance.start(START_TIMEOUT)
-        except RuntimeError as exc:
-            raise ServerUnavailable(str(exc)) from exc
-        try:
-            wait_ready(self.port, time.monotonic() + START_TIMEOUT, None, self.instance.log)
-        except ServerUnavailable:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        self.instance.stop(STOP_TIMEOUT)
-
-    def queued_count(self) -> int:
-        return self.instance.queued_count()
-
-    def cpu_seconds(self) -> None:
-        """Postfix is a dozen processes that come and go: not measured."""
-        return None
+        super().__init__(workdir, RELAY_DOMAIN, relayhost=f"[{HOST}]:{sink_port}")
 
 
 RELAYS: dict[str, type[TaubeRelay] | type[PostfixRelay]] = {"taube": TaubeRelay,
                                                             "postfix": PostfixRelay}
-
-
-# --- load --------------------------------------------------------------------------------------
-def run_builtin_loadgen(port: int, messages: int, concurrency: int, size: int) -> LoadOutcome:
-    loadgen.SENDER, loadgen.RECIPIENT = SENDER, RECIPIENT  # read at call time by loadgen
-
-    async def bounded() -> LoadOutcome:
-        result = await asyncio.wait_for(loadgen.run_load(HOST, port, messages, concurrency, size),
-                                        LOAD_TIMEOUT)
-        return LoadOutcome(result.accepted, result.seconds, dict(result.errors))
-
-    try:
-        return asyncio.run(bounded())
-    except asyncio.TimeoutError:
-        return LoadOutcome(None, LOAD_TIMEOUT, {"load timed out": 1})
-
-
-def run_smtp_source(port: int, messages: int, concurrency: int, size: int) -> LoadOutcome:
-    """smtp-source -d (many messages per connection); exit status 0 means every message got 250."""
-    command = [str(smtp_source_path()), "-d", "-s", str(concurrency), "-m", str(messages),
-               "-l", str(size), "-f", SENDER, "-t", RECIPIENT, f"{HOST}:{port}"]
-    began = time.perf_counter()
-    try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=LOAD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return LoadOutcome(None, LOAD_TIMEOUT, {"smtp-source timed out": 1})
-    seconds = time.perf_counter() - began
-    if done.returncode != 0:
-        message = (done.stderr or done.stdout).decode(errors="replace").strip()[-200:]
-        return LoadOutcome(None, seconds, {f"smtp-source exit {done.returncode}: {message}": 1})
-    return LoadOutcome(messages, seconds, {})
-
-
-LOAD_RUNNERS = {"loadgen": run_builtin_loadgen, "smtp-source": run_smtp_source}
 
 
 # --- one measurement ---------------------------------------------------------------------------
@@ -319,23 +205,13 @@ class Measurement:
                 and self.end_to_end_seconds is not None and self.queue_left == 0)
 
 
-def wait_drained(relay: TaubeRelay | PostfixRelay, began: float) -> tuple[int, float | None]:
-    deadline = time.monotonic() + DRAIN_TIMEOUT
-    while True:
-        left = relay.queued_count()
-        if left == 0:
-            return 0, time.perf_counter() - began
-        if time.monotonic() > deadline:
-            return left, None
-        time.sleep(0.01)
-
-
 def measure(relay: TaubeRelay | PostfixRelay, sink: Sink, loadgen_name: str, concurrency: int,
             run: int, messages: int, size: int) -> Measurement:
     m = Measurement(relay.name, loadgen_name, concurrency, run, messages)
     cpu_before = relay.cpu_seconds()
     began = time.perf_counter()
-    outcome = LOAD_RUNNERS[loadgen_name](relay.port, messages, concurrency, size)
+    outcome = run_smtp_load(loadgen_name, relay.port, messages, concurrency, size, SENDER,
+                            RECIPIENT)
     m.accepted, m.accept_seconds, m.errors = outcome.accepted, outcome.seconds, outcome.errors
     if outcome.accepted:
         sink.expect(outcome.accepted)
@@ -344,18 +220,16 @@ def measure(relay: TaubeRelay | PostfixRelay, sink: Sink, loadgen_name: str, con
             m.errors[f"sink short of {outcome.accepted} after {FORWARD_TIMEOUT:.0f} s"] = 1
         else:
             m.end_to_end_seconds = reached - began
-    m.queue_left, m.drained_seconds = wait_drained(relay, began)
-    cpu_after = relay.cpu_seconds()
-    if cpu_before is not None and cpu_after is not None:
-        m.relay_cpu_seconds = cpu_after - cpu_before
+    m.queue_left, m.drained_seconds = poll(relay.queued_count, lambda left: left == 0,
+                                           DRAIN_TIMEOUT, began)
+    m.relay_cpu_seconds = cpu_used(cpu_before, relay.cpu_seconds())
     return m
 
 
 def measure_fresh(implementation: str, loadgen_name: str, concurrency: int, run: int,
                   messages: int, size: int) -> Measurement:
     """Fresh sink and relay in a fresh directory; measure once; stop both; remove it."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"taube-relay-bench-{implementation}-"))
-    try:
+    with fresh_directory(f"taube-relay-bench-{implementation}-") as workdir:
         sink = Sink(workdir)
         sink.start()
         time.sleep(0.05)  # let the counter thread see the readiness probe's session
@@ -374,20 +248,8 @@ def measure_fresh(implementation: str, loadgen_name: str, concurrency: int, run:
             sink.stop()
         if m.errors or m.lost_or_extra or not m.clean:
             stem = f"{implementation}-{loadgen_name}-c{concurrency}-run{run}"
-            m.server_log = keep_log_as(relay.log, stem)
+            m.server_log = keep_log(relay.log, LOGS, stem)
         return m
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        os.sync()  # the next measurement must not pay for this one's writeback
-
-
-def keep_log_as(log: Path, stem: str) -> str | None:
-    if not log.exists():
-        return None
-    kept = LOGS / f"{stem}.log"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(log, kept)
-    return str(kept)
 
 
 def describe(m: Measurement) -> str:
@@ -412,31 +274,9 @@ def describe(m: Measurement) -> str:
     return text
 
 
-def run_all(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, str]]:
-    skipped: dict[str, str] = {}
-    if smtp_source_path() is None and "smtp-source" in args.loadgens:
-        skipped["smtp-source"] = "not installed (bash bench/install-peers.sh)"
-    measurements: list[Measurement] = []
-    for run in range(1, args.runs + 1):
-        for concurrency in args.concurrency:
-            for implementation in args.only:
-                for loadgen_name in args.loadgens:
-                    if implementation in skipped or loadgen_name in skipped:
-                        continue
-                    try:
-                        m = measure_fresh(implementation, loadgen_name, concurrency, run,
-                                          args.messages, args.size)
-                    except ServerUnavailable as exc:
-                        # Without smtp-sink nothing can be measured; otherwise skip the relay.
-                        key = "smtp-sink" if "smtp-sink" in str(exc) else implementation
-                        skipped[key] = str(exc)
-                        print(f"skipping {key}: {exc}", file=sys.stderr, flush=True)
-                        if key == "smtp-sink":
-                            return measurements, skipped
-                        continue
-                    measurements.append(m)
-                    print(describe(m), file=sys.stderr, flush=True)
-    return measurements, skipped
+def skip_as(implementation: str, exc: ServerUnavailable) -> str:
+    """Without smtp-sink nothing can be measured; otherwise skip the relay."""
+    return "smtp-sink" if "smtp-sink" in str(exc) else implementation
 
 
 # --- summary -----------------------------------------------------------------------------------
@@ -457,40 +297,24 @@ class Row:
     notes: str = ""
 
 
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def summarize(measurements: list[Measurement]) -> list[Row]:
-    groups: dict[tuple[str, str, int], list[Measurement]] = {}
-    for m in measurements:
-        groups.setdefault((m.implementation, m.loadgen, m.concurrency), []).append(m)
+    groups = group_by(measurements, lambda m: (m.implementation, m.loadgen, m.concurrency))
     rows = []
     for (implementation, loadgen_name, concurrency), group in groups.items():
         valid = [m for m in group if m.clean]
         accept = [m.accept_rate for m in valid if m.accept_rate]
         e2e = [m.end_to_end_rate for m in valid if m.end_to_end_rate]
         cpu = [m.relay_cpu_ms_per_message for m in valid if m.relay_cpu_ms_per_message]
-        errors = Counter[str]()
-        for m in group:
-            errors.update(m.errors)
         notes = []
         if bad := sum(m.lost_or_extra for m in group):
             notes.append(f"LOST/EXTRA/STUCK in {bad} run(s)")
-        if errors:
-            notes.append(f"{sum(errors.values())} error(s)")
+        if errors := errors_note(group):
+            notes.append(errors)
         rows.append(Row(implementation, loadgen_name, concurrency, median(accept), median(e2e),
                         min(e2e, default=None), max(e2e, default=None), len(valid), len(group),
                         relay_cpu_ms_per_message=median(cpu), notes="; ".join(notes)))
-    taube = {(r.loadgen, r.concurrency): r for r in rows if r.implementation == "taube"}
-    for row in rows:
-        ref = taube.get((row.loadgen, row.concurrency))
-        if ref is None:
-            continue
-        if ref.accept_median and row.accept_median:
-            row.accept_ratio = ref.accept_median / row.accept_median
-        if ref.end_to_end_median and row.end_to_end_median:
-            row.end_to_end_ratio = ref.end_to_end_median / row.end_to_end_median
+    add_ratios(rows, lambda r: (r.loadgen, r.concurrency),
+               {"accept_ratio": "accept_median", "end_to_end_ratio": "end_to_end_median"})
     return sorted(rows, key=lambda r: (r.concurrency, r.loadgen, r.implementation != "taube"))
 
 
@@ -513,101 +337,46 @@ def table_cells(row: Row) -> list[str]:
             row.notes]
 
 
-def print_table(rows: list[Row], title: str) -> None:
-    cells = [HEADERS, *(table_cells(row) for row in rows)]
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
-        print(title)
-        for line in cells:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
-        return
-    table = Table(title=title)
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header in ("implementation", "load generator",
-                                                              "notes") else "right")
-    for line in cells[1:]:
-        table.add_row(*line)
-    console = Console()
-    console.width = max(console.width, 150)
-    console.print(table)
-
-
-def conditions(args: argparse.Namespace) -> dict[str, object]:
-    from datetime import datetime, timezone
-    import platform
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "taube_commit": command_output(["git", "rev-parse", "--short", "HEAD"]),
-        # Uncommitted changes under src/ at the start: the commit alone does not say what ran.
-        "taube_src_modified": bool(command_output(["git", "status", "--porcelain", "--", "src"])),
-        "postfix": command_output(["postconf", "-d", "-h", "mail_version"]) or None,
-        "messages": args.messages,
-        "size": args.size,
-        "runs": args.runs,
-        "concurrency": args.concurrency,
-        "loadgens": args.loadgens,
-        "recipient": RECIPIENT,
-    }
-
-
-def write_json(path: Path, header: dict[str, object], skipped: dict[str, str],
-               measurements: list[Measurement], rows: list[Row]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {
-        "conditions": header,
-        "skipped": skipped,
-        "summary": [asdict(row) for row in rows],
-        "measurements": [asdict(m) | {"accept_rate": m.accept_rate,
-                                      "end_to_end_rate": m.end_to_end_rate,
-                                      "relay_cpu_share": m.relay_cpu_share,
-                                      "relay_cpu_ms_per_message": m.relay_cpu_ms_per_message,
-                                      "lost_or_extra": m.lost_or_extra, "clean": m.clean}
-                         for m in measurements],
-    }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+def derived(m: Measurement) -> dict[str, object]:
+    """What the JSON file adds to each measurement's fields."""
+    return {"accept_rate": m.accept_rate, "end_to_end_rate": m.end_to_end_rate,
+            "relay_cpu_share": m.relay_cpu_share,
+            "relay_cpu_ms_per_message": m.relay_cpu_ms_per_message,
+            "lost_or_extra": m.lost_or_extra, "clean": m.clean}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs per cell (median reported)")
-    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
-    parser.add_argument("--size", type=int, default=1024, help="message size in bytes")
-    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in csv_list(s)],
-                        default=[1, 20], help="comma-separated client counts (default 1,20)")
-    parser.add_argument("--only", type=lambda s: checked_choices(s, IMPLEMENTATIONS),
-                        default=list(IMPLEMENTATIONS), help="relays: taube,postfix")
-    parser.add_argument("--loadgens", type=lambda s: checked_choices(s, LOADGENS),
-                        default=["smtp-source"], help="load generators: smtp-source,loadgen "
-                                                      "(default smtp-source)")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
+    parser = new_parser(__doc__)
+    add_runs_messages_size(parser, messages=2000, messages_help="messages per run", size=1024)
+    add_concurrency(parser, [1, 20])
+    add_choices(parser, "--only", IMPLEMENTATIONS, "relays: taube,postfix")
+    add_choices(parser, "--loadgens", LOADGENS,
+                "load generators: smtp-source,loadgen (default smtp-source)",
+                default=["smtp-source"])
+    add_json(parser, RESULTS)
     args = parser.parse_args()
-    if args.runs < 1 or args.messages < 1 or min(args.concurrency, default=0) < 1:
-        parser.error("--runs, --messages and --concurrency must be positive")
+    require_positive(parser, args)
     return args
 
 
 def main() -> int:
     args = parse_args()
     shutil.rmtree(LOGS, ignore_errors=True)  # logs of failed runs: only this run's
-    header = conditions(args)
+    header = conditions(src_modified=True, postfix=postfix_version(), messages=args.messages,
+                        size=args.size, runs=args.runs, concurrency=args.concurrency,
+                        loadgens=args.loadgens, recipient=RECIPIENT)
     print(f"{header['date']}: relay of {args.messages} x {args.size} B messages to "
           f"{RECIPIENT}, {args.runs} run(s), concurrency {args.concurrency}, "
-          f"{header['cpus']} CPUs, load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    measurements, skipped = run_all(args)
+          f"{machine_now(header)}", file=sys.stderr)
+    measurements, skipped = run_interleaved(args, measure_fresh, describe, skip_as=skip_as,
+                                            fatal={"smtp-sink"})
     rows = summarize(measurements)
-    print_table(rows, f"SMTP relay to smtp-sink, durable queue, {args.size} B messages, "
-                      f"{args.messages} per run, median of {args.runs}")
-    for name, reason in skipped.items():
-        print(f"skipped {name}: {reason.splitlines()[0]}")
-    write_json(args.json, header, skipped, measurements, rows)
-    print(f"results written to {args.json}")
+    print_table(f"SMTP relay to smtp-sink, durable queue, {args.size} B messages, "
+                f"{args.messages} per run, median of {args.runs}",
+                HEADERS, [table_cells(row) for row in rows],
+                {"implementation", "load generator", "notes"}, 150)
+    print_skipped(skipped)
+    write_results(args.json, header, skipped, measurements, rows, derived)
     if any(m.lost_or_extra for m in measurements):
         print("FAILURE: a sink did not receive exactly the acknowledged messages, or a queue "
               "kept some", file=sys.stderr)

@@ -52,14 +52,25 @@ class Server(Protocol):
         ...
 
 
-def spawn(command: list[str], log_path: Path, cwd: Path, *, append: bool = False) -> subprocess.Popen[bytes]:
-    """Start a server with its output in ``log_path``; ServerUnavailable if it cannot run."""
+def spawn(command: list[str], log_path: Path, cwd: Path, *, append: bool = False,
+          pipe_stdout: bool = False) -> subprocess.Popen[bytes]:
+    """Start a server with its output in ``log_path``; ServerUnavailable if it cannot run.
+
+    With ``pipe_stdout`` only its standard error goes to the log; the caller reads its standard
+    output from ``process.stdout``.
+    """
     with log_path.open("ab" if append else "wb") as log:
         try:
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=cwd)
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE if pipe_stdout else log,
+                                    stderr=log if pipe_stdout else subprocess.STDOUT, cwd=cwd)
         except OSError as exc:
             raise ServerUnavailable(f"cannot run {command[0]}: {exc}") from exc
+
+
+def sbin_tool(name: str) -> str:
+    """Where a Postfix or Dovecot program is: on the PATH, else in /usr/sbin (may not exist)."""
+    return shutil.which(name) or f"/usr/sbin/{name}"
 
 
 def free_port() -> int:
@@ -113,12 +124,13 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def greeting_ok(port: int) -> bool:
-    """True once the server accepts a connection and greets with 220."""
+def greeting_ok(port: int, greeting: bytes = b"220") -> bool:
+    """True once the server accepts a connection and greets with ``greeting`` (SMTP's 220,
+    POP3's +OK); the probe then says QUIT."""
     try:
         with socket.create_connection((HOST, port), timeout=2.0) as sock:
-            greeting = sock.makefile("rb").readline()
-            if not greeting.startswith(b"220"):
+            line = sock.makefile("rb").readline()
+            if not line.startswith(greeting):
                 return False
             sock.sendall(b"QUIT\r\n")
             return True
@@ -127,17 +139,17 @@ def greeting_ok(port: int) -> bool:
 
 
 def wait_ready(port: int, deadline: float, process: subprocess.Popen[bytes] | None,
-               log: Path) -> None:
+               log: Path, greeting: bytes = b"220") -> None:
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             tail = log_tail(log)
             raise ServerUnavailable(f"exited with status {process.returncode}: "
                                     f"{tail.splitlines()[-1] if tail else 'no output'}\n{tail}")
-        if greeting_ok(port):
+        if greeting_ok(port, greeting):
             return
         time.sleep(0.05)
-    raise ServerUnavailable(f"no 220 greeting on {HOST}:{port} within {START_TIMEOUT:.0f} s:\n"
-                            f"{log_tail(log)}")
+    raise ServerUnavailable(f"no {greeting.decode()} greeting on {HOST}:{port} within "
+                            f"{START_TIMEOUT:.0f} s:\n{log_tail(log)}")
 
 
 def terminate(process: subprocess.Popen[bytes]) -> None:
@@ -153,11 +165,30 @@ def terminate(process: subprocess.Popen[bytes]) -> None:
         process.wait(STOP_TIMEOUT)
 
 
+def run_taube(executable: Path, config: Path, cwd: Path, *args: str, stdin: bytes = b"") -> None:
+    """``taube ARGS --config CONFIG`` to completion; ServerUnavailable if it fails."""
+    command = [str(executable), *args, "--config", str(config)]
+    try:
+        done = subprocess.run(command, input=stdin, capture_output=True, cwd=cwd,
+                              timeout=START_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ServerUnavailable(f"`taube {' '.join(args)}` did not finish") from exc
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace").strip()
+        last_line = output.splitlines()[-1] if output else "no output"
+        raise ServerUnavailable(f"`taube {' '.join(args)}` failed ({done.returncode}): "
+                                f"{last_line}\n{output[-1500:]}")
+
+
 class ProcessServer:
     """A server that is one child process, stopped with SIGTERM."""
 
     name = "process"
     delivers_later = False
+    greeting = b"220"  # what its readiness probe waits for
+    append_log = False  # keep what prepare() wrote to the log
+    pipe_stdout = False  # standard output to process.stdout, only standard error to the log
+    count_children_cpu = False  # cpu_seconds() includes its child processes
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -176,12 +207,18 @@ class ProcessServer:
 
     def start(self) -> None:
         self.prepare()
-        self.process = spawn(self.command(), self.log, self.workdir)
+        self.process = spawn(self.command(), self.log, self.workdir, append=self.append_log,
+                             pipe_stdout=self.pipe_stdout)
+        self.started()
         try:
-            wait_ready(self.port, time.monotonic() + START_TIMEOUT, self.process, self.log)
+            wait_ready(self.port, time.monotonic() + START_TIMEOUT, self.process, self.log,
+                       self.greeting)
         except ServerUnavailable:
             self.stop()
             raise
+
+    def started(self) -> None:
+        """Called once the process is running, before waiting for its greeting."""
 
     def stop(self) -> None:
         if self.process is not None:
@@ -192,12 +229,20 @@ class ProcessServer:
         return None if folder is None else count_files(folder)
 
     def cpu_seconds(self) -> float | None:
-        return None if self.process is None else process_cpu_seconds(self.process.pid)
+        if self.process is None:
+            return None
+        if self.count_children_cpu:
+            return process_tree_cpu_seconds(self.process.pid)
+        return process_cpu_seconds(self.process.pid)
 
 
 class TaubeServer(ProcessServer):
+    """``taube serve`` with [smtp] on the port, delivering ``users`` of ``domain`` locally."""
+
     name = "taube"
     executable = VENV_BIN / "taube"
+    domain = DOMAIN
+    users: tuple[str, ...] = (USER,)  # added with `taube user add`
 
     @property
     def config(self) -> Path:
@@ -207,9 +252,9 @@ class TaubeServer(ProcessServer):
         return [str(self.executable), "serve", "--config", str(self.config)]
 
     def config_text(self) -> str:
-        return (f'hostname = "{DOMAIN}"\n'
+        return (f'hostname = "{self.domain}"\n'
                 'data_dir = "var"\n'
-                f'domains = ["{DOMAIN}"]\n'
+                f'domains = ["{self.domain}"]\n'
                 'trusted_networks = ["127.0.0.0/8"]\n'
                 "[smtp]\n"
                 f'listen = ["{HOST}:{self.port}"]\n'
@@ -220,21 +265,12 @@ class TaubeServer(ProcessServer):
         if not self.executable.exists():
             raise ServerUnavailable(f"{self.executable} is not installed")
         self.config.write_text(self.config_text())
-        add_user = [str(self.executable), "user", "add", f"{USER}@{DOMAIN}",
-                    "--config", str(self.config)]
-        try:
-            done = subprocess.run(add_user, input=b"bench-password\n", capture_output=True,
-                                  cwd=self.workdir, timeout=START_TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
-            raise ServerUnavailable("`taube user add` did not finish") from exc
-        if done.returncode != 0:
-            output = (done.stdout + done.stderr).decode(errors="replace").strip()
-            last_line = output.splitlines()[-1] if output else "no output"
-            raise ServerUnavailable(f"`taube user add` failed ({done.returncode}): {last_line}\n"
-                                    f"{output[-1500:]}")
+        for user in self.users:
+            run_taube(self.executable, self.config, self.workdir, "user", "add",
+                      f"{user}@{self.domain}", stdin=b"bench-password\n")
 
     def maildir_new(self) -> Path:
-        return self.workdir / "var" / "mail" / DOMAIN / USER / "new"
+        return self.workdir / "var" / "mail" / self.domain / USER / "new"
 
 
 class AiosmtpdServer(ProcessServer):
@@ -254,11 +290,12 @@ class SmtpSinkServer(ProcessServer):
 
     name = "smtp-sink"
     backlog = 1024
+    options: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
-        executable = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        return [executable, *user, f"{HOST}:{self.port}", str(self.backlog)]
+        return [sbin_tool("smtp-sink"), *user, *self.options, f"{HOST}:{self.port}",
+                str(self.backlog)]
 
     def prepare(self) -> None:
         if not Path(self.command()[0]).exists():
@@ -266,15 +303,19 @@ class SmtpSinkServer(ProcessServer):
 
 
 class PostfixServer:
-    """A private Postfix instance; acknowledges after its queue fsync, delivers afterwards."""
+    """A private Postfix instance; acknowledges after its queue fsync, delivers afterwards.
+
+    With ``relayhost`` (``[127.0.0.1]:PORT``) it relays everything not for ``domain`` there.
+    """
 
     name = "postfix"
     delivers_later = True
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, domain: str = DOMAIN, relayhost: str | None = None) -> None:
         self.port = free_port()
-        self.instance = PostfixInstance(workdir, HOST, self.port, DOMAIN, USER,
-                                        delivery_user=pwd.getpwnam("nobody"))
+        self.instance = PostfixInstance(workdir, HOST, self.port, domain, USER,
+                                        delivery_user=pwd.getpwnam("nobody"),
+                                        relayhost=relayhost)
         self.log = self.instance.log
 
     def start(self) -> None:
@@ -293,6 +334,10 @@ class PostfixServer:
 
     def stored_count(self) -> int:
         return count_files(self.instance.maildir_new)
+
+    def queued_count(self) -> int:
+        """Messages still in its queue."""
+        return self.instance.queued_count()
 
     def cpu_seconds(self) -> None:
         """Postfix is a dozen processes that come and go: not measured."""
