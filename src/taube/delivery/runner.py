@@ -215,21 +215,23 @@ class QueueRunner:
     def wake(self, queue_id: str | None = None) -> None:
         """Look at the queue now. With ``queue_id`` (a message just committed): only at that
         entry, without listing the whole queue; without: a full scan (flush, requests).
-        Safe from any thread."""
+        Safe from any thread: from another one it is passed to the runner's event loop."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                    loop.call_soon_threadsafe(self.wake, queue_id)
+                return
         if queue_id is None:
             self._full = True
         else:
             self._fresh.add(queue_id)
-        if self._wake is None or self._loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
+        if self._wake is not None:
             self._wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake.set)
 
     def flush(self, domain: str | None, *, subdomains: bool = False) -> int:
         """ETRN and ``taube queue flush``: every pending recipient in ``domain`` is due now."""
