@@ -67,8 +67,10 @@ class RunnerProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="queue runner supervisor")
 
@@ -105,6 +107,17 @@ class RunnerProcess:
 
     # --- QueueControl --------------------------------------------------------------------------
     def wake(self, queue_id: str | None = None) -> None:
+        """Safe from any thread: from another one it is passed to the server's event loop."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                    loop.call_soon_threadsafe(self.wake, queue_id)
+                return
         self._send(f"wake {queue_id}" if queue_id else "scan")
 
     def flush(self, domain: str | None, *, subdomains: bool = False) -> int:
