@@ -17,7 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .config import ConfigError, Settings, load_settings
-from .delivery.dns import Resolver
 from .delivery.reports import Reporter
 from .delivery.process import RunnerProcess
 from .delivery.runner import QueueRunner
@@ -53,6 +52,8 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         if tls is not None:
             tls.reload()
         runner, reporter = previous.runner, previous.reporter
+        if reporter is not None:
+            reporter.settings = settings
         if isinstance(runner, QueueRunner):
             runner.reconfigure(settings)
         elif isinstance(runner, RunnerProcess):
@@ -64,18 +65,14 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
         state = LocalState()
         tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)
-        reporter = Reporter(spool, directory, settings.hostname, postmaster=lambda: settings.postmaster)
+        reporter = Reporter(spool, directory, settings)
         runner: QueueRunner | RunnerProcess
         if settings.delivery.runner_process:
             runner = RunnerProcess(settings, spool.queue)
         else:
-            runner = QueueRunner(settings=settings, store=spool.queue, reporter=reporter,
-                                 resolver=Resolver(settings.dns.nameservers, settings.dns.timeout))
-    services = Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
-                        spool=spool, state=state, tls=tls, runner=runner, reporter=reporter)
-    if reporter is not None:
-        reporter.postmaster = lambda: postmaster_address(services)
-    return services
+            runner = QueueRunner.for_spool(settings, spool, reporter)
+    return Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
+                    spool=spool, state=state, tls=tls, runner=runner, reporter=reporter)
 
 
 class App:

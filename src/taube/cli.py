@@ -237,8 +237,6 @@ def alias_list(config: Path | None) -> None:
 # Read-only except for `delete`, and safe while the server runs: the queue store's files are only
 # ever replaced by atomic renames, and QueueStore.remove takes the envelope away before the data.
 
-# Recipient states after which the queue runner no longer tries a recipient.
-_FINISHED = frozenset({"delivered", "bounced", "failed"})
 _ERROR_WIDTH = 50  # characters of the last error shown by `queue list`
 _PROGRESS_FROM = 100  # `queue delete --all` shows a progress bar from this many entries (on a TTY)
 _LIST_HEADERS = ("id", "age", "size", "sender", "recipients", "next attempt", "last error")
@@ -309,7 +307,9 @@ def _load_entry(store: QueueStore, queue_id: str) -> QueueEntry:
 
 def _pending(entry: QueueEntry) -> list[QueuedRecipient]:
     """The recipients still to be delivered."""
-    return [r for r in entry.recipients if r.status not in _FINISHED]
+    from .queue.spool import FINAL
+
+    return [r for r in entry.recipients if r.status not in FINAL]
 
 
 def _list_row(entry: QueueEntry, now: float) -> list[str]:
@@ -562,8 +562,6 @@ _timeout_option = click.option("--timeout", type=click.FloatRange(min=0), defaul
 def queue_flush(domain: str | None, wait: bool, timeout: float, config: Path | None) -> None:
     """Try every deferred message now, or only those for DOMAIN (and, as "@DOMAIN", its
     subdomains), as ETRN does."""
-    from .delivery.runner import PENDING
-
     settings = load_settings(config)
     store = _queue_store(config)
     subdomains = False
@@ -573,14 +571,7 @@ def queue_flush(domain: str | None, wait: bool, timeout: float, config: Path | N
         domain = domain.strip().lower().rstrip(".")
         if not domain:
             raise _Failure("give a domain, e.g. example.org or @example.org")
-    ids = []
-    for entry in store.list():
-        for r in entry.recipients:
-            recipient_domain = r.address.rpartition("@")[2].lower()
-            if r.status in PENDING and (domain is None or recipient_domain == domain
-                                        or (subdomains and recipient_domain.endswith("." + domain))):
-                ids.append(entry.queue_id)
-                break
+    ids = [entry.queue_id for entry in store.list() if entry.waiting_for(domain, subdomains)]
     if not ids:
         click.echo("no messages waiting" + (f" for {domain}" if domain else ""))
         return

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from taube.config import ConfigError, Settings, load_settings, parse_next_hop, split_nameserver
 from taube.delivery.runner import Route, Router
@@ -30,7 +31,7 @@ def test_parse_next_hop(hop, expected):
 
 @pytest.mark.parametrize("hop", ["", "host:0", "host:99999", "a b", "[unclosed:25"])
 def test_bad_next_hop_is_refused(hop):
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         settings(f'[delivery]\nrelayhost = "{hop}"\n')
 
 
@@ -47,7 +48,7 @@ def test_nameserver_entries(entry, expected):
 
 @pytest.mark.parametrize("entry", ["ns.example.org", "127.0.0.1:0", "1.2.3.4:70000", ""])
 def test_bad_nameserver_is_refused(entry):
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         settings(f'[dns]\nnameservers = ["{entry}"]\n')
 
 
@@ -66,14 +67,14 @@ def test_backoff_and_delay_warning_accept_durations():
     s = settings('[queue]\nbackoff = ["1m", 120, "1h"]\ndelay_warning = 0\n')
     assert s.queue.backoff == [60, 120, 3600]
     assert s.queue.delay_warning == 0
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         settings("[queue]\nbackoff = []\n")
 
 
 def test_relayhost_auth_needs_both_keys_and_a_relayhost():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         settings('[delivery]\nrelayhost = "[smtp.example.net]:587"\nrelayhost_user = "me"\n')
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         settings('[delivery]\nrelayhost_user = "me"\nrelayhost_password_file = "pw"\n')
 
 

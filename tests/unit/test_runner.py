@@ -35,8 +35,7 @@ class World:
         self.directory.add_user("alice@a.test", "pw-alice-123")
         self.directory.add_user("postmaster@a.test", "pw-postmaster-123")
         self.spool = Spool(root, "mail.a.test", MaildirStore(root / "mail"))
-        self.reporter = Reporter(self.spool, self.directory, "mail.a.test",
-                                 postmaster=lambda: "postmaster@a.test")
+        self.reporter = Reporter(self.spool, self.directory, self.settings)
         self.runner = QueueRunner(settings=self.settings, store=self.spool.queue,
                                   reporter=self.reporter, resolver=Resolver(["127.0.0.1:9"]),
                                   clock=lambda: self.now)
@@ -164,12 +163,12 @@ def test_deleted_during_delivery_is_not_recreated(world: World) -> None:
 def test_scan_skips_damaged_envelopes_and_reads_changed_ones(world: World) -> None:
     queue_id = world.queue()
     (world.spool.queue.envelopes / "0damaged.json").write_text("{not json")
-    first = world.runner._entries()
+    first = world.spool.queue.list()
     assert [e.queue_id for e in first] == [queue_id]
     world.attempt(queue_id)
-    second = world.runner._entries()
+    second = world.spool.queue.list()
     assert second[0].recipients[0].attempts == 1
-    assert world.runner._entries()[0] is second[0]  # unchanged file: not parsed again
+    assert world.spool.queue.list()[0] is second[0]  # unchanged file: not parsed again
 
 
 def test_flush_makes_recipients_due_by_domain(world: World) -> None:

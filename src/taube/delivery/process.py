@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..config import ConfigError, Settings, load_settings
 from ..queue.spool import QueueStore
-from .runner import PENDING, QueueRunner
+from .runner import QueueRunner, hand_to_loop
 
 __all__ = ["MAX_LINE", "RunnerProcess", "count_pending", "main"]
 
@@ -46,15 +46,7 @@ THREADS = 16
 def count_pending(store: QueueStore, domain: str | None, subdomains: bool) -> int:
     """Messages with a recipient waiting in ``domain`` (None: any), as ETRN reports them."""
     domain = domain.lower().rstrip(".") if domain else None
-    count = 0
-    for entry in store.list():
-        for r in entry.recipients:
-            recipient_domain = r.address.rpartition("@")[2].lower()
-            if r.status in PENDING and (domain is None or recipient_domain == domain
-                                        or (subdomains and recipient_domain.endswith("." + domain))):
-                count += 1
-                break
-    return count
+    return sum(1 for entry in store.list() if entry.waiting_for(domain, subdomains))
 
 
 class RunnerProcess:
@@ -108,16 +100,8 @@ class RunnerProcess:
     # --- QueueControl --------------------------------------------------------------------------
     def wake(self, queue_id: str | None = None) -> None:
         """Safe from any thread: from another one it is passed to the server's event loop."""
-        loop = self._loop
-        if loop is not None:
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is not loop:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-                    loop.call_soon_threadsafe(self.wake, queue_id)
-                return
+        if hand_to_loop(self._loop, self.wake, queue_id):
+            return
         self._send(f"wake {queue_id}" if queue_id else "scan")
 
     def flush(self, domain: str | None, *, subdomains: bool = False) -> int:
@@ -179,17 +163,13 @@ def build_runner(settings: Settings) -> QueueRunner:
     from ..directory.sqlite import SQLiteDirectory
     from ..queue.spool import Spool
     from ..store.maildir import MaildirStore
-    from .dns import Resolver
-    from .reports import Reporter, postmaster_for
+    from .reports import Reporter
 
     data = settings.data_dir
     directory = SQLiteDirectory(data / "taube.db", settings.domains,
                                 legacy_secrets=settings.auth.legacy_secrets)
     spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
-    reporter = Reporter(spool, directory, settings.hostname,
-                        postmaster=lambda: postmaster_for(settings, directory))
-    return QueueRunner(settings=settings, store=spool.queue, reporter=reporter,
-                       resolver=Resolver(settings.dns.nameservers, settings.dns.timeout))
+    return QueueRunner.for_spool(settings, spool, Reporter(spool, directory, settings))
 
 
 async def _serve(settings: Settings, fd: int) -> int:

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from ..config import Settings
 from ..directory.base import Directory
 from ..directory.resolve import resolve_recipient
 from ..queue.bounce import RecipientReport, ReturnContent, build_dsn
-from ..queue.envelope import Envelope, Target
+from ..queue.envelope import Envelope
 from ..queue.spool import Spool
 
-__all__ = ["NOTICE_PARAM", "Reporter", "postmaster_for"]
+__all__ = ["NOTICE_PARAM", "Reporter", "original_recipient", "postmaster_for", "wants"]
 
 log = logging.getLogger("taube.delivery")
 
@@ -46,15 +46,35 @@ def postmaster_for(settings: Settings, directory: Directory) -> str:
     return f"{pm}@{domains[0] if domains else settings.hostname}"
 
 
-class Reporter:
-    """Builds reports and submits them; blocking (file I/O and fsync): call it in a worker thread."""
+def wants(notify: Sequence[str] | None, kind: str) -> bool:
+    """Whether a recipient's RFC 3461 NOTIFY asks for a ``kind`` ("SUCCESS", "FAILURE",
+    "DELAY") report; without NOTIFY failures and delays are reported (4.1: the MTA's choice)."""
+    if notify is None:
+        return kind in ("FAILURE", "DELAY")
+    return kind in notify
 
-    def __init__(self, spool: Spool, directory: Directory, hostname: str,
-                 postmaster: Callable[[], str]) -> None:
+
+def original_recipient(orcpt: str | None, original: str) -> str | None:
+    """A report's Original-Recipient: the ORCPT address if one was given (None if it is of a
+    type we cannot show), else the address as given in RCPT TO."""
+    if orcpt:
+        kind, _, value = orcpt.partition(";")
+        return value.strip() if kind.strip().lower() in ("rfc822", "utf-8") and value.strip() else None
+    return original
+
+
+class Reporter:
+    """Builds reports and submits them; blocking (file I/O and fsync): call it in a worker thread.
+    ``settings`` may be replaced on reload (the postmaster address follows it)."""
+
+    def __init__(self, spool: Spool, directory: Directory, settings: Settings) -> None:
         self.spool = spool
         self.directory = directory
-        self.hostname = hostname
-        self.postmaster = postmaster
+        self.settings = settings
+        self.hostname = settings.hostname
+
+    def postmaster(self) -> str:
+        return postmaster_for(self.settings, self.directory)
 
     def send(self, *, to: str, queue_id: str, arrival: float, reports: Sequence[RecipientReport],
              original: BinaryIO, return_content: ReturnContent, envid: str | None,
@@ -74,7 +94,7 @@ class Reporter:
         if resolution.status == "unknown_user":
             log.warning("%s: report to <%s> dropped: no such local user", about, to)
             return None
-        targets = tuple(_unique(resolution.targets))
+        targets = resolution.targets  # each destination once already
         queue_id = self.spool.new_queue_id()
         params = {NOTICE_PARAM: notice}
         if not message.isascii():
@@ -92,12 +112,3 @@ class Reporter:
         log.info("%s: report %s to=<%s> (%s)", about, queue_id, to, notice)
         return queue_id
 
-
-def _unique(targets: Sequence[Target]) -> list[Target]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for target in targets:
-        if (target.kind, target.address) not in seen:
-            seen.add((target.kind, target.address))
-            out.append(target)
-    return out

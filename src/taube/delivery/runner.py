@@ -33,24 +33,23 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from ..config import ConfigError, Settings, parse_listen, parse_next_hop
-from ..queue.bounce import RecipientReport
-from ..queue.spool import QueuedRecipient, QueueEntry, QueueStore
+from ..queue.bounce import RecipientReport, single_line
+from ..queue.spool import FINAL, PENDING, QueuedRecipient, QueueEntry, QueueStore, Spool
 from .client import OutboundConnection, OutRecipient, SMTPClientError, TransactionResult
 from .dns import DNSFailure, MXHost, Resolver, is_ip_literal
-from .reports import NOTICE_PARAM, Reporter
+from .reports import NOTICE_PARAM, Reporter, original_recipient, wants
 
-__all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "request_path"]
+__all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "hand_to_loop", "request_path",
+           "write_request"]
 
 log = logging.getLogger("taube.delivery")
 
-PENDING = frozenset({"queued", "deferred"})
-FINAL = frozenset({"delivered", "bounced", "failed"})
 REQUESTS = "requests"  # <data_dir>/queue/requests: flush/retry requests of the CLI
 
 
@@ -183,6 +182,7 @@ class QueueRunner:
         self.reporter = reporter
         self.resolver = resolver
         self.router = Router(settings)
+        self._listening = _listening(settings)
         self.clock = clock
         self.requests = request_path(settings.data_dir)
         self.requests.mkdir(parents=True, exist_ok=True)
@@ -195,11 +195,15 @@ class QueueRunner:
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._cache: dict[str, tuple[tuple[int, int, int], QueueEntry]] = {}  # see _entries
         self._full = True  # a full scan is wanted
         self._fresh: set[str] = set()  # committed since the last scan: look at these at least
         self._next_scan = 0.0  # when the next full scan is due (the earliest next_attempt)
-        self._damaged: set[str] = set()  # damaged envelopes already logged
+
+    @classmethod
+    def for_spool(cls, settings: Settings, spool: Spool, reporter: Reporter) -> QueueRunner:
+        """The runner of ``spool``'s queue, with a resolver as ``[dns]`` says."""
+        return cls(settings=settings, store=spool.queue, reporter=reporter,
+                   resolver=Resolver(settings.dns.nameservers, settings.dns.timeout))
 
     def reconfigure(self, settings: Settings) -> None:
         """SIGHUP: new routes, limits and schedule for what is dispatched from now on."""
@@ -210,22 +214,15 @@ class QueueRunner:
             return
         self.settings = settings
         self.router = router
+        self._listening = _listening(settings)
 
     # --- control -----------------------------------------------------------------------------
     def wake(self, queue_id: str | None = None) -> None:
         """Look at the queue now. With ``queue_id`` (a message just committed): only at that
         entry, without listing the whole queue; without: a full scan (flush, requests).
         Safe from any thread: from another one it is passed to the runner's event loop."""
-        loop = self._loop
-        if loop is not None:
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is not loop:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-                    loop.call_soon_threadsafe(self.wake, queue_id)
-                return
+        if hand_to_loop(self._loop, self.wake, queue_id):
+            return
         if queue_id is None:
             self._full = True
         else:
@@ -238,8 +235,7 @@ class QueueRunner:
         count = 0
         domain = domain.lower().rstrip(".") if domain else None
         for entry in self.store.list():
-            wanted = {r.address for r in entry.recipients if r.status in PENDING
-                      and _matches(_domain(r.address), domain, subdomains)}
+            wanted = entry.waiting_for(domain, subdomains)
             if wanted:
                 self._force(entry.queue_id, wanted)
                 count += 1
@@ -333,7 +329,7 @@ class QueueRunner:
             entries = await loop.run_in_executor(None, self._load_some, sorted(only))
         else:
             self._take_requests()  # a few small files, on the loop: flush() is not thread-safe
-            entries = await loop.run_in_executor(None, self._entries)
+            entries = await loop.run_in_executor(None, self.store.list)
             queued = {entry.queue_id for entry in entries}
             for queue_id in [q for q, lock in self._locks.items() if q not in queued and not lock.locked()]:
                 del self._locks[queue_id]
@@ -370,37 +366,6 @@ class QueueRunner:
             except (FileNotFoundError, ValueError, TypeError, KeyError):
                 continue  # gone already (delivered, local only) or damaged: the full scan logs it
         return entries
-
-    def _entries(self) -> list[QueueEntry]:
-        """Every queued entry, oldest first. An envelope is parsed again only when its file
-        changed (every save is a new file: a new inode), so a scan of a large queue of waiting
-        messages costs a directory listing and a stat per entry, not a JSON parse."""
-        seen: dict[str, tuple[tuple[int, int, int], QueueEntry]] = {}
-        try:
-            with os.scandir(self.store.envelopes) as listing:
-                files = [(e.name, e) for e in listing if e.name.endswith(".json")]
-        except FileNotFoundError:
-            return []
-        for name, dir_entry in sorted(files):
-            try:
-                st = dir_entry.stat()
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-                cached = self._cache.get(name)
-                if cached is not None and cached[0] == key:
-                    seen[name] = cached
-                    continue
-                with open(dir_entry.path, "rb") as f:
-                    entry = QueueEntry.from_json(f.read())
-            except FileNotFoundError:
-                continue  # removed while we were listing
-            except (ValueError, TypeError, KeyError) as e:
-                if name not in self._damaged:
-                    log.error("queue: damaged envelope %s skipped: %s", name, e)
-                    self._damaged.add(name)
-                continue
-            seen[name] = (key, entry)
-        self._cache = seen
-        return [entry for _, entry in seen.values()]
 
     def _enqueue(self, route: Route, work: _Work) -> None:
         dest = self._destinations.get(route.key)
@@ -490,9 +455,7 @@ class QueueRunner:
         last = errors[-1]
         temporary = any(e.temporary for e in errors)
         if last.reply is not None:
-            status = last.reply.status()
-            if temporary and status.startswith("5"):
-                status = "4" + status[1:]
+            status = _as_temporary(last.reply.status()) if temporary else last.reply.status()
             raise _RouteFailure(temporary=temporary, status=status, text=str(last),
                                 diagnostic=last.reply.diagnostic(),
                                 remote_mta=hosts[-1].name if hosts else None, relay=last_relay)
@@ -522,11 +485,7 @@ class QueueRunner:
     def _is_me(self, host: MXHost, port: int) -> bool:
         if host.name.lower().rstrip(".") == self.settings.hostname:
             return True
-        listening = set()
-        for spec in self.settings.smtp.listen:
-            with contextlib.suppress(ValueError):
-                listening.add(parse_listen(spec))
-        return any((address, port) in listening for address in host.addresses)
+        return any((address, port) in self._listening for address in host.addresses)
 
     async def _deliver(self, connection: _Connection, work: _Work) -> bool:
         """One transaction for ``work``; False if the connection can no longer be used."""
@@ -549,19 +508,17 @@ class QueueRunner:
             result = await connection.conn.send(sender=entry.sender, recipients=out,
                                                  message=message, params=params)
         except SMTPClientError as e:
-            outcome = _Outcome(kind="deferred", status=e.reply.status() if e.reply else "4.4.2",
+            outcome = _Outcome(kind="deferred",
+                               status=_as_temporary(e.reply.status()) if e.reply else "4.4.2",
                                text=str(e), diagnostic=e.reply.diagnostic() if e.reply else None,
                                remote_mta=connection.remote_mta, relay=connection.relay)
-            if outcome.status.startswith("5"):
-                outcome = replace(outcome, status="4" + outcome.status[1:])
             await self._record(work, {r.address: outcome for r in recipients})
             return False
         await self._record(work, self._outcomes(result, connection), dsn_passed=result.dsn)
         return connection.conn.usable
 
     def _read_message(self, entry: QueueEntry) -> bytes:
-        with open(self.store.message_path(entry.queue_id), "rb") as message:
-            message.seek(entry.body_offset)
+        with self.store.open_message(entry.queue_id, entry.body_offset) as message:
             return message.read()
 
     @staticmethod
@@ -627,13 +584,13 @@ class QueueRunner:
             common = dict(attempts=attempts, last_attempt=now, remote_mta=o.remote_mta)
             if o.kind == "sent":
                 r = replace(r, status="delivered", last_error=None, **common)
-                if _wants(r, "SUCCESS") and not dsn_passed:
+                if wants(r.notify, "SUCCESS") and not dsn_passed:
                     relayed.append(_report(r, "relayed", o, now))
                 status = "sent"
             elif o.kind == "bounced" or expired:
                 final_status = "bounced" if entry.sender else "failed"
                 r = replace(r, status=final_status, last_error=_one_line(o.text), **common)
-                if _wants(r, "FAILURE"):
+                if wants(r.notify, "FAILURE"):
                     failed.append(_report(r, "failed", o, now))
                 status = "bounced" if o.kind == "bounced" else "expired"
             else:
@@ -641,7 +598,7 @@ class QueueRunner:
                 next_attempt = min(now + wait, max(entry.received_at + q.lifetime, now + 1.0))
                 r = replace(r, status="deferred", last_error=_one_line(o.text), next_attempt=next_attempt, **common)
                 if (q.delay_warning > 0 and not r.delay_warned and age >= q.delay_warning
-                        and _wants(r, "DELAY") and entry.sender):
+                        and wants(r.notify, "DELAY") and entry.sender):
                     delayed.append(_report(r, "delayed", o, now))
                     r = replace(r, delay_warned=True)
                 status = "deferred"
@@ -689,8 +646,7 @@ class QueueRunner:
 
     def _report(self, entry: QueueEntry, to: str, reports: Sequence[RecipientReport],
                 content: Literal["full", "headers"], notice: str = "dsn") -> None:
-        with open(self.store.message_path(entry.queue_id), "rb") as original:
-            original.seek(entry.body_offset)
+        with self.store.open_message(entry.queue_id, entry.body_offset) as original:
             report_id = self.reporter.send(
                 to=to, queue_id=entry.queue_id, arrival=entry.received_at, reports=reports,
                 original=original, return_content=content, envid=entry.params.get("ENVID"),
@@ -700,33 +656,43 @@ class QueueRunner:
 
 
 def _one_line(text: str, limit: int = 500) -> str:
-    """Remote text for a log line: control characters (a CR/LF could forge a log line) become
-    spaces, and it is cut at ``limit`` characters."""
-    clean = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).strip()
+    """Remote text for a log line and last_error: on one line (a CR/LF could forge a log
+    line), cut at ``limit`` characters."""
+    clean = single_line(text)
     return clean if len(clean) <= limit else clean[:limit] + "..."
 
 
-def _matches(domain: str, wanted: str | None, subdomains: bool) -> bool:
-    if wanted is None:
-        return True
-    return domain == wanted or (subdomains and domain.endswith("." + wanted))
+def _as_temporary(status: str) -> str:
+    """A status for a failure that is retried: a 5.x.x of a whole attempt (a greeting, a lost
+    connection) becomes 4.x.x, as the recipient is deferred, not bounced."""
+    return "4" + status[1:] if status.startswith("5") else status
 
 
-def _wants(r: QueuedRecipient, kind: str) -> bool:
-    """RFC 3461 4.1: without NOTIFY, failures (and delays, at the MTA's choice) are reported."""
-    if r.notify is None:
-        return kind in ("FAILURE", "DELAY")
-    return kind in r.notify
+def _listening(settings: Settings) -> set[tuple[str, int]]:
+    """The addresses this server's SMTP listens on (an MX among them is this server)."""
+    listening = set()
+    for spec in settings.smtp.listen:
+        with contextlib.suppress(ValueError):
+            listening.add(parse_listen(spec))
+    return listening
 
 
-def _original(r: QueuedRecipient) -> str | None:
-    """The Original-Recipient: the ORCPT address if one was given, else the RCPT address."""
-    if r.orcpt:
-        kind, _, value = r.orcpt.partition(";")
-        if kind.strip().lower() in ("rfc822", "utf-8") and value.strip():
-            return value.strip()
-        return None
-    return r.original
+def hand_to_loop(loop: asyncio.AbstractEventLoop | None, callback: Callable[..., object],
+                 *args: object) -> bool:
+    """From a thread other than ``loop``'s: schedule ``callback(*args)`` on ``loop`` and return
+    True (the caller returns at once). On the loop's own thread, or before there is a loop:
+    False, the caller goes on. A closed loop (shutting down) drops the call."""
+    if loop is None:
+        return False
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return False
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+    return True
 
 
 def _report(r: QueuedRecipient, action: Literal["failed", "delayed", "relayed"], o: _Outcome,
@@ -736,7 +702,7 @@ def _report(r: QueuedRecipient, action: Literal["failed", "delayed", "relayed"],
         status = "2.0.0" if not status.startswith("2") else status
     elif action == "failed" and status.startswith("2"):
         status = "5.0.0"
-    return RecipientReport(address=r.address, original=_original(r), action=action, status=status,
+    return RecipientReport(address=r.address, original=original_recipient(r.orcpt, r.original), action=action, status=status,
                            diagnostic=o.diagnostic or o.text, remote_mta=o.remote_mta,
                            last_attempt=now)
 
@@ -755,7 +721,3 @@ def write_request(data_dir: Path, request: dict[str, object]) -> Path:
     final = directory / f"{name}.json"
     os.rename(staged, final)
     return final
-
-
-def pending_domains(entries: Iterable[QueueEntry]) -> set[str]:
-    return {_domain(r.address) for e in entries for r in e.recipients if r.status in PENDING}

@@ -47,7 +47,7 @@ from ..proto.smtp import (
 )
 from ..proto.address import AddressError, parse_path
 from ..proto.trace import received_header, with_protocol
-from ..delivery.reports import postmaster_for
+from ..delivery.reports import original_recipient, postmaster_for, wants
 from ..queue.bounce import RecipientReport
 from ..queue.envelope import Envelope, Target
 from ..queue.spool import SpoolFile, StorageFullError
@@ -298,7 +298,7 @@ class SMTPSession:
         tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address, _unique(tx.targets))
         received = self._received(tx)
         tx.spool_file.write(received)
-        if tx.sender.path.address and any(_wants_success(t) for t in tx.targets if t.kind == "local"):
+        if tx.sender.path.address and any(wants(t.notify, "SUCCESS") for t in tx.targets if t.kind == "local"):
             tx.head = bytearray()
             tx.keep_head(received)
         self.conn.accept()
@@ -378,9 +378,9 @@ class SMTPSession:
             return
         now = time.time()
         reports = [
-            RecipientReport(address=t.address, original=_original_recipient(t), action="delivered",
+            RecipientReport(address=t.address, original=original_recipient(t.orcpt, t.original), action="delivered",
                             status="2.0.0", diagnostic=None, remote_mta=None, last_attempt=now)
-            for t in envelope.local if _wants_success(t)
+            for t in envelope.local if wants(t.notify, "SUCCESS")
         ]
 
         def send() -> None:
@@ -514,18 +514,6 @@ def _envelope_params(mail: MailFrom) -> dict[str, str]:
     if mail.envid is not None:
         params["ENVID"] = mail.envid
     return params
-
-
-def _wants_success(target: Target) -> bool:
-    return target.notify is not None and "SUCCESS" in target.notify
-
-
-def _original_recipient(target: Target) -> str | None:
-    """Original-Recipient of a report: the ORCPT address if given, else the RCPT address."""
-    if target.orcpt:
-        kind, _, value = target.orcpt.partition(";")
-        return value.strip() if kind.strip().lower() in ("rfc822", "utf-8") and value.strip() else None
-    return target.original
 
 
 def _unique(targets: list[Target]) -> tuple[Target, ...]:

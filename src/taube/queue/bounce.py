@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import BinaryIO, Literal
 
-__all__ = ["RecipientReport", "build_dsn", "should_bounce"]
+__all__ = ["RecipientReport", "build_dsn", "should_bounce", "single_line"]
 
 Action = Literal["failed", "delayed", "delivered", "relayed"]
 ReturnContent = Literal["full", "headers"]
@@ -360,7 +360,7 @@ def _check_address(address: str) -> None:
         raise ValueError(f"not an envelope address: {address!r}")
 
 
-def _clean(text: str) -> str:
+def single_line(text: str) -> str:
     """``text`` on one line: every run of control characters (CR, LF, TAB, ...) becomes one
     space, runs of spaces are collapsed, the ends are stripped. Multi-line SMTP replies thus
     become one line, and nothing a remote server says can start a header field of its own."""
@@ -389,7 +389,7 @@ def _field(name: str, value: str) -> str:
     """``name: value``, sanitized and folded (RFC 5322 section 2.2.3) into lines of at most
     78 characters where white space allows, never more than 998: a longer unbroken token is
     cut into pieces on continuation lines. Lines are joined with CRLF, no final CRLF."""
-    words = [w for w in _escape(_clean(value)).split(" ") if w]
+    words = [w for w in _escape(single_line(value)).split(" ") if w]
     lines: list[str] = []
     current = f"{name}:"
     for word in words:
@@ -427,7 +427,7 @@ def _subject(actions: set[Action]) -> str:
 def _diagnostic(diagnostic: str) -> tuple[str, str]:
     """(type, text) of a Diagnostic-Code value; text without a type is ``X-Taube`` (RFC 3464
     section 2.3.6: types not registered with IANA start with ``X-``)."""
-    cleaned = _clean(diagnostic)
+    cleaned = single_line(diagnostic)
     match = _DIAGNOSTIC.fullmatch(cleaned)
     if match:
         return match.group(1), match.group(2)
@@ -476,11 +476,11 @@ def _recipient_paragraph(report: RecipientReport) -> str:
     if report.diagnostic is not None:
         reply = _diagnostic(report.diagnostic)[1]
         if report.remote_mta is not None:
-            text += f": host {_clean(report.remote_mta)} said: {reply}"
+            text += f": host {single_line(report.remote_mta)} said: {reply}"
         else:
             text += f": {reply}"
     elif report.remote_mta is not None:
-        text += f": via host {_clean(report.remote_mta)}"
+        text += f": via host {single_line(report.remote_mta)}"
     text += f" (status {report.status})"
     return textwrap.fill(
         text,
@@ -506,7 +506,7 @@ def _notification(
     sections = [
         paragraph(
             f"This is the mail system at host {reporting_mta}. This is a report on the "
-            f"delivery of your message (queue id {_clean(queue_id)})."
+            f"delivery of your message (queue id {single_line(queue_id)})."
         )
     ]
     for action in _ACTIONS:

@@ -51,6 +51,8 @@ from ..store.maildir import (
 from .envelope import Envelope, Target
 
 __all__ = [
+    "FINAL",
+    "PENDING",
     "QueueEntry",
     "QueueStore",
     "QueuedRecipient",
@@ -173,6 +175,11 @@ class _QueueIds:
         return _base62(now, 9) + _base62(os.getpid(), 4)
 
 
+# Recipient states: still to be tried, and final (see QueuedRecipient.status).
+PENDING = frozenset({"queued", "deferred"})
+FINAL = frozenset({"delivered", "bounced", "failed"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueuedRecipient:
     """Delivery state of one remote recipient; the queue runner replaces it as it tries."""
@@ -228,6 +235,17 @@ class QueueEntry:
             params=dict(envelope.params),
         )
 
+    def waiting_for(self, domain: str | None, subdomains: bool = False) -> set[str]:
+        """The pending recipients in ``domain`` (lower case; None: any domain), with
+        ``subdomains`` also those below it: what ETRN and ``taube queue flush`` concern."""
+        waiting = set()
+        for r in self.recipients:
+            where = r.address.rpartition("@")[2].lower()
+            if r.status in PENDING and (domain is None or where == domain
+                                        or (subdomains and where.endswith("." + domain))):
+                waiting.add(r.address)
+        return waiting
+
     def to_json(self) -> bytes:
         document = {"version": _ENVELOPE_VERSION, **asdict(self)}
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -258,6 +276,10 @@ class QueueStore:
         # Directory fsyncs of save/remove: grouped with concurrent ones when given (the server),
         # one each otherwise (the CLI).
         self._syncs = syncs
+        # list(): the entries parsed so far, by file name, with the (inode, mtime, size) they
+        # were parsed at; and the damaged files already reported.
+        self._parsed: dict[str, tuple[tuple[int, int, int], QueueEntry]] = {}
+        self._damaged: set[str] = set()
 
     def _sync_envelopes(self) -> None:
         if self._syncs is not None:
@@ -305,9 +327,10 @@ class QueueStore:
         """The entry of ``queue_id``; FileNotFoundError if it is not (or no longer) queued."""
         return QueueEntry.from_json(self.envelope_path(queue_id).read_bytes())
 
-    def open_message(self, queue_id: str) -> BinaryIO:
-        """The message of ``queue_id`` as received (CRLF), positioned after the Return-Path line."""
-        offset = self.load(queue_id).body_offset
+    def open_message(self, queue_id: str, body_offset: int | None = None) -> BinaryIO:
+        """The message of ``queue_id`` as received (CRLF), positioned after the Return-Path line
+        (``body_offset`` of its entry: read from the envelope unless given)."""
+        offset = self.load(queue_id).body_offset if body_offset is None else body_offset
         message = open(self.message_path(queue_id), "rb")
         message.seek(offset)
         return message
@@ -358,17 +381,35 @@ class QueueStore:
 
     def list(self) -> list[QueueEntry]:
         """All queued entries, oldest first (queue ids sort by time). A damaged envelope is
-        logged and skipped, so that one bad file never stops the rest of the queue; it stays on
-        disk for inspection (``taube queue show`` / ``delete`` by its id)."""
-        entries = []
-        for path in sorted(self.envelopes.glob("*" + _ENVELOPE_SUFFIX)):
+        logged (once per store) and skipped, so that one bad file never stops the rest of the
+        queue; it stays on disk for inspection (``taube queue show`` / ``delete`` by its id).
+
+        An envelope is parsed again only when its file changed (every save is a new file: a new
+        inode), so listing a large queue of waiting messages again, as the queue runner does,
+        costs a directory listing and a stat per entry, not a JSON parse."""
+        try:
+            with os.scandir(self.envelopes) as listing:
+                files = sorted((e.name, e) for e in listing if e.name.endswith(_ENVELOPE_SUFFIX))
+        except FileNotFoundError:
+            return []
+        parsed: dict[str, tuple[tuple[int, int, int], QueueEntry]] = {}
+        for name, dir_entry in files:
             try:
-                entries.append(QueueEntry.from_json(path.read_bytes()))
+                st = dir_entry.stat()
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                known = self._parsed.get(name)
+                if known is None or known[0] != key:
+                    with open(dir_entry.path, "rb") as f:
+                        known = (key, QueueEntry.from_json(f.read()))
+                parsed[name] = known
             except FileNotFoundError:  # removed while we were listing
                 continue
             except (ValueError, TypeError, KeyError) as e:
-                log.error("queue: damaged envelope %s skipped: %s", path.name, e)
-        return entries
+                if name not in self._damaged:
+                    log.error("queue: damaged envelope %s skipped: %s", name, e)
+                    self._damaged.add(name)
+        self._parsed = parsed
+        return [entry for _, entry in parsed.values()]
 
 
 class Spool:
