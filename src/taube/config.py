@@ -44,6 +44,8 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the problem."""
 
 
+# A host or domain name, lower case, without trailing dot.
+_DOMAIN_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
@@ -293,7 +295,7 @@ class DeliverySettings(_Section):
         out = {}
         for domain, hop in v.items():
             key = domain.strip().lower().rstrip(".")
-            if not re.fullmatch(r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", key):
+            if not _DOMAIN_NAME.fullmatch(key.removeprefix(".")):  # ".domain": its subdomains
                 raise ValueError(f"{domain!r} is not a domain name")
             out[key] = hop
         return out
@@ -376,7 +378,7 @@ class Settings(_Section):
     @classmethod
     def _hostname(cls, v: str) -> str:
         v = v.strip().rstrip(".").lower()
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", v):
+        if not _DOMAIN_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid host name")
         return v
 
@@ -386,7 +388,7 @@ class Settings(_Section):
         out = []
         for d in v:
             d = d.strip().rstrip(".").lower()
-            if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", d):
+            if not _DOMAIN_NAME.fullmatch(d):
                 raise ValueError(f"{d!r} is not a valid domain name")
             out.append(d)
         return out
