@@ -16,8 +16,8 @@ from taube.delivery.client import (
     Reply,
     SMTPClientError,
     TransactionResult,
-    xtext,
 )
+from taube.proto.address import xtext_encode as xtext
 from tests.peer import ScriptedPeer
 
 T = TypeVar("T")

@@ -50,7 +50,6 @@ __all__ = [
     "Reply",
     "SMTPClientError",
     "TransactionResult",
-    "xtext",
 ]
 
 # RFC 3463 2: class "." subject "." detail; the class must agree with the reply code (RFC 2034).
@@ -80,11 +79,6 @@ _STAGE_STATUS = {  # RFC 3463 3.5: 4.4.2 bad connection, 4.4.1 no answer from ho
     "greeting": "4.4.2",
     "starttls": "4.7.4",  # RFC 3207 4.1 / Postfix: TLS is required, but was not offered
 }
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 4: xtext-encode ``value`` (the server side's encoder, one implementation)."""
-    return xtext_encode(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,7 +547,7 @@ class OutboundConnection:
             if ret in ("FULL", "HDRS"):
                 parts.append(f"RET={ret}")  # RFC 3461 4.3
             if params.get("ENVID"):
-                parts.append(f"ENVID={xtext(params['ENVID'])}")  # RFC 3461 4.4
+                parts.append(f"ENVID={xtext_encode(params['ENVID'])}")  # RFC 3461 4.4
         return " ".join(parts).encode("utf-8")
 
     @staticmethod
@@ -568,7 +562,7 @@ class OutboundConnection:
                 if not sep:
                     kind, original = "rfc822", recipient.orcpt
                 if _ADDR_TYPE.fullmatch(kind) and original:
-                    parts.append(f"ORCPT={kind};{xtext(original)}")  # RFC 3461 4.2
+                    parts.append(f"ORCPT={kind};{xtext_encode(original)}")  # RFC 3461 4.2
         return " ".join(parts).encode("utf-8")
 
     async def send(self, *, sender: str, recipients: Sequence[OutRecipient], message: bytes,
