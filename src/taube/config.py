@@ -109,9 +109,28 @@ class SMTPSettings(_Section):
     max_recipients: int = Field(100, ge=1)
     # Connections in total and per client address (Postfix: smtpd_client_connection_count_limit).
     max_connections: int = Field(200, ge=1)
-    max_connections_per_client: int = Field(20, ge=1)
-    # Errors (5xx/4xx from protocol mistakes) before "421 Too many errors" (Postfix: smtpd_hard_error_limit).
-    max_errors: int = Field(10, ge=1)
+    # Clients in trusted_networks are exempt, as Postfix exempts mynetworks; 50 as Postfix's
+    # smtpd_client_connection_count_limit.
+    max_connections_per_client: int = Field(50, ge=1)
+    # Errors (5xx/4xx replies to the client's mistakes, unknown recipients included) before
+    # "421 4.7.0 Too many errors" (Postfix: smtpd_hard_error_limit, 20).
+    max_errors: int = Field(20, ge=1)
+    # After this many errors every further error reply waits error_sleep (Postfix:
+    # smtpd_soft_error_limit 10, smtpd_error_sleep_time 1s).
+    soft_error_limit: int = Field(10, ge=0)
+    error_sleep: Duration = 1.0
+    # Wait this long before the 220 greeting to clients outside trusted_networks; a client that
+    # talks first gets "554 5.5.0 Error: SMTP protocol synchronization" (0 switches it off).
+    greet_delay: Duration = 1.0
+    # RFC 2920 3.1 (Postfix smtpd_forbid_unauth_pipelining, on since 3.9): input sent before the
+    # reply to EHLO/HELO/DATA/STARTTLS/AUTH, or any pipelining after HELO, ends the session with
+    # "554 5.5.0 Error: SMTP protocol synchronization". false: tolerated.
+    strict_pipelining: bool = True
+    # The message's header section (Postfix header_size_limit): larger gets 552 5.3.4.
+    max_header_size: int = Field(102400, ge=1024)
+    # Free space the filesystem of data_dir keeps (Postfix queue_minfree): below it MAIL gets
+    # "452 4.3.1 Insufficient system storage", as does a SIZE= larger than the space above it.
+    min_free_space: int = Field(52428800, ge=0)
     # VRFY: "ambiguous" answers 252 for everyone (no user enumeration), "local" answers
     # 250/550 from the user directory, "off" answers 502.
     vrfy: Literal["ambiguous", "local", "off"] = "ambiguous"
