@@ -505,8 +505,10 @@ def test_line_limits() -> None:
     out_lines = out.split(b"\r\n")
     assert out_lines[1] == b"-ERR log in first"  # 255 octets: a command
     assert out_lines[2] == b"-ERR line too long"  # 256 octets
-    out, _ = dialogue(b"Y" * 100_000 + b"\r\nQUIT\r\n")
+    out, _ = dialogue(b"Y" * 8000 + b"\r\nQUIT\r\n")
     assert out.split(b"\r\n")[1:3] == [b"-ERR line too long", b"+OK pop.test POP3 server signing off"]
+    out, _ = dialogue(b"Y" * 100_000 + b"\r\nQUIT\r\n")  # beyond the hard cap: closed at once
+    assert out.split(b"\r\n")[1:] == [b"-ERR line too long", b""]
     long_plain = b"AUTH PLAIN " + PLAIN_SEED + b"=" * 0 + b" " * 300 + b"\r\nQUIT\r\n"
     out, _ = dialogue(long_plain)
     assert out.split(b"\r\n")[1] == WELCOME.rstrip()  # AUTH lines may be long (RFC 5034)

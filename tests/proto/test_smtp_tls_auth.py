@@ -126,7 +126,7 @@ def test_seed_cram_md5_dialogue() -> None:
 @pytest.mark.parametrize(("lines", "code"), [
     (b"AUTH PLAIN AGJlbnV0emVyQHplaXRmb3JtLmRlAHdyb25n\r\n", "535 5.7.8"),
     (b"AUTH PLAIN !!!notbase64\r\n", "501 5.5.2"),
-    (b"AUTH LOGIN\r\n*\r\n", "501 5.0.0"),
+    (b"AUTH LOGIN\r\n*\r\n", "501 5.7.0"),
     (b"AUTH FOOBAR\r\n", "504 5.5.4"),
     (b"AUTH\r\n", "501 5.5.4"),
     (b"AUTH PLAIN Ym9zcwBiZW51dHplckB6ZWl0Zm9ybS5kZQBnZWhlaW1lc19wYXNzd29ydA==\r\n", "535 5.7.8"),  # impersonation

@@ -76,6 +76,8 @@ def engine_config(services: Services, mode: Mode) -> SMTPConfig:
         max_recipients=s.max_recipients,
         max_errors=s.max_errors,
         normalize_bare_newlines=s.bare_newline == "normalize",
+        strict_pipelining=s.strict_pipelining,
+        max_header_size=s.max_header_size,
         vrfy=s.vrfy != "off",
         tls_available=services.tls is not None and mode != "smtps",
         tls_active=mode == "smtps",

@@ -25,12 +25,13 @@ NEED_DATA: Final = NeedData()
 
 
 class ByteSide:
-    """The bytes-in, bytes-out half every engine shares: a bounded line buffer for input, a
-    list of queued replies for output, and whether the peer has closed. ``closed`` is the
+    """The bytes-in, bytes-out half every engine shares: a bounded line buffer for input (see
+    :class:`LineBuffer` for ``line_limit``, ``hard_limit`` and ``crlf_only``), a list of queued
+    replies for output, and whether the peer has closed. ``closed`` is the
     engine's own notion of being done (input is ignored then)."""
 
-    def __init__(self, line_limit: int) -> None:
-        self._lines = LineBuffer(line_limit)
+    def __init__(self, line_limit: int, hard_limit: int, *, crlf_only: bool = False) -> None:
+        self._lines = LineBuffer(line_limit, hard_limit, crlf_only=crlf_only)
         self._out: list[bytes] = []
         self._peer_closed = False
 

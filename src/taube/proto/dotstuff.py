@@ -15,6 +15,11 @@ Rules enforced here, and why:
   limit.
 * A leading dot on a line is removed (4.5.2); the ``Received:`` header fields of the header
   section are counted for the loop check (RFC 5321 6.3).
+* The header section (up to and including the empty line that ends it; the whole message when
+  there is none) is counted as it arrives, overlong lines included, and recorded as too large
+  beyond ``max_header_size`` octets (Postfix's ``header_size_limit``): folded giant fields and
+  thousands of small ones count alike. Nothing here parses MIME: any nesting of body parts is
+  plain lines, so the work is linear in the octets and the memory one line.
 """
 
 from __future__ import annotations
@@ -44,12 +49,14 @@ class DataDecoder:
         "_normalize",
         "_in_headers",
         "_after_crlf",
+        "_header_left",
         "bare_newline",
+        "header_too_large",
         "line_too_long",
         "received_count",
     )
 
-    def __init__(self, *, normalize: bool = False) -> None:
+    def __init__(self, *, normalize: bool = False, max_header_size: int | None = None) -> None:
         self._pending = b""  # the unfinished last line, at most MAX_TEXT_LINE octets
         self._overlong = False  # the unfinished line already exceeded the limit (start dropped)
         self._normalize = normalize
@@ -58,6 +65,8 @@ class DataDecoder:
         self.bare_newline = False
         self.line_too_long = False
         self.received_count = 0
+        self._header_left = max_header_size  # octets the header section may still take; None: any
+        self.header_too_large = False
 
     def feed(self, data: bytes) -> DecodeResult:
         """Decode ``data``; once the end marker is seen, ``ended`` is true and ``rest`` holds
@@ -73,22 +82,33 @@ class DataDecoder:
             start = nl + 1
             if self._overlong:
                 self._overlong = False
+                if self._in_headers:
+                    self._count_header(len(line))
                 self._after_crlf = self._check_line_end(line)  # content is refused anyway
                 continue
             if line == b".\r\n" and self._after_crlf:
                 self._pending = b""
                 return DecodeResult(b"".join(out), True, buf[start:])
+            if self._in_headers:
+                self._count_header(len(line))
             out.append(self._line(line))
         tail = buf[start:]
         if len(tail) >= MAX_TEXT_LINE:
             self.line_too_long = True
             self._overlong = True
             self._pending = tail[-1:]  # keep a trailing CR so CRLF split across reads is seen
+            if self._in_headers:
+                self._count_header(len(tail) - 1)  # dropped now, so counted now
             if b"\r" in tail[:-1]:
                 self.bare_newline = True
         else:
             self._pending = tail
         return DecodeResult(b"".join(out), False, b"")
+
+    def _count_header(self, octets: int) -> None:
+        if self._header_left is not None and not self.header_too_large:
+            self._header_left -= octets
+            self.header_too_large = self._header_left < 0
 
     def _check_line_end(self, line: bytes) -> bool:
         """True for a proper CRLF-terminated line with no other CR; records bare CR/LF."""

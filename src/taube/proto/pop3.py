@@ -33,6 +33,11 @@ The rules:
   :class:`Decision` and waits for the answer. It answers itself only what needs no policy.
 * Peer mistakes are ``-ERR`` replies, never exceptions; misuse of the API raises
   :class:`LocalProtocolError`. Each ``-ERR`` counts; past ``max_errors`` the engine closes.
+* A command line over 255 octets (RFC 2449 section 4; AUTH lines and SASL responses over
+  :data:`AUTH_LINE_MAX`) gets ``-ERR line too long``; input without a line end beyond
+  :data:`HARD_LINE_MAX` gets ``-ERR line too long`` and the engine closes as soon as that much has
+  arrived. Lines end at LF or CRLF: POP3 clients are not held to CRLF.
+* A SASL exchange cancelled with ``*`` (RFC 5034 section 4) gets ``-ERR``, as a failed one.
 * Only a QUIT in TRANSACTION state leads to UPDATE (RFC 1939 section 6): a dropped connection,
   a timeout or too many errors close without an :class:`Update`, so nothing is deleted.
 """
@@ -47,7 +52,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import sasl
-from .buffer import TOO_LONG
+from .buffer import OVERFLOW, TOO_LONG
 from .dotstuff import stuff
 from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData
 
@@ -73,9 +78,14 @@ __all__ = [
 # RFC 2449 section 4: a command line is at most 255 octets with CRLF.
 COMMAND_LINE_MAX: Final = 255
 # RFC 5034 section 4: clients keep AUTH with an initial response within that limit, but both
-# sides must handle the longest response their mechanisms produce, whatever the line limits;
-# like SMTP (RFC 4954 section 4) we accept 12288 for AUTH lines and SASL responses.
-AUTH_LINE_MAX: Final = 12288
+# sides must handle the longest response their mechanisms produce, whatever the line limits.
+# Dovecot's login processes take SASL responses of up to 8192 octets and hang up beyond
+# (LOGIN_MAX_AUTH_BUF_SIZE); every mechanism we offer fits in far less (a PLAIN response with a
+# 1000-character password is under 1400 octets of base64).
+AUTH_LINE_MAX: Final = 8192
+# No line of any kind is longer, so input without a line end beyond it is not POP3: "-ERR line
+# too long" and close at once, without waiting for a line end that may never come.
+HARD_LINE_MAX: Final = AUTH_LINE_MAX
 _UID: Final = re.compile(r"[\x21-\x7e]{1,70}")  # RFC 1939 section 7, UIDL unique-id
 _DIGEST: Final = re.compile(r"[0-9a-fA-F]{32}")  # RFC 1939 section 7, APOP digest
 _TIMESTAMP: Final = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")  # RFC 1939 section 7, msg-id
@@ -324,7 +334,7 @@ class POP3Connection(ByteSide):
     """One POP3 server connection's protocol state. See the module docstring."""
 
     def __init__(self, config: POP3Config) -> None:
-        super().__init__(AUTH_LINE_MAX)
+        super().__init__(AUTH_LINE_MAX, HARD_LINE_MAX)
         if not _TIMESTAMP.fullmatch(config.timestamp):
             raise LocalProtocolError("the timestamp must look like <pid.clock@hostname>")
         self.config = config
@@ -360,7 +370,9 @@ class POP3Connection(ByteSide):
             line = self._lines.next_line()
             if line is None:
                 break
-            if self.state is State.AUTH:
+            if line is OVERFLOW:
+                self._overflow()
+            elif self.state is State.AUTH:
                 self._auth_response(line)
             else:
                 self._command(line)
@@ -521,6 +533,15 @@ class POP3Connection(ByteSide):
     def _close(self, reason: str) -> None:
         self.state = State.CLOSED
         self._emit(Closed(reason=reason))
+
+    def _overflow(self) -> None:
+        """Input without a line end beyond HARD_LINE_MAX: ``-ERR`` and close, never UPDATE."""
+        if self.state is State.AUTH:
+            self._mech = None
+            self._emit(LoginFailed(user=self._auth_user, reason="response without line end too long"))
+        self._send(b"-ERR line too long\r\n")
+        self._lines.clear()
+        self._close("line without end too long")
 
     def _verified(self, user: str) -> None:
         """Credentials are good: ask the session to open the maildrop (RFC 1939 section 4)."""

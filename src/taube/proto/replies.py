@@ -67,6 +67,14 @@ NOOP_OK = Reply(250, "2.0.0", "Ok")
 VRFY_AMBIGUOUS = Reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
 
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
+# RFC 5321 2.3.8: a command line ends with CRLF only (Postfix: smtpd_forbid_bare_newline).
+BARE_LF_IN_COMMAND = Reply(500, "5.5.2", "Error: bare <LF> received")
+BARE_CR_IN_COMMAND = Reply(500, "5.5.2", "Error: bare <CR> received")
+# RFC 2920 3.1 broken, or talk before the greeting (Postfix: smtpd_forbid_unauth_pipelining,
+# postscreen's pregreet test): the wording is Postfix's, so that client logs read the same.
+SYNCHRONIZATION = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")
+# An HTTP request or a mail header line sent as a command (Postfix: smtpd_forbidden_commands).
+FORBIDDEN_COMMAND = Reply(221, "2.7.0", "Error: I can break rules, too. Goodbye.")
 BAD_CHARACTERS = Reply(500, "5.5.2", "Error: invalid characters in command")
 UNRECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
@@ -79,6 +87,7 @@ NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Error: message size exceeds fixed maximum message size")
+HEADER_TOO_LARGE = Reply(552, "5.3.4", "Message header too large")  # Postfix: header_size_limit
 BARE_NEWLINE = Reply(554, "5.5.2", "Error: bare <CR> or <LF> in message text, use <CR><LF> (RFC 5321 2.3.8)")
 TEXT_LINE_TOO_LONG = Reply(554, "5.6.0", "Error: message text line longer than 1000 octets (RFC 5321 4.5.3.1.6)")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Error: too many hops (mail loop?)")
@@ -89,7 +98,8 @@ TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
-AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")  # RFC 4954 4: the client's "*"
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")  # RFC 4954 6
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
 NEED_EHLO_FOR_AUTH = Reply(503, "5.5.1", "Error: send EHLO first")
 UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Error: unrecognized authentication type")

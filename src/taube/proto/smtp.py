@@ -24,6 +24,37 @@ The rules:
   QUIT) and emits an informational event so the session can log or clean up.
 * Peer mistakes are replies, never exceptions; misuse of the API raises :class:`LocalProtocolError`.
 * Each protocol error counts; past ``max_errors`` the engine says ``421 4.7.0`` and closes.
+
+What an abusive client gets (Postfix 3.9's answers, so that logs and clients read the same):
+
+* Pipelining discipline (RFC 2920 3.1, Postfix ``smtpd_forbid_unauth_pipelining``), with
+  ``strict_pipelining`` and until the client has authenticated: a command whose reply the client
+  must wait for (:data:`LAST_IN_GROUP`; before EHLO and after HELO, where PIPELINING was never
+  offered, every command) that still has input buffered behind it when it is parsed gets ``554
+  5.5.0`` and the engine closes: the open transaction is dropped (:class:`Reset`), nothing of the
+  input runs. "Before our reply" is exactly "still buffered", since replies are flushed only when
+  :meth:`SMTPConnection.next_event` returns NEED_DATA. A group of MAIL, RCPT and DATA after EHLO,
+  the message content after 354 and commands after the final dot stay legal; input after QUIT is
+  ignored (221 and close).
+* Talking before the greeting: the 220 is queued by the constructor and counts as sent once
+  :meth:`SMTPConnection.data_to_send` has returned it. Bytes passed to ``receive_data()`` before
+  that are the client talking first (Postfix postscreen's pregreet test): the greeting is
+  dropped, ``554 5.5.0`` is queued instead, nothing of the input runs, and next_event() returns
+  :class:`Closed`. A session that delays its greeting reads during the delay and hands whatever
+  arrived to ``receive_data()`` *before* its first ``data_to_send()``; a session without a delay
+  takes the greeting first and is never affected.
+* Command lines end with CRLF only, unless ``normalize_bare_newlines`` (RFC 5321 2.3.8): input
+  up to the CRLF is one line, and one with a bare LF or bare CR in it gets one ``500 5.5.2``
+  (counted as an error) and does not run, so ``EHLO x<LF>NOOP<CRLF>`` is never two commands. In
+  normalize mode a bare LF ends a line, as before.
+* Lines over their limit (:data:`COMMAND_LINE_MAX`, :data:`PARAM_LINE_MAX`, :data:`AUTH_LINE_MAX`)
+  get ``500 5.5.2`` and the session goes on; input without a line end beyond
+  :data:`HARD_LINE_MAX` gets ``500 5.5.2`` and ``421 4.7.0`` and the engine closes as soon as
+  that much has arrived.
+* A line that starts like HTTP (GET, POST, HEAD, PUT, CONNECT) or like a header field
+  (``Word:``) gets ``221 2.7.0`` and the engine closes (Postfix ``smtpd_forbidden_commands``).
+* A header section over ``max_header_size`` octets: nothing more of the message is emitted, and
+  at its end ``552 5.3.4`` (:class:`DataAborted`).
 """
 
 from __future__ import annotations
@@ -45,7 +76,7 @@ from .address import (
     split_params,
     xtext_decode,
 )
-from .buffer import TOO_LONG
+from .buffer import OVERFLOW, TOO_LONG
 from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData
 from .dotstuff import DataDecoder
 from .replies import Reply
@@ -87,6 +118,19 @@ PARAM_LINE_MAX: Final = COMMAND_LINE_MAX + 1024
 # RFC 4954 section 4: AUTH lines (the command with an initial response, and each response) may
 # be up to 12288 octets.
 AUTH_LINE_MAX: Final = 12288
+# Input without a line end is skipped beyond the line limits above, but not forever: a client
+# that has sent this much without CRLF is not speaking SMTP, and waiting for its line end would
+# let it hold the connection for as long as it keeps sending. The buffer never holds it all.
+HARD_LINE_MAX: Final = 64 * 1024
+# RFC 2920 3.1: the reply to these changes what the client may say next, so a client must wait
+# for it; Postfix's smtpd_forbid_unauth_pipelining holds them to it. STARTTLS (RFC 3207 4.2)
+# and AUTH (RFC 4954 4) likewise. QUIT is not here: what follows it is ignored anyway.
+LAST_IN_GROUP: Final = frozenset({"EHLO", "HELO", "DATA", "STARTTLS", "AUTH"})
+# Postfix's smtpd_forbidden_commands (CONNECT GET POST and /^[^ ]+:/): a line like an HTTP
+# request or a mail header field is a client talking another protocol or a confused one; MAIL
+# FROM:<x> and RCPT TO:<x> have a space before their colon and never match.
+_FORBIDDEN: Final = re.compile(rb"(?:GET|POST|HEAD|PUT|CONNECT)(?:[ \t\r\n]|$)|[A-Za-z][A-Za-z0-9-]*:",
+                               re.IGNORECASE)
 # RFC 5321 6.3 leaves the hop limit to the server; "at least 100" is its advice.
 MAX_RECEIVED_HEADERS: Final = 100
 
@@ -229,7 +273,8 @@ class DataAborted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reset(Event):
-    """The transaction was abandoned (RSET, HELO/EHLO): drop envelope and content."""
+    """The transaction was abandoned (RSET, HELO/EHLO, or a violation that closes the
+    connection): drop envelope and content."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,8 +291,12 @@ class SMTPConfig:
     hostname: str
     max_message_size: int = 26214400
     max_recipients: int = 100
-    max_errors: int = 10
-    normalize_bare_newlines: bool = False
+    max_errors: int = 20  # Postfix: smtpd_hard_error_limit
+    normalize_bare_newlines: bool = False  # bare CR/LF in data and commands: False rejects them
+    # RFC 2920 3.1 enforced on unauthenticated clients (554 5.5.0 and close). Off here so that
+    # tests may feed pipelined input freely; the session turns it on from [smtp] strict_pipelining.
+    strict_pipelining: bool = False
+    max_header_size: int = 102400  # octets of the header section (Postfix: header_size_limit)
     vrfy: bool = True  # list VRFY in EHLO (Postfix does unless disable_vrfy_command)
     greeting_text: str = "ESMTP taube"
     tls_available: bool = False  # a certificate is there: offer STARTTLS
@@ -323,7 +372,7 @@ class SMTPConnection(ByteSide):
     """One SMTP server connection's protocol state. See the module docstring."""
 
     def __init__(self, config: SMTPConfig) -> None:
-        super().__init__(AUTH_LINE_MAX)
+        super().__init__(AUTH_LINE_MAX, HARD_LINE_MAX, crlf_only=not config.normalize_bare_newlines)
         self.config = config
         self.state = State.CONNECTED
         self.esmtp = False
@@ -340,12 +389,26 @@ class SMTPConnection(ByteSide):
         self._pending: Decision | None = None
         self._decoder: DataDecoder | None = None
         self._data_size = 0
+        self._greeting_taken = False  # data_to_send() has returned the 220
         self._send(Reply(220, None, f"{config.hostname} {config.greeting_text}"))
 
     # --- the I/O side ----------------------------------------------------------------------
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side. Bytes before the
+        greeting was taken by data_to_send() close the connection (see the module docstring)."""
+        if data and not self._greeting_taken and not self.closed:
+            self._out.clear()  # the greeting is never sent
+            self._abort(R.SYNCHRONIZATION, "input before the greeting")
+            return
+        super().receive_data(data)
+
+    def data_to_send(self) -> bytes:
+        self._greeting_taken = True
+        return super().data_to_send()
 
     def next_event(self) -> Event | NeedData:
         if self._pending is not None:
@@ -362,7 +425,9 @@ class SMTPConnection(ByteSide):
             line = self._lines.next_line()
             if line is None:
                 break
-            if self.state is State.AUTH:
+            if line is OVERFLOW:
+                self._overflow()
+            elif self.state is State.AUTH:
                 self._auth_response(line)
             else:
                 self._command(line)
@@ -398,7 +463,8 @@ class SMTPConnection(ByteSide):
                 self._send(reply or R.RECIPIENT_OK)
             case DataStart():
                 self.state = State.DATA
-                self._decoder = DataDecoder(normalize=self.config.normalize_bare_newlines)
+                self._decoder = DataDecoder(normalize=self.config.normalize_bare_newlines,
+                                            max_header_size=self.config.max_header_size)
                 self._data_size = 0
                 self._send(reply or R.START_DATA)
             case EndOfData():
@@ -439,6 +505,24 @@ class SMTPConnection(ByteSide):
     def _close(self, reply: Reply) -> None:
         self._send(reply)
         self.state = State.CLOSED
+
+    def _abort(self, reply: Reply, reason: str) -> None:
+        """End the session at once with ``reply``: the open transaction is dropped and nothing
+        still buffered runs."""
+        self._reset_transaction()
+        self._lines.clear()
+        self._close(reply)
+        self._emit(Closed(reason=reason))
+
+    def _overflow(self) -> None:
+        """Input without a line end beyond HARD_LINE_MAX: say why, then 421 and close now."""
+        if self.state is State.AUTH:
+            self._auth_finish(None, "response without line end too long")
+            self._send(R.AUTH_LINE_TOO_LONG)
+        else:
+            self._send(R.LINE_TOO_LONG)
+        self._abort(R.closing(self.config.hostname, "4.7.0", "Error: line too long"),
+                    "line without end too long")
 
     def tls_started(self) -> None:
         """After the TLS handshake: forget everything said in plaintext (RFC 3207 4.2); the
@@ -507,7 +591,13 @@ class SMTPConnection(ByteSide):
             self._error(R.LINE_TOO_LONG)
             return
         assert isinstance(raw, bytes)
-        line = raw.rstrip(b"\r\n")
+        if _FORBIDDEN.match(raw):  # before anything else: no reply to it but this one
+            self._abort(R.FORBIDDEN_COMMAND, "HTTP request or header line as a command")
+            return
+        line = self._strip_line_end(raw)
+        if isinstance(line, Reply):
+            self._error(line)
+            return
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -518,6 +608,9 @@ class SMTPConnection(ByteSide):
             return
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
+        if self._must_wait(verb) and len(self._lines):
+            self._abort(R.SYNCHRONIZATION, f"improper command pipelining after {verb[:16]!r}")
+            return
         if verb == "AUTH":
             limit = AUTH_LINE_MAX
         elif verb in ("MAIL", "RCPT") and self.esmtp:
@@ -528,6 +621,25 @@ class SMTPConnection(ByteSide):
             self._error(R.LINE_TOO_LONG)
             return
         self._dispatch(verb, arg.strip(" "))
+
+    def _strip_line_end(self, raw: bytes) -> bytes | Reply:
+        """The line without its line end, or the 500 for a CRLF line that holds a bare LF or
+        bare CR (RFC 5321 2.3.8). In normalize mode any run of CR/LF ends a line."""
+        if not self._lines.crlf_only:
+            return raw.rstrip(b"\r\n")
+        line = raw[:-2]
+        if b"\n" in line:
+            return R.BARE_LF_IN_COMMAND
+        if b"\r" in line:
+            return R.BARE_CR_IN_COMMAND
+        return line
+
+    def _must_wait(self, verb: str) -> bool:
+        """Whether the client had to wait for our reply to ``verb`` before sending more (RFC
+        2920 3.1): only with strict_pipelining, and not once authenticated (as Postfix)."""
+        if not self.config.strict_pipelining or self.authenticated is not None or verb == "QUIT":
+            return False
+        return not self.esmtp or verb in LAST_IN_GROUP  # no PIPELINING offered: every command
 
     def _dispatch(self, verb: str, arg: str) -> None:
         allowed = ALLOWED.get(verb)
@@ -818,10 +930,14 @@ class SMTPConnection(ByteSide):
         """A client line inside the SASL exchange (RFC 4954 4)."""
         if raw is TOO_LONG:
             self._auth_finish(None, "response too long")
-            self._error(R.LINE_TOO_LONG)
+            self._error(R.AUTH_LINE_TOO_LONG)
             return
         assert isinstance(raw, bytes) and self._mech is not None
-        line = raw.rstrip(b"\r\n")
+        line = self._strip_line_end(raw)
+        if isinstance(line, Reply):
+            self._auth_finish(None, "bare newline in the response")
+            self._error(line)
+            return
         if line == b"*":
             self._auth_finish(None, "cancelled by the client")
             self._error(R.AUTH_CANCELLED)
@@ -844,7 +960,7 @@ class SMTPConnection(ByteSide):
         result = decoder.feed(raw)
         if result.content:
             self._data_size += len(result.content)
-            if self._data_size <= self.config.max_message_size:
+            if self._data_size <= self.config.max_message_size and not decoder.header_too_large:
                 self._emit(DataChunk(data=result.content))
         if result.ended:
             self._lines.feed(result.rest)  # the next commands, parsed after the final reply
@@ -855,6 +971,8 @@ class SMTPConnection(ByteSide):
         problem = None
         if self._data_size > self.config.max_message_size:
             problem = R.MESSAGE_TOO_BIG
+        elif decoder.header_too_large:
+            problem = R.HEADER_TOO_LARGE
         elif decoder.bare_newline and not self.config.normalize_bare_newlines:
             problem = R.BARE_NEWLINE
         elif decoder.line_too_long:
