@@ -7,6 +7,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from .store import durable
+
 __all__ = ["pid_path", "remove_pid", "running_pid", "write_pid"]
 
 
@@ -15,12 +17,11 @@ def pid_path(data_dir: Path) -> Path:
 
 
 def write_pid(data_dir: Path) -> None:
-    """Record this process, written whole and renamed into place."""
+    """Record this process: written whole, fsync'd and renamed into place (store/durable.py)."""
     path = pid_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_suffix(".pid.tmp")
-    staged.write_text(f"{os.getpid()}\n", encoding="ascii")
-    os.rename(staged, path)
+    durable.replace_file(path, f"{os.getpid()}\n".encode("ascii"), mode=0o644,
+                         staged=path.with_suffix(".pid.tmp"))
 
 
 def remove_pid(data_dir: Path) -> None:

@@ -193,7 +193,7 @@ def test_directory_syncs_group_concurrent_callers(tmp_path: Path, monkeypatch: p
     import threading
     import time as _time
 
-    from taube.store import maildir as md
+    from taube.store import durable as md  # DirectorySyncs and fsync_directory live there
 
     started: list[float] = []
     finished: list[float] = []
@@ -228,7 +228,7 @@ def test_directory_syncs_group_concurrent_callers(tmp_path: Path, monkeypatch: p
 
 def test_directory_syncs_error_reaches_caller_and_next_caller_retries(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from taube.store import maildir as md
+    from taube.store import durable as md  # DirectorySyncs and fsync_directory live there
 
     outcomes = iter([OSError(5, "Input/output error"), None])
 

@@ -41,6 +41,7 @@ from typing import Literal
 from ..config import ConfigError, Settings, parse_listen, parse_next_hop
 from ..queue.bounce import RecipientReport, single_line
 from ..queue.spool import FINAL, PENDING, QueuedRecipient, QueueEntry, QueueStore, Spool
+from ..store import durable
 from .client import OutboundConnection, OutRecipient, SMTPClientError, TransactionResult
 from .dns import DNSFailure, MXHost, Resolver, is_ip_literal
 from .reports import NOTICE_PARAM, Reporter, original_recipient, wants
@@ -712,12 +713,11 @@ def _relay(name: str, address: str, port: int) -> str:
 
 
 def write_request(data_dir: Path, request: dict[str, object]) -> Path:
-    """Leave a request for the runner (used by the CLI): written whole, then renamed."""
+    """Leave a request for the runner (used by the CLI): written whole and fsync'd, then
+    renamed into place, so the runner never reads half a request (see store/durable.py)."""
     directory = request_path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns()}-{os.getpid()}"
-    staged = directory / f"{name}.tmp"
-    staged.write_text(json.dumps(request), encoding="utf-8")
     final = directory / f"{name}.json"
-    os.rename(staged, final)
+    durable.replace_file(final, json.dumps(request).encode("utf-8"), staged=directory / f"{name}.tmp")
     return final

@@ -50,7 +50,7 @@ from ..proto.trace import received_header, with_protocol
 from ..delivery.reports import original_recipient, postmaster_for, wants
 from ..queue.bounce import RecipientReport
 from ..queue.envelope import Envelope, Target
-from ..queue.spool import SpoolFile, StorageFullError
+from ..queue.spool import SpoolFile, StorageError, StorageFullError
 from .connection import Connection
 from .services import TLS_HANDSHAKE_TIMEOUT, Services
 
@@ -260,6 +260,10 @@ class SMTPSession:
                 and not owns_sender(self.services, user, sender)):
             raise SMTPError(Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user {user}"),
                             reason="sender login mismatch")
+        reserve = self.services.settings.smtp.min_free_space
+        if not self.services.spool.space.admits(event.size, reserve):  # Postfix's queue_minfree
+            raise SMTPError(Reply(452, "4.3.1", "Insufficient system storage"),
+                            reason=f"free space below min_free_space={reserve} (SIZE={event.size})")
         self.tx.sender = event
         self.conn.accept()
 
@@ -361,6 +365,10 @@ class SMTPSession:
         except StorageFullError:
             self._log_message(envelope, "deferred (storage full)")
             raise SMTPError(R.STORAGE_FULL, reason="storage full") from None
+        except StorageError as e:  # EIO and the like: one log line, no traceback; the client retries
+            self._log_message(envelope, f"deferred (storage error: {e})")
+            raise SMTPError(Reply(451, "4.3.0", "Error: cannot store the message, please try again later"),
+                            reason="storage error") from None
         finally:
             self.committing = False
         self._log_message(envelope, "queued")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
-import os
 import ssl
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from ..store import durable
 
 __all__ = ["TLSProvider", "ensure_self_signed", "server_context"]
 
@@ -51,10 +52,10 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     )
     key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_bytes)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # Each file whole or not at all (tmp, fsync, rename); the key first and never readable by
+    # others, the certificate last: both exist only once both are complete.
+    durable.replace_file(key_path, key_bytes, mode=0o600)
+    durable.replace_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     log.info("generated a self-signed certificate for %s in %s", hostname, cert_path)
     return cert_path, key_path
 

@@ -26,7 +26,6 @@ so per message the cost is one data fsync plus one fsync per directory that gain
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
@@ -41,13 +40,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..store.maildir import (
+from ..store import durable
+from ..store.durable import (
     DirectorySyncs,
-    MaildirStore,
-    create_directories,
+    DurableFile,
+    StorageError,
+    StorageFullError,
     fsync_directory,
-    maildir_filename,
+    storage_error,
 )
+from ..store.maildir import MaildirStore, create_directories, maildir_filename
+from ..store.space import FreeSpace
 from .envelope import Envelope, Target
 
 __all__ = [
@@ -64,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger("taube.spool")
 
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FILE_MODE = 0o600
 # Content kept in memory before it goes to the spool file: large enough that a typical message
 # reaches the kernel in one write(2) at commit, small enough that thousands of concurrent
@@ -76,20 +78,6 @@ _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 _ENVELOPE_VERSION = 1
 _ENVELOPE_SUFFIX = ".json"
 _STAGED_SUFFIX = ".json.tmp"
-
-
-class StorageError(Exception):
-    """The message could not be stored; nothing of it is visible. The sender should retry (4xx)."""
-
-
-class StorageFullError(StorageError):
-    """No space or quota left (ENOSPC, EDQUOT): RFC 3463 4.3.1, "452 insufficient storage"."""
-
-
-def _storage_error(exc: OSError) -> StorageError:
-    """The StorageError for an OSError: StorageFullError when the disk or quota is full."""
-    kind = StorageFullError if exc.errno in _FULL else StorageError
-    return kind(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
 
 def _base62(number: int, width: int) -> str:
@@ -109,13 +97,6 @@ def _check_queue_id(queue_id: str) -> str:
     return queue_id
 
 
-def _unlink_all(paths: Iterable[Path]) -> None:
-    """Best-effort removal on the error path: one failure must not keep the others in place."""
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
 # Threads that run the independent fsyncs of one commit side by side (see SpoolFile._sync).
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="taube-fsync")
 
@@ -123,7 +104,7 @@ _FSYNC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="taube-fsync
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        durable.calls.fsync(fd)
     finally:
         os.close(fd)
 
@@ -298,16 +279,7 @@ class QueueStore:
         file. Invisible until renamed to :meth:`envelope_path` (rename is atomic: a reader sees
         the whole old envelope or the whole new one). The caller fsyncs ``envelopes/`` after."""
         staged = self.envelopes / (_check_queue_id(entry.queue_id) + _STAGED_SUFFIX)
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            with open(fd, "wb") as out:
-                out.write(entry.to_json())
-                out.flush()
-                if sync:
-                    os.fsync(out.fileno())
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+        durable.write_file(staged, entry.to_json(), mode=_FILE_MODE, replace=True, sync=sync)
         return staged
 
     def save(self, entry: QueueEntry) -> None:
@@ -317,9 +289,9 @@ class QueueStore:
             raise FileNotFoundError(self.envelope_path(entry.queue_id))
         staged = self.stage(entry)
         try:
-            os.rename(staged, self.envelope_path(entry.queue_id))
+            durable.rename(staged, self.envelope_path(entry.queue_id))
         except BaseException:
-            staged.unlink(missing_ok=True)
+            durable.unlink_all([staged])
             raise
         self._sync_envelopes()
 
@@ -420,6 +392,7 @@ class Spool:
         self.maildirs = maildirs
         self.syncs = DirectorySyncs()  # group commit of the directory fsyncs of all commits
         self.queue = QueueStore(data_dir, self.syncs)
+        self.space = FreeSpace(data_dir)  # the [smtp] min_free_space check at MAIL FROM
         self._ids = _QueueIds()
         _make_durable_directories((self.queue.messages, self.queue.envelopes))
 
@@ -480,7 +453,7 @@ class SpoolFile:
         self._home = home  # the Maildir whose tmp/ holds the file, None: it is the queue's
         self._kept = False  # committed: the file is in its final place
         self._buffer = bytearray(header)
-        self._file: BinaryIO | None = None
+        self._file: DurableFile | None = None
         self._header_size = len(header)
         self._error: OSError | None = None
         self._finished = False
@@ -513,9 +486,8 @@ class SpoolFile:
             if self._file is None:
                 if self._home is not None:
                     self._spool.maildirs.ensure(self._home)
-                fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-                self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by commit/_discard
-            self._file.write(self._buffer)
+                self._file = DurableFile(self._path, mode=_FILE_MODE)  # closed by commit/_discard
+            self._file.write(self._buffer)  # every byte, or OSError (see store/durable.py)
         except OSError as exc:
             self._error = exc
             self._discard()
@@ -560,9 +532,9 @@ class SpoolFile:
             self._sync(staged)
             self._publish(envelope, created, staged)
         except BaseException as exc:
-            _unlink_all(reversed(created))
+            durable.unlink_all(reversed(created))
             if isinstance(exc, OSError):
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
             raise
         finally:
             self._discard()
@@ -579,7 +551,7 @@ class SpoolFile:
         and all must be done before anything becomes visible; run together they often share one
         journal commit, so a message waits for about one fsync here instead of three."""
         assert self._file is not None
-        jobs: list[Callable[[], None]] = [functools.partial(os.fsync, self._file.fileno())]
+        jobs: list[Callable[[], None]] = [self._file.sync]
         if staged is not None:
             jobs.append(functools.partial(_fsync_file, staged))
             jobs.append(functools.partial(self._spool.syncs.sync, self._spool.queue.messages))
@@ -598,11 +570,11 @@ class SpoolFile:
                 created.append(maildirs.deliver(self._path, maildir, name))
         if self._home in targets:  # last: until now the file was invisible in tmp/
             final = self._home / "new" / name
-            os.rename(self._path, final)
+            durable.rename(self._path, final)
             created.append(final)
         if staged is not None:
             marker = self._spool.queue.envelope_path(self.queue_id)
-            os.rename(staged, marker)
+            durable.rename(staged, marker)
             created.append(marker)
         syncs = self._spool.syncs
         for maildir in targets:
@@ -616,7 +588,7 @@ class SpoolFile:
         queue = self._spool.queue
         data = queue.message_path(self.queue_id)
         if self._path != data:
-            os.link(self._path, data)
+            durable.link(self._path, data)
             created.append(data)
         entry = QueueEntry.from_envelope(envelope, body_offset=self._header_size, now=time.time())
         staged = queue.stage(entry, sync=False)  # fsync'd by _sync, with the data
@@ -629,8 +601,8 @@ class SpoolFile:
         self._buffer.clear()
         if self._file is None:
             return
-        with contextlib.suppress(OSError):
-            self._file.close()
-        if not self._kept:
+        if self._kept:
             with contextlib.suppress(OSError):
-                self._path.unlink(missing_ok=True)
+                self._file.close()
+        else:
+            self._file.discard()

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .maildir import fsync_directory
+from . import durable
+from .durable import fsync_directory
+
+log = logging.getLogger("taube.pop3")
 
 __all__ = ["MaildirMailbox", "MailboxMessage"]
 
@@ -116,15 +120,63 @@ class MaildirMailbox:
             os.rename(path, target)
 
     def delete(self, messages: list[MailboxMessage]) -> None:
-        """RFC 1939 6 (UPDATE): remove the messages marked deleted, durably."""
-        touched: set[Path] = set()
-        for message in messages:
-            with contextlib.suppress(FileNotFoundError):
-                path = self._current_path(message)
-                os.unlink(path)
-                touched.add(path.parent)
-        for directory in touched:
-            fsync_directory(directory)
+        """RFC 1939 6 (UPDATE): remove the messages marked deleted, all of them or none.
+
+        The client is told ``+OK`` only when every deletion is committed, ``-ERR`` with the
+        maildrop as it was otherwise. So the files are first moved out of sight, into the
+        Maildir's own ``tmp/`` (readers never look there; same filesystem, so a rename), and
+        the directories fsync'd: that is the commit point. Any failure before it moves every
+        file back and raises OSError. Only then are the files unlinked; an unlink that fails
+        leaves an invisible file in ``tmp/``, which the stale-file cleanup removes later
+        (see :func:`~taube.store.maildir.remove_stale_tmp`).
+        """
+        moved = self._hide(messages)
+        if not moved:
+            return
+        for _, hidden in moved:
+            try:
+                durable.unlink(hidden)
+            except OSError as e:
+                log.warning("deleted message %s stays in tmp/ until the stale-file cleanup: %s",
+                            hidden, e)
+
+    def _hide(self, messages: list[MailboxMessage]) -> list[tuple[Path, Path]]:
+        """Move each message into ``tmp/`` and make the moves durable; on failure undo them."""
+        tmp = self.maildir / "tmp"
+        if messages:
+            tmp.mkdir(mode=0o700, exist_ok=True)  # a Maildir made by another program may lack it
+        moved: list[tuple[Path, Path]] = []
+        try:
+            for message in messages:
+                try:
+                    path = self._current_path(message)
+                except FileNotFoundError:
+                    continue  # already gone (another client, or the user's mail program)
+                hidden = tmp / f"{path.name}.deleted"
+                try:
+                    durable.rename(path, hidden)
+                except FileNotFoundError:
+                    continue  # went away just now
+                moved.append((path, hidden))
+            for directory in {tmp, *(path.parent for path, _ in moved)}:
+                fsync_directory(directory)
+        except BaseException:
+            self._restore(moved)
+            raise
+        return moved
+
+    @staticmethod
+    def _restore(moved: list[tuple[Path, Path]]) -> None:
+        """Move hidden files back where they were (best effort: a rename frees space, it needs
+        none in practice); what cannot go back is logged, and stays in ``tmp/``."""
+        for path, hidden in reversed(moved):
+            try:
+                durable.rename(hidden, path)
+            except OSError as e:
+                log.error("could not restore %s from %s: %s", path, hidden, e)
+        for directory in {path.parent for path, _ in moved}:
+            with contextlib.suppress(OSError):
+                fsync_directory(directory)
 
 
 _W_SIZE = re.compile(r",W=(\d+)")

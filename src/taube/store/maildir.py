@@ -23,10 +23,12 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
+
+from . import durable
+from .durable import DirectorySyncs, fsync_directory  # their home now; old import path kept
 
 __all__ = [
     "MaildirStore",
@@ -48,72 +50,6 @@ _UNSAFE_LOCAL = re.compile(r"[%/\x00-\x1f\x7f]")
 # Maildir spec: "/" and ":" in the host name become \057 and \072; "," too, because Dovecot reads
 # ",S=" and ",W=" fields after the host name.
 _HOST_ESCAPES = str.maketrans({"/": r"\057", ":": r"\072", ",": r"\054"})
-
-
-def fsync_directory(path: Path) -> None:
-    """fsync a directory, making the entries created or removed in it durable.
-
-    fsync of a file does not cover its name: POSIX (and ext4/XFS in practice) only promises a new
-    link survives a crash once the directory holding it is fsync'd as well.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class DirectorySyncs:
-    """Group commit for directory fsyncs, shared by all commit threads.
-
-    Under load many threads link messages into the same ``new/`` at once, and each needs an
-    fsync of that directory that *started after its own link*. One such fsync covers every link
-    made before it started, so a caller arriving while one runs waits for the next one instead
-    of queueing its own: N concurrent commits cost about two directory fsyncs, not N.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._groups: dict[Path, _SyncGroup] = {}
-
-    def sync(self, path: Path) -> None:
-        with self._lock:
-            group = self._groups.get(path)
-            if group is None:
-                group = self._groups[path] = _SyncGroup()
-        group.sync(path)
-
-
-class _SyncGroup:
-    __slots__ = ("_cond", "_done", "_running", "_ticket")
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._ticket = 0  # callers so far
-        self._done = 0  # every caller up to this ticket is covered by a finished fsync
-        self._running = False
-
-    def sync(self, path: Path) -> None:
-        with self._cond:
-            self._ticket += 1
-            mine = self._ticket
-            while self._done < mine:
-                if self._running:
-                    self._cond.wait()
-                    continue
-                self._running = True
-                covers = self._ticket  # every link made before this fsync starts
-                ok = False
-                self._cond.release()
-                try:
-                    fsync_directory(path)
-                    ok = True
-                finally:  # on error the waiters try again themselves
-                    self._cond.acquire()
-                    self._running = False
-                    if ok:
-                        self._done = max(self._done, covers)
-                    self._cond.notify_all()
 
 
 def escape_local_part(local: str) -> str:
@@ -206,7 +142,7 @@ class MaildirStore:
         """
         target = maildir / "new" / name
         try:
-            os.link(source, target)
+            durable.link(source, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
@@ -263,18 +199,15 @@ def _directories_to_sync(maildir: Path, root: Path, created: list[Path]) -> list
 def _copy_via_tmp(source: Path, maildir: Path, name: str) -> None:
     """The Maildir spec's delivery when linking is impossible: write tmp/, fsync, rename to new/.
 
-    A crash mid-copy leaves a file in ``tmp/`` only, invisible to readers; the spec has readers
-    remove such files after 36 hours (Dovecot does).
+    Written through :mod:`.durable` (every byte or an error; the partial copy removed on any
+    error). A crash mid-copy leaves a file in ``tmp/`` only, invisible to readers; the spec has
+    readers remove such files after 36 hours (Dovecot does).
     """
     tmp = maildir / "tmp" / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    with open(source, "rb") as src:
+        durable.copy_file(src, tmp, mode=_FILE_MODE)
     try:
-        with open(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, maildir / "new" / name)
+        durable.rename(tmp, maildir / "new" / name)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        durable.unlink_all([tmp])
         raise
-
