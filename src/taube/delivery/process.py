@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -158,7 +159,7 @@ class RunnerProcess:
 
 
 # --- the runner process ----------------------------------------------------------------------
-def build_runner(settings: Settings) -> QueueRunner:
+def build_runner(settings: Settings, server_alive: Callable[[], bool] | None = None) -> QueueRunner:
     """The queue runner with its own directory, spool and resolver for ``settings``."""
     from ..directory.sqlite import SQLiteDirectory
     from ..queue.spool import Spool
@@ -169,13 +170,17 @@ def build_runner(settings: Settings) -> QueueRunner:
     directory = SQLiteDirectory(data / "taube.db", settings.domains,
                                 legacy_secrets=settings.auth.legacy_secrets)
     spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
-    return QueueRunner.for_spool(settings, spool, Reporter(spool, directory, settings))
+    return QueueRunner.for_spool(settings, spool, Reporter(spool, directory, settings),
+                                 server_alive=server_alive)
 
 
 async def _serve(settings: Settings, fd: int) -> int:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(THREADS, thread_name_prefix="taube-runner"))
-    runner = build_runner(settings)
+    # The server is our parent: once it is gone (killed while this process was stopped or slow
+    # to see the socket close) we are re-parented, and must not deliver any more (lock.py).
+    server = os.getppid()
+    runner = build_runner(settings, server_alive=lambda: os.getppid() == server)
     stop = asyncio.Event()
 
     def reload() -> None:

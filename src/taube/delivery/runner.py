@@ -1,12 +1,12 @@
 """The queue runner: delivers the outbound queue to the next hops, retries, expires and reports.
 
-One runner per server process, on the event loop. Each scan reads the queue's envelopes, takes
-every recipient that is due (``next_attempt`` passed, or forced by ETRN / ``taube queue flush`` /
-``taube queue retry``) and groups them by destination: the relayhost, a route of the transport
-table, or the recipient's domain (MX lookup). Per destination up to
-``max_connections_per_destination`` workers (and ``max_connections`` in total) each open one
-connection and send message after message over it, all recipients of a message at that
-destination in one transaction (at most ``max_recipients_per_transaction``).
+One runner per data directory (an exclusive lock, see :mod:`.lock`), on the event loop. Each
+scan reads the queue's envelopes, takes every recipient that is due (``next_attempt`` passed, or
+forced by ETRN / ``taube queue flush`` / ``taube queue retry``) and groups them by destination:
+the relayhost, a route of the transport table, or the recipient's domain (MX lookup). Per
+destination up to ``max_connections_per_destination`` workers (and ``max_connections`` in total)
+each open one connection and send message after message over it, all recipients of a message at
+that destination in one transaction (at most ``max_recipients_per_transaction``).
 
 Outcome per recipient, recorded in its envelope before anything else happens:
 
@@ -20,7 +20,9 @@ Outcome per recipient, recorded in its envelope before anything else happens:
 
 A message leaves the queue only when every recipient is final, and only after its reports are
 committed. A crash in between repeats the last attempt (at-least-once: a recipient may get a
-message twice, none is lost). Mail from ``<>`` is never reported to its sender: its failure goes
+message twice, none is lost). A report that cannot be committed (a full disk) leaves the
+recipients it is about pending, retried on the backoff schedule, so that their report is tried
+again rather than lost; recipients delivered in the same attempt are recorded as delivered. Mail from ``<>`` is never reported to its sender: its failure goes
 to the postmaster (``[delivery] null_sender_failures``) or only to the log.
 """
 
@@ -42,8 +44,10 @@ from ..config import ConfigError, Settings, parse_listen, parse_next_hop
 from ..queue.bounce import RecipientReport, single_line
 from ..queue.spool import FINAL, PENDING, QueuedRecipient, QueueEntry, QueueStore, Spool
 from ..store import durable
+from ..store.durable import StorageError
 from .client import OutboundConnection, OutRecipient, SMTPClientError, TransactionResult
 from .dns import DNSFailure, MXHost, Resolver, is_ip_literal
+from .lock import RunnerLock, lock_path
 from .reports import NOTICE_PARAM, Reporter, original_recipient, wants
 
 __all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "hand_to_loop", "request_path",
@@ -52,6 +56,7 @@ __all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "hand_to_loop",
 log = logging.getLogger("taube.delivery")
 
 REQUESTS = "requests"  # <data_dir>/queue/requests: flush/retry requests of the CLI
+LOCK_POLL = 1.0  # seconds between looks at the runner lock while another runner holds it
 
 
 def request_path(data_dir: Path) -> Path:
@@ -177,7 +182,8 @@ class QueueRunner:
     """Delivers the queue; :meth:`run` until :meth:`stop`. Also the server's :class:`QueueControl`."""
 
     def __init__(self, *, settings: Settings, store: QueueStore, reporter: Reporter,
-                 resolver: Resolver, clock: Callable[[], float] = time.time) -> None:
+                 resolver: Resolver, clock: Callable[[], float] = time.time,
+                 server_alive: Callable[[], bool] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.reporter = reporter
@@ -199,12 +205,18 @@ class QueueRunner:
         self._full = True  # a full scan is wanted
         self._fresh: set[str] = set()  # committed since the last scan: look at these at least
         self._next_scan = 0.0  # when the next full scan is due (the earliest next_attempt)
+        # One runner per data directory (see lock.py); a runner process also checks that the
+        # server it works for still exists before each scan and each new delivery.
+        self.lock = RunnerLock(lock_path(settings.data_dir))
+        self._server_alive = server_alive
 
     @classmethod
-    def for_spool(cls, settings: Settings, spool: Spool, reporter: Reporter) -> QueueRunner:
+    def for_spool(cls, settings: Settings, spool: Spool, reporter: Reporter,
+                  server_alive: Callable[[], bool] | None = None) -> QueueRunner:
         """The runner of ``spool``'s queue, with a resolver as ``[dns]`` says."""
         return cls(settings=settings, store=spool.queue, reporter=reporter,
-                   resolver=Resolver(settings.dns.nameservers, settings.dns.timeout))
+                   resolver=Resolver(settings.dns.nameservers, settings.dns.timeout),
+                   server_alive=server_alive)
 
     def reconfigure(self, settings: Settings) -> None:
         """SIGHUP: new routes, limits and schedule for what is dispatched from now on."""
@@ -291,8 +303,46 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(self.settings.delivery.max_connections)
-        log.info("queue runner started")
-        while not self._stopping:
+        if not await self._take_lock():
+            return
+        try:
+            log.info("queue runner started")
+            await self._run()
+        finally:
+            await self._cancel_workers()  # no delivery may outlive the lock
+            self.lock.release()
+
+    async def _take_lock(self) -> bool:
+        """Wait until this runner holds the runner lock (False: stopped before it did). The
+        holder is polled every :data:`LOCK_POLL` seconds; :meth:`stop` ends the wait at once."""
+        assert self._wake is not None
+        if self.lock.try_acquire():
+            return True
+        holder = self.lock.holder()
+        log.warning("queue runner: waiting for %s, held by another queue runner%s; not "
+                    "delivering until it stops", self.lock.path,
+                    f" (pid {holder})" if holder else "")
+        while not self._halted:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOCK_POLL):
+                    await self._wake.wait()
+            if not self._halted and self.lock.try_acquire():
+                log.info("queue runner: got %s", self.lock.path)
+                return True
+        return False
+
+    @property
+    def _halted(self) -> bool:
+        """Stopped, or a runner process whose server is gone (it must not deliver any more)."""
+        if not self._stopping and self._server_alive is not None and not self._server_alive():
+            log.info("queue runner: the server is gone; stopping")
+            self._stopping = True
+        return self._stopping
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while not self._halted:
             self._wake.clear()
             interval = self.settings.queue.scan_interval
             try:
@@ -316,6 +366,9 @@ class QueueRunner:
         """Stop scanning and cancel the workers; an interrupted attempt is repeated later."""
         self._stopping = True
         self.wake()
+        await self._cancel_workers()
+
+    async def _cancel_workers(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -379,7 +432,7 @@ class QueueRunner:
         """Start workers for ``dest`` while it has more waiting work than workers, up to the
         per-destination limit."""
         per_destination = self.settings.delivery.max_connections_per_destination
-        while not self._stopping and dest.workers < per_destination and dest.workers < len(dest.queue):
+        while not self._halted and dest.workers < per_destination and dest.workers < len(dest.queue):
             dest.workers += 1
             task = asyncio.create_task(self._worker(dest), name=f"deliver {dest.route.key}")
             self._tasks.add(task)
@@ -595,8 +648,8 @@ class QueueRunner:
                     failed.append(_report(r, "failed", o, now))
                 status = "bounced" if o.kind == "bounced" else "expired"
             else:
-                wait = q.backoff[min(attempts - 1, len(q.backoff) - 1)]
-                next_attempt = min(now + wait, max(entry.received_at + q.lifetime, now + 1.0))
+                next_attempt = min(now + self._backoff(attempts),
+                                   max(entry.received_at + q.lifetime, now + 1.0))
                 r = replace(r, status="deferred", last_error=_one_line(o.text), next_attempt=next_attempt, **common)
                 if (q.delay_warning > 0 and not r.delay_warned and age >= q.delay_warning
                         and wants(r.notify, "DELAY") and entry.sender):
@@ -606,7 +659,10 @@ class QueueRunner:
             updated.append(r)
             self._log_attempt(entry, r, o, now, status)
         entry = replace(entry, recipients=tuple(updated))
-        self._send_reports(entry, failed, delayed, relayed)
+        unsent = self._send_reports(entry, failed, delayed, relayed)
+        if unsent:
+            entry = replace(entry, recipients=tuple(self._report_owed(entry, r, unsent, now)
+                                                    for r in entry.recipients))
         if all(r.status in FINAL for r in entry.recipients):
             self.store.remove(queue_id, durable=False)
             log.info("%s: removed", queue_id)
@@ -616,6 +672,25 @@ class QueueRunner:
             except FileNotFoundError:
                 log.info("%s: deleted during delivery", queue_id)
 
+    def _backoff(self, attempts: int) -> float:
+        """The wait after the ``attempts``-th failed attempt: ``[queue] backoff``, the last
+        value repeating."""
+        backoff = self.settings.queue.backoff
+        return backoff[min(attempts - 1, len(backoff) - 1)]
+
+    def _report_owed(self, entry: QueueEntry, r: QueuedRecipient, unsent: dict[str, set[str]],
+                     now: float) -> QueuedRecipient:
+        """``r`` as it stays when its report of this attempt could not be committed: a failure
+        stays pending (deferred on the backoff schedule; the next attempt delivers, or fails and
+        reports again), a delay warning stays unsent (the next deferral tries it again)."""
+        if r.address in unsent.get("failed", ()):
+            log.warning("%s: to=<%s> stays queued: its failure report could not be stored; "
+                        "retried at the next attempt", entry.queue_id, r.address)
+            return replace(r, status="deferred", next_attempt=now + self._backoff(r.attempts))
+        if r.address in unsent.get("delayed", ()):
+            return replace(r, delay_warned=False)
+        return r
+
     def _log_attempt(self, entry: QueueEntry, r: QueuedRecipient, o: _Outcome, now: float,
                      status: str) -> None:
         orig = f", orig_to=<{r.original}>" if r.original.lower() != r.address.lower() else ""
@@ -624,36 +699,52 @@ class QueueRunner:
                  status, _one_line(o.text))
 
     def _send_reports(self, entry: QueueEntry, failed: list[RecipientReport],
-                      delayed: list[RecipientReport], relayed: list[RecipientReport]) -> None:
-        """Commit the reports of one attempt (blocking). Mail from <> gets none: its failures go
+                      delayed: list[RecipientReport], relayed: list[RecipientReport]) -> dict[str, set[str]]:
+        """Commit the reports of one attempt (blocking); the recipients whose report could not
+        be committed, by action ("failed", "delayed"). Mail from <> gets none: its failures go
         to the postmaster or the log, and a failed notice to the postmaster only to the log."""
+        unsent: dict[str, set[str]] = {}
         if not entry.sender:
             if failed:
                 notice = entry.params.get(NOTICE_PARAM)
                 if self.settings.delivery.null_sender_failures == "postmaster" and notice != "postmaster":
                     to = self.reporter.postmaster()
-                    self._report(entry, to, failed, "headers", notice="postmaster")
+                    if not self._report(entry, to, failed, "headers", notice="postmaster"):
+                        unsent["failed"] = {r.address for r in failed}
                 else:
                     log.warning("%s: undeliverable mail from <> discarded: %s", entry.queue_id,
                                 ", ".join(f"<{r.address}>" for r in failed))
         else:
             ret = entry.params.get("RET", "FULL").upper()
-            if failed:
-                self._report(entry, entry.sender, failed, "headers" if ret == "HDRS" else "full")
-            if delayed:
-                self._report(entry, entry.sender, delayed, "headers")
-            if relayed:
-                self._report(entry, entry.sender, relayed, "headers")
+            if failed and not self._report(entry, entry.sender, failed, "headers" if ret == "HDRS" else "full"):
+                unsent["failed"] = {r.address for r in failed}
+            if delayed and not self._report(entry, entry.sender, delayed, "headers"):
+                unsent["delayed"] = {r.address for r in delayed}
+            if relayed and not self._report(entry, entry.sender, relayed, "headers"):
+                # Those recipients have the message: sending it again to retry a success notice
+                # would duplicate it, so the notice is what gives way.
+                log.error("%s: the \"relayed\" notice to <%s> for %s is dropped", entry.queue_id,
+                          entry.sender, ", ".join(f"<{r.address}>" for r in relayed))
+        return unsent
 
     def _report(self, entry: QueueEntry, to: str, reports: Sequence[RecipientReport],
-                content: Literal["full", "headers"], notice: str = "dsn") -> None:
-        with self.store.open_message(entry.queue_id, entry.body_offset) as original:
-            report_id = self.reporter.send(
-                to=to, queue_id=entry.queue_id, arrival=entry.received_at, reports=reports,
-                original=original, return_content=content, envid=entry.params.get("ENVID"),
-                notice=notice)
+                content: Literal["full", "headers"], notice: str = "dsn") -> bool:
+        """Build and commit one report; False (logged) when it could not be stored (a full
+        disk, an I/O error), so that the caller keeps what it is about."""
+        action = reports[0].action
+        try:
+            with self.store.open_message(entry.queue_id, entry.body_offset) as original:
+                report_id = self.reporter.send(
+                    to=to, queue_id=entry.queue_id, arrival=entry.received_at, reports=reports,
+                    original=original, return_content=content, envid=entry.params.get("ENVID"),
+                    notice=notice)
+        except (StorageError, OSError) as e:
+            log.warning("%s: the %s report to <%s> could not be stored: %s", entry.queue_id,
+                        action, to, e)
+            return False
         if report_id is not None:
             self.wake(report_id)  # a report to a remote address waits in the queue now
+        return True
 
 
 def _one_line(text: str, limit: int = 500) -> str:
