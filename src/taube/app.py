@@ -95,7 +95,7 @@ class App:
             return POP3Session(self.services, io, client_ip, implicit_tls=implicit_tls)
         return factory
 
-    def _pop3_limits(self) -> tuple[int, int]:
+    def _pop3_limits(self, client_ip: str) -> tuple[int, int | None]:
         p = self.settings.pop3
         return p.max_connections, p.max_connections_per_client
 
@@ -106,8 +106,12 @@ class App:
         assert self.services.tls is not None
         return self.services.tls.context
 
-    def _smtp_limits(self) -> tuple[int, int]:
+    def _smtp_limits(self, client_ip: str) -> tuple[int, int | None]:
+        """Trusted networks have no per-client limit (as Postfix exempts mynetworks from
+        smtpd_client_connection_count_limit); max_connections holds for everyone."""
         s = self.settings.smtp
+        if self.services.relay.is_trusted(client_ip):
+            return s.max_connections, None
         return s.max_connections, s.max_connections_per_client
 
     def _smtp_refusal(self, reason: str) -> bytes:

@@ -1,7 +1,7 @@
 """State shared between connections, behind one small interface.
 
-Per-client connection counts today; mailbox locks, authentication-failure penalties and the
-SMTP-after-POP window join them later. Nothing of this lives in module globals: several worker
+Per-client connection counts, mailbox locks, authentication failures and the SMTP-after-POP
+window. Nothing of this lives in module globals: several worker
 processes (SO_REUSEPORT), and later several nodes on one database, must see the same state, so a
 second implementation of :class:`SharedState` can replace :class:`LocalState` without touching
 the protocol code.
@@ -16,9 +16,10 @@ __all__ = ["LocalState", "SharedState"]
 
 
 class SharedState(Protocol):
-    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int) -> str | None:
+    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int | None) -> str | None:
         """Count a new connection from ``client``; a reason string if it is over a limit
-        (and then it is not counted), else None."""
+        (and then it is not counted), else None. ``per_client_limit`` None: exempt (trusted
+        networks), only ``total_limit`` applies."""
 
     def close_connection(self, client: str) -> None: ...
 
@@ -26,6 +27,9 @@ class SharedState(Protocol):
 
     def auth_failed(self, client: str, now: float, window: float) -> int:
         """Record a failed login from ``client``; the failures within ``window`` seconds."""
+
+    def auth_failures(self, client: str, now: float, window: float) -> int:
+        """The failures recorded for ``client`` within ``window`` seconds (none recorded)."""
 
     def auth_blocked(self, client: str, now: float, window: float, limit: int) -> bool:
         """True while ``client`` has ``limit`` or more failures within ``window``."""
@@ -59,10 +63,10 @@ class LocalState:
         self._locked: set[str] = set()
         self._pop_logins: dict[str, float] = {}
 
-    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int) -> str | None:
+    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int | None) -> str | None:
         if self._total >= total_limit:
             return "too many connections"
-        if self._per_client[client] >= per_client_limit:
+        if per_client_limit is not None and self._per_client[client] >= per_client_limit:
             return "too many connections from your address"
         self._per_client[client] += 1
         self._total += 1
@@ -96,8 +100,11 @@ class LocalState:
         times.append(now)
         return len(times)
 
+    def auth_failures(self, client: str, now: float, window: float) -> int:
+        return len(self._recent(client, now, window))
+
     def auth_blocked(self, client: str, now: float, window: float, limit: int) -> bool:
-        return len(self._recent(client, now, window)) >= limit
+        return self.auth_failures(client, now, window) >= limit
 
     def auth_succeeded(self, client: str) -> None:
         self._failures.pop(client, None)

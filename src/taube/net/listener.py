@@ -34,7 +34,8 @@ class Session(Protocol):
 
 
 SessionFactory = Callable[[Connection, str], Session]
-Limits = Callable[[], tuple[int, int]]  # (total, per client), read at each accept: reloadable
+# client address -> (total, per client; None: exempt), read at each accept: reloadable
+Limits = Callable[[str], tuple[int, int | None]]
 
 
 class Listener:
@@ -72,7 +73,7 @@ class Listener:
 
     async def _accept(self, conn: Connection) -> None:
         client_ip = conn.peer[0]
-        total, per_client = self._limits()
+        total, per_client = self._limits(client_ip)
         refusal = self._state.open_connection(client_ip, total_limit=total, per_client_limit=per_client)
         if refusal is not None:
             log.warning("%s refused client=%s: %s", self.name, client_ip, refusal)
