@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +39,14 @@ def wait_for(predicate, timeout: float = DEADLINE, interval: float = 0.02, what:
 
 def _listen(port: int | None) -> str:
     return f'"127.0.0.1:{port}"' if port else ""
+
+
+def with_defaults(toml: str, **defaults: object) -> str:
+    """The keys of one table: each default whose key ``toml`` does not set itself (TOML forbids
+    a key twice), then ``toml``, whose own sub-tables may follow."""
+    lines = [f"{key} = {value}" for key, value in defaults.items()
+             if not re.search(rf"(?m)^\s*{re.escape(key)}\s*=", toml)]
+    return "\n".join([*lines, toml])
 
 
 def run_cli(config: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -81,7 +90,8 @@ class TaubeServer:
             f"{extra_toml}\n"
             f"[smtp]\n"
             f'listen = ["{host}:{self.port}"]\n'
-            f"{smtp_toml}\n"
+            # no greeting delay for untrusted test clients unless a test asks for one
+            f"{with_defaults(smtp_toml, greet_delay=0)}\n"
             f"[submission]\n"
             f"listen = [{_listen(self.submission_port)}]\n"
             f"[smtps]\n"
@@ -92,8 +102,7 @@ class TaubeServer:
             f"[pop3s]\n"
             f"listen = [{_listen(self.pop3s_port)}]\n"
             f"[auth]\n"
-            f"failure_delay = 0\n"
-            f"{auth_toml}\n"
+            f"{with_defaults(auth_toml, failure_delay=0)}\n"
         )
 
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

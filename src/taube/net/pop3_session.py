@@ -36,12 +36,15 @@ from ..proto.pop3 import (
 )
 from ..store.mailbox import MaildirMailbox
 from .connection import Connection
+from .login_throttle import LoginThrottle
 from .services import TLS_HANDSHAKE_TIMEOUT, Services
 
 __all__ = ["POP3Session"]
 
 log = logging.getLogger("taube.pop3")
 SMALL_MESSAGE = 128 * 1024  # read on the event loop up to this size (see _retrieve)
+# RFC 3206 4: a temporary condition, not these credentials (the right password is refused too)
+BLOCKED = "[SYS/TEMP] too many authentication failures, try again later"
 
 
 class POP3Session:
@@ -65,6 +68,7 @@ class POP3Session:
             apop=settings.auth.legacy_secrets,
             max_errors=settings.pop3.max_errors,
         ))
+        self.login = LoginThrottle(services, client_ip)
         self.mailbox: MaildirMailbox | None = None
         self.locked: str | None = None
         self.stopping = False
@@ -98,6 +102,7 @@ class POP3Session:
                 data = await self._read()
                 if data is None:
                     return
+                self.login.input(time.monotonic())
                 self.conn.receive_data(data)
             elif isinstance(event, Closed):
                 await self._flush()
@@ -137,15 +142,19 @@ class POP3Session:
                 await self._update(event)
 
     # --- authorization ---------------------------------------------------------------------
-    def _blocked(self) -> bool:
-        auth = self.services.settings.auth
-        return self.services.state.auth_blocked(self.client_ip, time.monotonic(), auth.failure_window,
-                                                auth.max_failures)
+    def _refuse_if_blocked(self) -> bool:
+        """An address blocked after too many failures is told so and disconnected before any
+        credentials are checked, as SMTP answers 421 (the same throttle, see login_throttle)."""
+        if not self.login.blocked():
+            return False
+        log.warning("login refused client=%s: too many failures", self.client_ip)
+        self.conn.close_with(BLOCKED)
+        return True
 
     async def _login(self, event: Login) -> None:
-        if self._blocked():
-            self.conn.reject("[AUTH] too many failed logins, try again later")
+        if self._refuse_if_blocked():
             return
+        self.login.arrived()
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, self.services.directory.verify_password, event.user,
                                         event.password)
@@ -153,7 +162,10 @@ class POP3Session:
 
     def _apop(self, event: ApopLogin) -> None:
         """RFC 1939 7: MD5(timestamp + secret); an unknown user costs the same MD5."""
-        secret = self.services.directory.legacy_secret(event.user) if not self._blocked() else None
+        if self._refuse_if_blocked():
+            return
+        self.login.arrived()
+        secret = self.services.directory.legacy_secret(event.user)
         expected = hashlib.md5((event.timestamp + (secret or secrets.token_hex(16))).encode("utf-8")).hexdigest()
         if secret is not None and hmac.compare_digest(expected, event.digest.lower()):
             self.conn.accept()
@@ -162,10 +174,11 @@ class POP3Session:
 
     async def _auth_lookup(self, event: AuthLookup) -> None:
         directory, request = self.services.directory, event.request
+        if self._refuse_if_blocked():
+            return
+        self.login.arrived()
         answer: object
-        if self._blocked():
-            answer = None if not isinstance(request, sasl.CheckPassword) else False
-        elif isinstance(request, sasl.CheckPassword):
+        if isinstance(request, sasl.CheckPassword):
             loop = asyncio.get_running_loop()
             answer = await loop.run_in_executor(None, directory.verify_password, request.authcid,
                                                 request.password)
@@ -177,11 +190,10 @@ class POP3Session:
 
     async def _login_failed(self, event: LoginFailed) -> None:
         """Throttled exactly like SMTP AUTH failures: the same counter per client address."""
-        state, auth = self.services.state, self.services.settings.auth
-        failures = state.auth_failed(self.client_ip, time.monotonic(), auth.failure_window)
+        failures, wait = self.login.failed()
         log.warning("login failed client=%s user=%s failures=%d: %s", self.client_ip, event.user,
                     failures, event.reason)
-        await asyncio.sleep(min(auth.failure_delay * failures, 30.0))
+        await asyncio.sleep(wait)  # the -ERR is queued: it waits too
 
     async def _open(self, event: MailboxOpen) -> None:
         user = event.user.lower()
@@ -199,7 +211,7 @@ class POP3Session:
             return
         self.mailbox = mailbox
         self.conn.accept_mailbox([(m.size, m.uid) for m in listing])
-        state.auth_succeeded(self.client_ip)
+        self.login.succeeded()
         state.pop_login(self.client_ip, time.monotonic())  # SMTP-after-POP
         log.info("login client=%s user=%s messages=%d", self.client_ip, user, len(listing))
 

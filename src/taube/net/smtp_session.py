@@ -52,6 +52,7 @@ from ..queue.bounce import RecipientReport
 from ..queue.envelope import Envelope, Target
 from ..queue.spool import SpoolFile, StorageError, StorageFullError
 from .connection import Connection
+from .login_throttle import LoginThrottle
 from .services import TLS_HANDSHAKE_TIMEOUT, Services
 
 __all__ = ["Mode", "SMTPSession", "postmaster_address"]
@@ -130,10 +131,13 @@ class SMTPSession:
         self.services = services
         self.io = io
         self.client_ip = client_ip
+        self.mode = mode
         self.conn = SMTPConnection(engine_config(services, mode))
         self.tx = _Transaction()
+        self.login = LoginThrottle(services, client_ip)
         self.stopping = False  # set by the listener on shutdown
         self.committing = False  # a commit is running in a worker thread: do not cancel
+        self._tarpitted = 0  # errors beyond soft_error_limit whose replies were already delayed
 
     @property
     def idle(self) -> bool:
@@ -155,6 +159,7 @@ class SMTPSession:
 
     async def _loop(self) -> None:
         conn = self.conn
+        await self._greet_delay()
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
@@ -165,6 +170,7 @@ class SMTPSession:
                 data = await self._read()
                 if data is None:
                     return
+                self.login.input(time.monotonic())
                 conn.receive_data(data)
                 continue
             if isinstance(event, Closed):
@@ -183,8 +189,47 @@ class SMTPSession:
             log.info("timeout client=%s state=%s", self.client_ip, self.conn.state.value)
             return None
 
+    async def _greet_delay(self) -> None:
+        """Postfix postscreen's pregreet test, on port 25 for clients outside trusted_networks:
+        wait up to ``greet_delay`` before the 220. Whatever arrives meanwhile goes to the engine
+        before its greeting was taken, so it answers ``554 5.5.0`` and closes; nothing the client
+        sent runs. Submission and SMTPS serve mail clients, which Postfix never puts behind
+        postscreen either, so they greet at once."""
+        delay = self.services.settings.smtp.greet_delay
+        if delay <= 0 or self.mode != "smtp" or self.services.relay.is_trusted(self.client_ip):
+            return
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(delay):
+                data = await self.io.read()  # cancellation-safe: unread bytes stay buffered
+        except TimeoutError:
+            return  # a polite client: greet it
+        if data:
+            log.info("pregreet client=%s after=%.3fs octets=%d: %r", self.client_ip,
+                     time.monotonic() - started, len(data), data[:48])
+        self.conn.receive_data(data)  # b"": the client left before the greeting
+
     async def _flush(self) -> None:
+        await self._tarpit()
         await self.io.send(self.conn.data_to_send())
+
+    async def _tarpit(self) -> None:
+        """Postfix's smtpd_soft_error_limit / smtpd_error_sleep_time: past ``soft_error_limit``
+        errors, the replies wait ``error_sleep`` for each new error before they are sent. The
+        engine ends the session at ``max_errors``, so a session sleeps at most
+        (max_errors - soft_error_limit) x error_sleep between two delivered messages."""
+        s = self.services.settings.smtp
+        beyond = max(0, self.conn.errors - s.soft_error_limit)
+        owed = beyond - self._tarpitted
+        if owed > 0 and s.error_sleep > 0:
+            self._tarpitted = beyond
+            await asyncio.sleep(owed * s.error_sleep)
+
+    def _delivered(self) -> None:
+        """A message was accepted: the error count starts again, as Postfix counts errors
+        "without delivering mail" (a bulk sender's occasional unknown recipient is no attack)."""
+        self.conn.errors = 0
+        self._tarpitted = 0
 
     def _say_goodbye(self, reply: Reply) -> None:
         self.conn.close_with(reply)
@@ -215,7 +260,10 @@ class SMTPSession:
                 case DataStart():
                     self._data_start()
                 case EndOfData():
+                    errors = self.conn.errors
                     await self._end_of_data(event)
+                    if self.conn.errors == errors:  # no exception, no error reply: a 250
+                        self._delivered()
                 case DataAborted():
                     log.info("rejected client=%s from=<%s> reason=%s", self.client_ip,
                              self._sender_text(), event.reply)
@@ -427,9 +475,7 @@ class SMTPSession:
         log.info("TLS established client=%s %s", self.client_ip, self._tls_info() or "")
 
     def _auth_start(self, event: AuthStart) -> None:
-        auth = self.services.settings.auth
-        if self.services.state.auth_blocked(self.client_ip, time.monotonic(), auth.failure_window,
-                                            auth.max_failures):
+        if self.login.blocked():
             log.warning("auth refused client=%s: too many failures", self.client_ip)
             self.conn.close_with(R.closing(self.services.settings.hostname, "4.7.0",
                                            "Error: too many authentication failures"))
@@ -439,6 +485,7 @@ class SMTPSession:
     async def _auth_lookup(self, event: AuthLookup) -> None:
         directory = self.services.directory
         request = event.request
+        self.login.arrived()
         loop = asyncio.get_running_loop()
         answer: object
         if isinstance(request, sasl.CheckPassword):  # argon2: tens of ms, off the loop
@@ -451,15 +498,14 @@ class SMTPSession:
         self.conn.auth_resolve(answer)
 
     async def _auth_done(self, event: AuthDone) -> None:
-        state, auth = self.services.state, self.services.settings.auth
         if event.user is not None:
-            state.auth_succeeded(self.client_ip)
+            self.login.succeeded()
             log.info("auth ok client=%s user=%s mechanism=%s", self.client_ip, event.user, event.mechanism)
             return
-        failures = state.auth_failed(self.client_ip, time.monotonic(), auth.failure_window)
+        failures, wait = self.login.failed()
         log.warning("auth failed client=%s mechanism=%s failures=%d: %s", self.client_ip,
                     event.mechanism, failures, event.reason)
-        await asyncio.sleep(min(auth.failure_delay * failures, 30.0))  # the reply waits too
+        await asyncio.sleep(wait)  # the 535 is queued: it waits too
 
     def _vrfy(self, event: Vrfy) -> None:
         mode = self.services.settings.smtp.vrfy
