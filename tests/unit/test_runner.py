@@ -3,7 +3,11 @@ expiry after the queue lifetime, delay warnings, and who gets which report."""
 
 from __future__ import annotations
 
+import asyncio
 import email
+import logging
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +15,14 @@ import pytest
 
 from taube.config import Settings
 from taube.delivery.dns import Resolver
+from taube.delivery.lock import RunnerLock, lock_path
 from taube.delivery.reports import NOTICE_PARAM, Reporter
-from taube.delivery.runner import QueueRunner, _Outcome
+from taube.delivery.runner import LOCK_POLL, QueueRunner, _Outcome
 from taube.directory.sqlite import SQLiteDirectory
 from taube.queue.envelope import Envelope, Target
 from taube.queue.spool import Spool
 from taube.store.maildir import MaildirStore
+from tests.faults import FaultyCalls, faults  # noqa: F401 - the fixture
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -184,3 +190,146 @@ def test_flush_makes_recipients_due_by_domain(world: World) -> None:
     assert world.runner.retry(queue_id) and world.runner._forced == {queue_id: None}
     assert not world.runner.retry("0nosuchid")
 
+
+
+# -- reports that cannot be stored (a full disk or quota) ------------------------------------------
+
+def outcome(kind: str, status: str, text: str) -> _Outcome:
+    return _Outcome(kind=kind, status=status, text=text, diagnostic=None,  # type: ignore[arg-type]
+                    remote_mta="mx.b.test", relay="mx.b.test[192.0.2.1]:25")
+
+
+BOUNCED = outcome("bounced", "5.1.1", "550 5.1.1 no such user")
+SENT = outcome("sent", "2.0.0", "250 2.0.0 Ok")
+
+
+def test_a_bounce_that_cannot_be_stored_keeps_its_recipient_queued(world: World, faults: FaultyCalls) -> None:
+    queue_id = world.queue(recipients=("bob@b.test", "carol@b.test"))
+    faults.arm(fault="enospc", where="/mail/")  # the sender's Maildir cannot take the report
+    world.runner._apply(queue_id, {"bob@b.test": BOUNCED, "carol@b.test": SENT}, False)
+    faults.disarm()
+    bob, carol = world.recipient(queue_id), world.recipient(queue_id, "carol@b.test")
+    assert bob.status == "deferred" and bob.attempts == 1 and bob.next_attempt == world.now + 300
+    assert "550 5.1.1" in bob.last_error
+    assert carol.status == "delivered"  # not to be sent again
+    assert world.spool.queue.load(queue_id).waiting_for(None) == {"bob@b.test"}
+    assert world.inbox("alice@a.test") == [] and list(world.root.glob("mail/*/*/tmp/*")) == []
+    # Space is back: the next attempt fails again and its bounce is stored this time.
+    world.now = bob.next_attempt
+    world.attempt(queue_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    [bounce] = world.inbox("alice@a.test")
+    blocks = bounce.get_payload()[1].get_payload()
+    assert [b["Final-Recipient"] for b in blocks[1:]] == ["rfc822; bob@b.test"]
+    with pytest.raises(FileNotFoundError):
+        world.spool.queue.load(queue_id)
+
+
+def test_a_bounce_to_a_remote_sender_that_cannot_be_queued_is_retried(world: World, faults: FaultyCalls) -> None:
+    queue_id = world.queue(sender="someone@far.test")
+    faults.arm(fault="eio", where="/queue/messages/")  # the report's queue file
+    world.attempt(queue_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    faults.disarm()
+    assert world.recipient(queue_id).status == "deferred"
+    assert [e.queue_id for e in world.spool.queue.list()] == [queue_id]  # no half report queued
+    assert sorted(p.name for p in world.spool.queue.messages.iterdir()) == [queue_id]
+    world.now = world.recipient(queue_id).next_attempt
+    world.attempt(queue_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    [report] = world.spool.queue.list()
+    assert report.sender == "" and [r.address for r in report.recipients] == ["someone@far.test"]
+
+
+def test_a_delay_warning_that_cannot_be_stored_is_sent_at_the_next_deferral(
+        world: World, faults: FaultyCalls) -> None:
+    queue_id = world.queue()
+    world.now += 5 * HOUR
+    faults.arm(fault="edquot", where="/mail/")
+    world.attempt(queue_id)
+    faults.disarm()
+    assert world.recipient(queue_id).delay_warned is False and world.inbox("alice@a.test") == []
+    world.now = world.recipient(queue_id).next_attempt
+    world.attempt(queue_id)
+    [warning] = world.inbox("alice@a.test")
+    assert warning["Subject"].startswith("Delayed Mail")
+    assert world.recipient(queue_id).delay_warned is True
+
+
+def test_a_postmaster_notice_that_cannot_be_stored_keeps_the_null_sender_mail(
+        world: World, faults: FaultyCalls) -> None:
+    queue_id = world.queue(sender="")
+    faults.arm(fault="enospc", where="/mail/")
+    world.attempt(queue_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    faults.disarm()
+    assert world.recipient(queue_id).status == "deferred"  # not "failed": nobody was told yet
+    assert world.inbox("postmaster@a.test") == []
+    world.now = world.recipient(queue_id).next_attempt
+    world.attempt(queue_id, kind="bounced", status="5.1.1", text="550 5.1.1 no such user")
+    assert len(world.inbox("postmaster@a.test")) == 1
+    assert world.spool.queue.list() == []
+
+
+def test_a_relayed_notice_that_cannot_be_stored_does_not_send_the_message_again(
+        world: World, faults: FaultyCalls, caplog: pytest.LogCaptureFixture) -> None:
+    queue_id = world.queue(notify=("SUCCESS",))
+    faults.arm(fault="enospc", where="/mail/")
+    with caplog.at_level(logging.WARNING, logger="taube.delivery"):
+        world.attempt(queue_id, kind="sent", status="2.0.0", text="250 2.0.0 Ok")
+    faults.disarm()
+    assert world.spool.queue.list() == []  # delivered: done, whatever became of the notice
+    assert world.inbox("alice@a.test") == []
+    assert any('"relayed" notice' in r.message and r.levelno == logging.ERROR for r in caplog.records)
+
+
+# -- one runner per data directory -------------------------------------------------------------------
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def test_a_second_runner_waits_for_the_lock_then_takes_over(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    second = QueueRunner(settings=world.settings, store=world.spool.queue, reporter=world.reporter,
+                         resolver=Resolver(["127.0.0.1:9"]), clock=lambda: world.now)
+
+    async def main() -> None:
+        first_task = asyncio.create_task(world.runner.run())
+        await _until(lambda: world.runner.lock.held)
+        second_task = asyncio.create_task(second.run())
+        await _until(lambda: "waiting for" in caplog.text)
+        assert not second.lock.held
+        assert f"(pid {os.getpid()})" in caplog.text and str(lock_path(world.root)) in caplog.text
+        second.wake()  # a wake-up does not make it deliver
+        await asyncio.sleep(0)
+        assert not second.lock.held
+        await world.runner.stop()
+        await first_task
+        await _until(lambda: second.lock.held, timeout=3 * LOCK_POLL)
+        await second.stop()
+        await second_task
+        assert not second.lock.held
+
+    with caplog.at_level(logging.INFO, logger="taube.delivery"):
+        asyncio.run(main())
+
+
+def test_a_waiting_runner_stops_at_once(world: World) -> None:
+    holder = RunnerLock(lock_path(world.root))
+    assert holder.try_acquire()
+
+    async def main() -> None:
+        task = asyncio.create_task(world.runner.run())
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await world.runner.stop()
+        async with asyncio.timeout(LOCK_POLL / 2):
+            await task
+        assert time.monotonic() - started < LOCK_POLL / 2
+        assert not world.runner.lock.held
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.release()
