@@ -83,7 +83,9 @@ def test_pipelining_violation_gets_554_and_nothing_is_stored(server: TaubeServer
         *waited, last = dialogue
         for write in waited:  # these the client sends after the reply to the previous one
             c.send(write)
-            assert c.reply().startswith("250")  # a whole reply, all its lines
+            reply = c.reply()  # a whole reply, all its lines
+            assert reply.startswith("250")
+            assert b"STARTTLS" not in last or "STARTTLS" in reply  # offered: it is the real thing
         c.send(last)
         replies = []
         while SYNC not in replies:
