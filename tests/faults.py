@@ -87,6 +87,17 @@ class FaultyCalls(durable.SystemCalls):
             self._paths[fd] = path
         return fd
 
+    def open(self, path: Path, flags: int) -> int:  # not a write point: only names the fd
+        fd = super().open(path, flags)
+        with self._lock:
+            self._paths[fd] = path
+        return fd
+
+    def close(self, fd: int) -> None:
+        with self._lock:
+            self._paths.pop(fd, None)
+        super().close(fd)
+
     def write(self, fd: int, data: memoryview) -> int:
         path = self._paths.get(fd, f"fd {fd}")
         fault = self._point("write", path)

@@ -1,15 +1,12 @@
-"""Process lifecycle: crash after 250, graceful shutdown, reload, disk full, bad configuration."""
+"""Process lifecycle: crash after 250, graceful shutdown, reload, bad configuration (a full disk:
+test_storage.py)."""
 
 from __future__ import annotations
 
 import mailbox
-import os
 import signal
 import subprocess
-import uuid
 from pathlib import Path
-
-import pytest
 
 from tests.e2e.conftest import TAUBE, TaubeServer, wait_for
 from tests.e2e.rawsmtp import RawSMTP
@@ -118,40 +115,6 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "smtp.max_message_size" in proc.stderr and "smtp.listen" in proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path):
-    mnt = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_disk_full_is_452_never_250(make_server, tiny_fs: Path) -> None:
-    server = make_server()
-    server.config.write_text(server.config.read_text().replace('data_dir = "var"', f'data_dir = "{tiny_fs}"'))
-    server.data_dir = tiny_fs
-    server.add_user("alice@example.test")
-    server.start()
-    with RawSMTP(server.port) as c:
-        c.cmd("EHLO x")
-        c.cmd("MAIL FROM:<lb@trash.test>")
-        c.cmd("RCPT TO:<alice@example.test>")
-        assert c.cmd("DATA").startswith("354")
-        line = b"y" * 998 + b"\r\n"
-        for _ in range(3000):  # ~3 MB into a 2 MB filesystem
-            c.send(line)
-        assert c.cmd(".").startswith("452 4.3.1")
-        assert c.cmd("NOOP").startswith("250")  # the session goes on
-    maildir = server.maildir("alice@example.test")
-    assert not maildir.exists() or list(mailbox.Maildir(maildir, create=False)) == []
-    assert list((tiny_fs / "mail").glob("*/*/tmp/*")) == []  # the space is given back
 
 
 def test_one_log_line_per_message(server: TaubeServer) -> None:

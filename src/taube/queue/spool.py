@@ -102,11 +102,7 @@ _FSYNC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="taube-fsync
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        durable.calls.fsync(fd)
-    finally:
-        os.close(fd)
+    durable.fsync_file(path)
 
 
 def _run_together(jobs: list[Callable[[], None]]) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "calls",
     "copy_file",
     "fsync_directory",
+    "fsync_file",
     "is_full",
     "link",
     "rename",
@@ -78,10 +79,18 @@ def storage_error(exc: OSError) -> StorageError:
 
 class SystemCalls:
     """The system calls that change files, as durable writes use them. Plain pass-throughs
-    (``os`` is looked up at each call); see the module docstring for why they are one object."""
+    (``os`` is looked up at each call); see the module docstring for why they are one object.
+    Opening an existing file or directory and closing a descriptor change nothing but go
+    through here too, so that a stand-in always knows which file a descriptor is."""
 
     def create(self, path: Path, flags: int, mode: int) -> int:
         return os.open(path, flags, mode)
+
+    def open(self, path: Path, flags: int) -> int:
+        return os.open(path, flags)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
 
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
@@ -127,11 +136,20 @@ def fsync_directory(path: Path) -> None:
     fsync of a file does not cover its name: POSIX (and ext4/XFS in practice) only promises a new
     link survives a crash once the directory holding it is fsync'd as well.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = calls.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         calls.fsync(fd)
     finally:
-        os.close(fd)
+        calls.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file written earlier, by name (e.g. one staged, to fsync it with others)."""
+    fd = calls.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        calls.fsync(fd)
+    finally:
+        calls.close(fd)
 
 
 class DurableFile:
@@ -163,7 +181,7 @@ class DurableFile:
     def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            calls.close(fd)
 
     def discard(self) -> None:
         """Close and remove the file; errors are not interesting on this path."""
