@@ -10,8 +10,11 @@ FINAL = re.compile(rb"^\d{3} [^\r\n]*\r\n", re.M)
 
 
 class RawSMTP:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+                 source: str | None = None) -> None:
+        """``source``: the local address to connect from (e.g. 127.0.0.2, an untrusted client)."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.timeout = timeout
         self.buf = b""
         self.greeting = self.reply()

@@ -39,3 +39,11 @@ def test_mailbox_lock_and_pop_window() -> None:
     assert state.pop_login_within("192.0.2.1", now=399, window=300)
     assert not state.pop_login_within("192.0.2.1", now=400, window=300)
     assert not state.pop_login_within("192.0.2.2", now=100, window=300)
+
+
+def test_exempt_client_has_only_the_total_limit() -> None:
+    state = LocalState()
+    for _ in range(3):
+        assert state.open_connection("trusted", total_limit=3, per_client_limit=None) is None
+    assert state.open_connection("trusted", total_limit=3, per_client_limit=None) == "too many connections"
+    assert state.open_connection("other", total_limit=3, per_client_limit=1) == "too many connections"

@@ -16,6 +16,7 @@ deadline even when the verification was quicker.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .services import Services
@@ -36,20 +37,22 @@ class LoginThrottle:
     bytes, :meth:`arrived` when credentials are about to be checked, then :meth:`failed` or
     :meth:`succeeded`."""
 
-    def __init__(self, services: Services, client_ip: str) -> None:
+    def __init__(self, services: Services, client_ip: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.services = services
         self.client_ip = client_ip
-        self._input_at = time.monotonic()
+        self._clock = clock
+        self._input_at = clock()
         self._attempt: _Attempt | None = None
 
-    def input(self, now: float) -> None:
-        """Bytes were read at ``now``: a later attempt is a new one, arriving then."""
-        self._input_at = now
+    def input(self) -> None:
+        """Bytes were read just now: a later attempt is a new one, arriving now."""
+        self._input_at = self._clock()
         self._attempt = None
 
     def blocked(self) -> bool:
         auth = self.services.settings.auth
-        return self.services.state.auth_blocked(self.client_ip, time.monotonic(), auth.failure_window,
+        return self.services.state.auth_blocked(self.client_ip, self._clock(), auth.failure_window,
                                                 auth.max_failures)
 
     def arrived(self) -> None:
@@ -70,7 +73,7 @@ class LoginThrottle:
         attempt, self._attempt = self._attempt, None
         assert attempt is not None
         auth = self.services.settings.auth
-        now = time.monotonic()
+        now = self._clock()
         failures = self.services.state.auth_failed(self.client_ip, now, auth.failure_window)
         deadline = attempt.arrived + min(auth.failure_delay * (attempt.prior + 1), MAX_PENALTY)
         return failures, max(0.0, deadline - now)

@@ -102,7 +102,7 @@ class POP3Session:
                 data = await self._read()
                 if data is None:
                     return
-                self.login.input(time.monotonic())
+                self.login.input()
                 self.conn.receive_data(data)
             elif isinstance(event, Closed):
                 await self._flush()

@@ -170,7 +170,7 @@ class SMTPSession:
                 data = await self._read()
                 if data is None:
                     return
-                self.login.input(time.monotonic())
+                self.login.input()
                 conn.receive_data(data)
                 continue
             if isinstance(event, Closed):
