@@ -123,7 +123,8 @@ class TaubeServer:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"taube exited with {self.proc.returncode}:\n{self.log}")
         try:
-            with socket.create_connection((self.host, self.port), timeout=2) as s:
+            # long enough for a greet_delay a test sets for untrusted clients
+            with socket.create_connection((self.host, self.port), timeout=5) as s:
                 return s.recv(512).startswith(b"220 ")
         except OSError:
             return False
