@@ -65,3 +65,19 @@ def test_listing_is_in_delivery_order_with_unpadded_microseconds(tmp_path: Path)
 
 def test_user_without_a_maildir_has_an_empty_mailbox(tmp_path: Path) -> None:
     assert MaildirMailbox(tmp_path / "never-delivered").load() == []
+
+
+def test_quit_without_deletions_touches_nothing(tmp_path: Path) -> None:
+    box = MaildirMailbox(tmp_path / "never-delivered")
+    box.delete(box.load())
+    assert not (tmp_path / "never-delivered").exists()
+
+
+def test_delete_of_messages_already_gone_is_fine(tmp_path: Path) -> None:
+    md = make_maildir(tmp_path / "e")
+    (md / "new" / "1.M1P1QA.mx,S=5").write_bytes(b"a\r\n\r\n")
+    box = MaildirMailbox(md)
+    listing = box.load()
+    (md / "new" / "1.M1P1QA.mx,S=5").unlink()  # another client was faster
+    box.delete(listing)
+    assert list((md / "tmp").iterdir()) == []

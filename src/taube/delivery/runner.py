@@ -316,21 +316,30 @@ class QueueRunner:
         """Wait until this runner holds the runner lock (False: stopped before it did). The
         holder is polled every :data:`LOCK_POLL` seconds; :meth:`stop` ends the wait at once."""
         assert self._wake is not None
-        if self.lock.try_acquire():
-            return True
-        holder = self.lock.holder()
-        log.warning("queue runner: waiting for %s, held by another queue runner%s; not "
-                    "delivering until it stops", self.lock.path,
-                    f" (pid {holder})" if holder else "")
+        try:
+            if self.lock.try_acquire():
+                return True
+            holder = self.lock.holder()
+            log.warning("queue runner: waiting for %s, held by another queue runner%s; not "
+                        "delivering until it stops", self.lock.path,
+                        f" (pid {holder})" if holder else "")
+        except OSError as e:  # the lock file cannot even be made (a full disk on a first start)
+            log.error("queue runner: cannot open %s, trying again: %s", self.lock.path, e)
         while not self._halted:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LOCK_POLL):
                     await self._wake.wait()
-            if not self._halted and self.lock.try_acquire():
+            if not self._halted and self._try_lock():
                 log.info("queue runner: got %s", self.lock.path)
                 return True
         return False
+
+    def _try_lock(self) -> bool:
+        try:
+            return self.lock.try_acquire()
+        except OSError:
+            return False
 
     @property
     def _halted(self) -> bool:

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,24 +143,28 @@ class MaildirMailbox:
 
     def _hide(self, messages: list[MailboxMessage]) -> list[tuple[Path, Path]]:
         """Move each message into ``tmp/`` and make the moves durable; on failure undo them."""
+        if not messages:
+            return []
         tmp = self.maildir / "tmp"
-        if messages:
-            tmp.mkdir(mode=0o700, exist_ok=True)  # a Maildir made by another program may lack it
+        tmp.mkdir(mode=0o700, exist_ok=True)  # a Maildir made by another program may lack it
         moved: list[tuple[Path, Path]] = []
+        # A short name of its own (a Maildir name plus a suffix could pass NAME_MAX).
+        stamp = f"{os.getpid()}.{time.time_ns()}"
         try:
-            for message in messages:
+            for number, message in enumerate(messages):
                 try:
                     path = self._current_path(message)
                 except FileNotFoundError:
                     continue  # already gone (another client, or the user's mail program)
-                hidden = tmp / f"{path.name}.deleted"
+                hidden = tmp / f"deleted.{stamp}.{number}"
                 try:
                     durable.rename(path, hidden)
                 except FileNotFoundError:
                     continue  # went away just now
                 moved.append((path, hidden))
-            for directory in {tmp, *(path.parent for path, _ in moved)}:
-                fsync_directory(directory)
+            if moved:
+                for directory in {tmp, *(path.parent for path, _ in moved)}:
+                    fsync_directory(directory)
         except BaseException:
             self._restore(moved)
             raise
