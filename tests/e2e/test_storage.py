@@ -26,7 +26,7 @@ import pytest
 from taube.queue.spool import QueueEntry
 from tests.e2e.conftest import TaubeServer, wait_for
 from tests.e2e.inprocess import InProcessServer
-from tests.faults import ERRORS, FAULTS, FaultyCalls, faults  # noqa: F401 - the fixture
+from tests.faults import FAULTS, FaultyCalls, faults  # noqa: F401 - the fixture
 
 SENDER = "lb@trash.test"
 PASSWORD = "pop-secret-123"
@@ -175,6 +175,8 @@ def test_a_full_filesystem_never_gets_250_without_the_whole_message(make_server,
     assert 3 * 1024 * 1024 in refused and any(size < 3 * 1024 * 1024 for size in refused)
     assert server.stop() == 0  # nothing writes while the tree is walked
     check_store(server.data_dir, sent)
+    listing = server.cli("queue", "list").stdout  # the queue is still readable by its tools
+    assert all(q in listing for q, m in sent.items() if m.remote)
     # Space comes back (the users fetched their mail, the queue was cleared): accepted again.
     for path in (server.data_dir / "mail").glob("*/*/*/*"):
         path.unlink()
