@@ -1,0 +1,705 @@
+"""Property tests for the SMTP engine, driven as ``net/smtp_session.py`` drives it.
+
+1. Random bytes in random chunks (CR, LF, NUL, high bytes, long runs without a line end, dots,
+   command fragments): the engine raises nothing, everything it sends is a well-formed reply,
+   and after ``Closed`` it sends nothing more.
+2. Memory stays bounded: whatever the engine holds (line buffer, DATA decoder carry, queued
+   events and output, SASL state) stays under a fixed bound after every read, also for megabytes
+   without a line end.
+3. A valid session gives the same bytes however it is split: pipelined in one piece, byte by
+   byte and at random points; and with ``strict_pipelining`` a polite client (one that waits for
+   the reply where RFC 2920 and RFC 3207/4954 say so) gets the same replies however each of its
+   groups is split, and is never taken for a pipelining violation.
+4. Random command sequences (valid and invalid verbs, in random states) get exactly one reply per
+   command (a DATA transfer counts as one), except for the closing 421 that may follow the last.
+
+The session side answers every decision as a real session may: accept, or reject with one of the
+negative replies the real session sends, chosen by hypothesis per decision (see ``Policy``).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from taube.proto import replies as R
+from taube.proto import sasl
+from taube.proto.dotstuff import MAX_TEXT_LINE, stuff
+from taube.proto.replies import Reply
+from taube.proto.smtp import (
+    AUTH_LINE_MAX,
+    NEED_DATA,
+    AuthLookup,
+    AuthStart,
+    Closed,
+    DataAborted,
+    DataChunk,
+    DataStart,
+    Decision,
+    EndOfData,
+    Etrn,
+    Event,
+    Expn,
+    Hello,
+    MailFrom,
+    RcptTo,
+    SMTPConfig,
+    SMTPConnection,
+    StartTLS,
+    State,
+    Vrfy,
+)
+from tests.proto.fuzzing import (
+    SCRAM_CREDENTIALS,
+    SECRET,
+    Policy,
+    answers,
+    bytewise,
+    cuts,
+    examples,
+    fixed_sasl_randomness,
+    queued_events,
+    retained,
+    segments,
+    split,
+)
+
+HOST = "mx.test"
+STRICT_AVAILABLE = "strict_pipelining" in {f.name for f in dataclasses.fields(SMTPConfig)}
+
+# What the engine may hold between reads: its line buffer (at most AUTH_LINE_MAX, the longest line
+# it accepts), the SASL exchange's state (a few values of at most an AUTH line each), the open
+# transaction's MAIL (one parameter line) and small change. It must not grow with the input.
+HELD_MAX = 4 * AUTH_LINE_MAX + 16384
+# Replies per octet of input: the longest reply to the shortest line (EHLO's list to "EHLO x\n",
+# a 500 to a lone "\n") stays well below this; the slack covers a line completed by this read.
+AMPLIFICATION = 64
+SLACK = 4096
+
+
+def config(*, strict: bool = False, **kw: object) -> SMTPConfig:
+    """An engine configuration; ``strict`` asks for strict_pipelining where the engine has it."""
+    if strict and STRICT_AVAILABLE:
+        kw["strict_pipelining"] = True
+    return SMTPConfig(hostname=HOST, **kw)  # type: ignore[arg-type]
+
+
+# --- the replies ---------------------------------------------------------------------------------
+REPLY_LINE = re.compile(rb"([2-5][0-5][0-9])([ -])(.*)", re.S)
+ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}(?: |$)")
+
+
+def replies(out: bytes) -> list[tuple[int, list[str]]]:
+    """``out`` as (code, text lines) per reply, checking that it is nothing but well-formed
+    replies (RFC 5321 4.2): ``ddd-text`` continuation lines then ``ddd text``, the same code
+    throughout, CRLF after each line, at most 512 octets a line, printable UTF-8 text, and an
+    enhanced status code (RFC 3463) of the same class as the reply code."""
+    assert not out or out.endswith(b"\r\n"), f"output does not end with CRLF: {out[-60:]!r}"
+    result: list[tuple[int, list[str]]] = []
+    code: int | None = None
+    lines: list[str] = []
+    for raw in out[:-2].split(b"\r\n") if out else []:
+        m = REPLY_LINE.fullmatch(raw)
+        assert m, f"not a reply line: {raw!r}"
+        assert b"\r" not in raw and b"\n" not in raw, f"bare CR/LF in a reply: {raw!r}"
+        assert len(raw) + 2 <= 512, f"reply line of {len(raw) + 2} octets (RFC 5321 4.5.3.1.5)"
+        try:
+            text = m.group(3).decode("utf-8")
+        except UnicodeDecodeError:
+            raise AssertionError(f"reply text is not UTF-8: {raw!r}") from None
+        assert text.replace("\t", " ").isprintable(), f"control characters in a reply: {raw!r}"
+        this = int(m.group(1))
+        assert code is None or this == code, f"multi-line reply changes its code: {raw!r}"
+        enhanced = ENHANCED.match(text)
+        assert enhanced is None or enhanced.group(1) == str(this)[0], f"enhanced code of another class: {raw!r}"
+        code = this
+        lines.append(text)
+        if m.group(2) == b" ":
+            result.append((this, lines))
+            code, lines = None, []
+    assert code is None, "unfinished multi-line reply"
+    return result
+
+
+# --- the session side -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Accept:
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class CloseWith:
+    reply: Reply
+
+
+QUEUED = Reply(250, "2.0.0", "Ok: queued as 4ABCDEF")
+# For each decision: the yes first, then what net/smtp_session.py (or a policy check) may say.
+ANSWERS: dict[type[Decision], list[Accept | Reject | CloseWith]] = {
+    Hello: [Accept(), Reject(Reply(550, "5.7.1", "<c>: Helo command rejected: Host not found"))],
+    MailFrom: [Accept(), Reject(Reply(553, "5.7.1", "<a@x>: Sender address rejected: not owned by user")),
+               Reject(R.TRANSIENT_FAILURE), Reject(R.STORAGE_FULL)],
+    RcptTo: [Accept(), Reject(Reply(550, "5.1.1", "<b@y>: Recipient address rejected: User unknown")),
+             Reject(Reply(554, "5.7.1", "<b@y>: Relay access denied")), Reject(R.TRANSIENT_FAILURE)],
+    DataStart: [Accept(), Reject(R.TRANSIENT_FAILURE), Reject(R.STORAGE_FULL)],
+    EndOfData: [Accept(QUEUED), Reject(R.STORAGE_FULL), Reject(R.TRANSIENT_FAILURE),
+                Reject(Reply(554, "5.7.1", "Error: message content rejected"))],
+    Vrfy: [Accept(R.VRFY_AMBIGUOUS), Accept(Reply(250, "2.0.0", "<alice@example.test>")),
+           Reject(Reply(550, "5.1.1", "<x>: User unknown")), Reject(R.VRFY_DISABLED)],
+    Expn: [Reject(R.EXPN_DISABLED), Accept(Reply(250, "2.1.5", ("<alice@example.test>", "<bob@example.org>"))),
+           Reject(Reply(550, "5.1.1", "<l>: No such mailing list"))],
+    Etrn: [Accept(), Accept(R.etrn_nothing_waiting("example.test")), Accept(R.etrn_pending("example.test", 3)),
+           Reject(R.etrn_unable("example.test")), Reject(R.etrn_not_allowed("example.test", "not trusted"))],
+    StartTLS: [Accept(), Reject(Reply(454, "4.7.0", "TLS not available due to temporary reason"))],
+    AuthStart: [Accept(), CloseWith(R.closing(HOST, "4.7.0", "Error: too many authentication failures"))],
+}
+
+
+class Driver:
+    """Plays the session: answers every decision, runs to NEED_DATA or Closed after each read,
+    takes the output as the session does; optionally checks the memory bounds after each read."""
+
+    def __init__(self, cfg: SMTPConfig, policy: Policy, *, check_memory: bool = False) -> None:
+        self.conn = SMTPConnection(cfg)
+        self.policy = policy
+        self.check_memory = check_memory
+        greeting = self.conn.data_to_send()  # taken before any input, as the session does
+        assert [code for code, _ in replies(greeting)] == [220], greeting
+        self.out = bytearray()
+        self.events: list[object] = []  # every event but DataChunk; ("message", content) at the end
+        self.content = bytearray()
+        self.closed = False
+
+    def feed(self, data: bytes) -> bytes:
+        """One read: ``data`` (``b""``: the peer closed) in, the replies it caused out."""
+        if self.closed:  # the session has closed; nothing may come out any more
+            held = retained(self.conn)
+            self.conn.receive_data(data)
+            assert isinstance(self.conn.next_event(), Closed)
+            assert self.conn.data_to_send() == b"", "output after Closed"
+            assert retained(self.conn) <= held, "input kept after Closed"
+            return b""
+        self.conn.receive_data(data)
+        if self.check_memory:
+            self.check_held(len(data))
+        produced = self.run()
+        if self.check_memory:
+            # Once closed, the rest of the last read may stay behind (the session drops the
+            # engine then); it must not grow any more (checked above).
+            self.check_held(len(data) if self.closed else 0)
+            assert len(produced) <= AMPLIFICATION * len(data) + SLACK, f"{len(produced)} octets for {len(data)}"
+        return produced
+
+    def timeout(self) -> None:
+        """The session's command timeout: 421 and close."""
+        if not self.closed:
+            self.conn.close_with(R.closing(HOST, "4.4.2", "Error: timeout exceeded"))
+            self.out += self.conn.data_to_send()
+            assert isinstance(self.conn.next_event(), Closed)
+            self.closed = True
+
+    def run(self) -> bytes:
+        start = len(self.out)
+        while True:
+            event = self.conn.next_event()
+            if self.check_memory:
+                assert queued_events(self.conn) <= 8, "events pile up"
+            if event is NEED_DATA:
+                break
+            if isinstance(event, Closed):
+                self.events.append(event)
+                self.closed = True
+                break
+            self.handle(event)
+        self.out += self.conn.data_to_send()
+        return bytes(self.out[start:])
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, DataChunk):
+            self.content += event.data
+            return
+        self.events.append(event)
+        if isinstance(event, (DataStart, DataAborted)):
+            self.content.clear()
+        elif isinstance(event, EndOfData):
+            self.events.append(("message", bytes(self.content)))
+            self.content.clear()
+        if not isinstance(event, Decision):
+            return  # AuthDone, DataAborted, Reset: information only
+        conn = self.conn
+        if isinstance(event, AuthLookup):
+            conn.auth_resolve(self.lookup(event.request))
+            return
+        options = ANSWERS.get(type(event), [Accept()])  # a decision this driver does not know: yes
+        match self.policy.pick(options):
+            case Accept(reply=reply):
+                conn.accept(reply)
+                if isinstance(event, StartTLS):  # flush the 220, handshake, then a fresh session
+                    self.out += conn.data_to_send()
+                    conn.tls_started()
+            case Reject(reply=reply):
+                conn.reject(reply)
+            case CloseWith(reply=reply):
+                conn.close_with(reply)
+
+    def lookup(self, request: object) -> object:
+        """The directory's answer: right or wrong password, a secret or none, SCRAM or none."""
+        if isinstance(request, sasl.CheckPassword):
+            return self.policy.pick([True, False])
+        if isinstance(request, sasl.NeedSecret):
+            return self.policy.pick([SECRET, None])
+        return self.policy.pick([SCRAM_CREDENTIALS, None])
+
+    def check_held(self, just_read: int) -> None:
+        held = retained(self.conn)
+        assert held <= HELD_MAX + just_read, f"the engine holds {held} octets after a read of {just_read}"
+        lines = getattr(self.conn, "_lines", None)
+        if lines is not None and not just_read:
+            assert len(lines) <= AUTH_LINE_MAX, f"line buffer holds {len(lines)} octets"
+        decoder = getattr(self.conn, "_decoder", None)
+        pending = getattr(decoder, "_pending", b"")
+        assert len(pending) <= MAX_TEXT_LINE, f"DATA decoder carries {len(pending)} octets"
+
+
+# --- configurations ------------------------------------------------------------------------------
+@st.composite
+def configs(draw: st.DrawFn, strict: bool | None = None) -> SMTPConfig:
+    """Engine configurations across the features: TLS, AUTH, submission, ETRN, limits."""
+    tls = draw(st.sampled_from(["none", "available", "active"]))
+    auth = draw(st.booleans())
+    return config(
+        strict=draw(st.booleans()) if strict is None else strict,
+        normalize_bare_newlines=draw(st.booleans()),
+        tls_available=tls == "available",
+        tls_active=tls == "active",
+        auth_mechanisms=sasl.MECHANISMS if auth else (),
+        auth_requires_tls=draw(st.booleans()),
+        auth_required=auth and draw(st.booleans()),
+        etrn=draw(st.booleans()),
+        vrfy=draw(st.booleans()),
+        max_errors=draw(st.sampled_from([1000, 10, 3])),
+        max_message_size=draw(st.sampled_from([26214400, 2048])),
+        max_recipients=draw(st.sampled_from([100, 2])),
+    )
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+PLAIN_IR = b64(b"\0alice@example.test\0" + SECRET.encode())
+
+# --- 1. random bytes --------------------------------------------------------------------------------
+TOKENS = [
+    b"\r\n", b"\n", b"\r", b"\x00", b" ", b"\t", b".", b"..", b"\r\n.\r\n", b"\n.\n", b"\r\n.\n", b".\r\n",
+    b"\xff", b"\x80", b"\xc3\xa9", b"\xed\xa0\x80", b"\xe2\x80\xa8", b"\x1b[0m",
+    b"EHLO client.test\r\n", b"HELO c\r\n", b"ehlo x\n", b"MAIL FROM:<a@example.test>\r\n",
+    b"MAIL FROM:<> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=x+2By\r\n", b"MAIL FROM:<j\xc3\xb6rg@example.test> SMTPUTF8\r\n",
+    b"RCPT TO:<b@example.org>\r\n", b"RCPT TO:<postmaster> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;b@example.org\r\n",
+    b"DATA\r\n", b"DATA", b"RSET\r\n", b"NOOP\r\n", b"QUIT\r\n", b"VRFY alice\r\n", b"EXPN staff\r\n",
+    b"ETRN @example.test\r\n", b"HELP\r\n", b"STARTTLS\r\n", b"AUTH PLAIN\r\n", b"AUTH PLAIN " + PLAIN_IR + b"\r\n",
+    b"AUTH LOGIN\r\n", b"AUTH CRAM-MD5\r\n", b"AUTH SCRAM-SHA-256 " + b64(b"n,,n=alice,r=abcdef") + b"\r\n",
+    PLAIN_IR + b"\r\n", b"*\r\n", b"=\r\n", b"YWxpY2U=\r\n", b"BDAT 10 LAST\r\n",
+    b"GET / HTTP/1.1\r\n", b"Host: mx.test\r\n", b"Subject: hello\r\n", b"Received: from x\r\n",
+    b"USER alice\r\n", b"MAIL FROM:<a@example.test> SIZE=99999999999\r\n",
+]
+RUNS = [b"A", b".", b"\r", b" ", b"\x00", b"\xff"]  # long runs without a line end
+LINE_RUNS = [b"a\r\n", b"\n", b"\r\n", b"RCPT TO:<b@example.org>\r\n"]  # many lines
+
+
+def _run(unit: bytes, count: int) -> bytes:
+    return unit * count
+
+
+fuzz_bytes = st.one_of(
+    st.binary(max_size=2000),
+    st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=16),
+                       st.builds(_run, st.sampled_from(RUNS), st.integers(1, 80000)),
+                       st.builds(_run, st.sampled_from(LINE_RUNS), st.integers(1, 300))),
+             max_size=40).map(b"".join),
+)
+ENVELOPE = b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+prefixes = st.sampled_from([b"", b"EHLO client.test\r\n", ENVELOPE, b"EHLO client.test\r\nAUTH LOGIN\r\n"])
+
+
+@examples(400)
+@given(cfg=configs(), prefix=prefixes, blob=fuzz_bytes, at=cuts, numbers=answers,
+       end=st.sampled_from(["eof", "timeout", "open"]))
+def test_random_bytes_get_only_replies(cfg: SMTPConfig, prefix: bytes, blob: bytes, at: list[int],
+                                       numbers: list[int], end: str) -> None:
+    """Properties 1 and 2: no exception, only well-formed replies, nothing after Closed, and
+    bounded memory after every read."""
+    driver = Driver(cfg, Policy(numbers), check_memory=True)
+    for chunk in split(prefix + blob, at):
+        driver.feed(chunk)
+    if end == "eof":
+        driver.feed(b"")
+        assert driver.closed, "the peer closed but the engine did not"
+    elif end == "timeout":
+        driver.timeout()
+    replies(bytes(driver.out))
+    if driver.closed:
+        driver.feed(b"EHLO again\r\nQUIT\r\n")  # asserts that nothing comes out
+
+
+def play_stream(cfg: SMTPConfig, data: bytes, numbers: list[int],
+                chunking: Callable[[bytes], list[bytes]]) -> Driver:
+    driver = Driver(cfg, Policy(numbers))
+    for segment in segments(data, "STARTTLS"):
+        for chunk in chunking(segment):
+            driver.feed(chunk)
+    driver.feed(b"")
+    return driver
+
+
+@examples(400)
+@given(cfg=configs(strict=False), prefix=prefixes, blob=fuzz_bytes, at=cuts, numbers=answers)
+def test_random_bytes_split_anywhere_same_replies(cfg: SMTPConfig, prefix: bytes, blob: bytes,
+                                                  at: list[int], numbers: list[int]) -> None:
+    """Without strict pipelining, how the input is cut into reads (which the client does not
+    control: TCP segments) changes nothing, whatever the input."""
+    data = prefix + blob
+    with fixed_sasl_randomness():
+        whole = play_stream(cfg, data, numbers, lambda s: [s])
+        pieces = play_stream(cfg, data, numbers, lambda s: split(s, at))
+        assert pieces.out == whole.out
+        assert pieces.events == whole.events
+        if len(data) <= 4000:
+            single = play_stream(cfg, data, numbers, bytewise)
+            assert single.out == whole.out
+            assert single.events == whole.events
+
+
+# --- 2. megabytes without a line end ---------------------------------------------------------------
+MEGABYTES_PREFIXES = {
+    "connected": b"",
+    "greeted": b"EHLO client.test\r\n",
+    "mail": b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\n",
+    "data": ENVELOPE,
+    "data-after-line": ENVELOPE + b"Subject: x\r\n",
+    "auth": b"EHLO client.test\r\nAUTH LOGIN\r\n",
+}
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+@pytest.mark.parametrize("filler", [b"A", b"\r", b".", b"\xff\x00"], ids=["letters", "cr", "dots", "binary"])
+@pytest.mark.parametrize("state", list(MEGABYTES_PREFIXES))
+def test_megabytes_without_line_end_stay_bounded(state: str, filler: bytes, strict: bool) -> None:
+    """Property 2: 4 MiB without LF, read 64 KiB at a time, in every state: the engine holds no
+    more than its fixed bound after each read, and answers with at most a few replies."""
+    cfg = config(strict=strict, auth_mechanisms=sasl.MECHANISMS, auth_requires_tls=False,
+                 normalize_bare_newlines=filler == b"\r")
+    driver = Driver(cfg, Policy([0]), check_memory=True)
+    driver.feed(MEGABYTES_PREFIXES[state])
+    before = len(driver.out)
+    read = (filler * (65536 // len(filler)))[:65536]
+    for _ in range(64):
+        driver.feed(read)
+    assert len(driver.out) - before <= 1024, bytes(driver.out[before:])
+    driver.feed(b"\r\nQUIT\r\n")
+    replies(bytes(driver.out))
+
+
+# --- 3. valid sessions, split anywhere --------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    """One thing the client sends: a command line, the message content, a SASL response."""
+
+    kind: str
+    data: bytes
+    needs: int | None = None  # a polite client sends it only after a reply with this code
+
+
+# RFC 2920 3.1: EHLO, DATA, VRFY, EXPN, TURN, QUIT and NOOP end a group; RFC 3207 and RFC 4954:
+# so do STARTTLS, AUTH and every SASL response. Everything else may be pipelined, the message
+# content included (it may start a group).
+ENDS_GROUP = frozenset({"ehlo", "helo", "data", "noop", "vrfy", "expn", "quit", "starttls", "auth", "sasl"})
+
+LOCAL_PARTS = ["alice", "bob.smith", "x+tag", '"quoted local"', "o'hara", "Postmaster"]
+DOMAINS = ["example.test", "mail.example.org", "[192.0.2.7]", "[IPv6:2001:db8::7]"]
+addresses = st.builds("{}@{}".format, st.sampled_from(LOCAL_PARTS), st.sampled_from(DOMAINS))
+HEADERS = ["Subject: hello", "From: Alice <alice@example.test>", "To: bob@example.org",
+           "Received: from a by b; Thu, 3 Dec 2026 10:00:00 +0000", "X-Dots: ...", "Message-ID: <1@x>"]
+BODY_LINES = [".", "..", ".leading dot", "", " ", "-- ", "From me", "Subject: not a header", "a" * 998,
+              "\u00fcml\u00e4ut", "QUIT", "DATA", ". ", "\t."]
+text_lines = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+
+
+@st.composite
+def message_content(draw: st.DrawFn) -> bytes:
+    """Message content as sent: dot-stuffed (RFC 5321 4.5.2), ending with CRLF . CRLF."""
+    headers = draw(st.lists(st.sampled_from(HEADERS), max_size=4))
+    body = draw(st.lists(st.one_of(st.sampled_from(BODY_LINES), text_lines), max_size=12))
+    message = "\r\n".join(headers + [""] + body) + "\r\n" if headers or body else ""
+    return stuff(message.encode("utf-8")) + b".\r\n"
+
+
+@st.composite
+def mail_command(draw: st.DrawFn, esmtp: bool) -> bytes:
+    sender = draw(st.one_of(st.just(""), addresses))
+    params = []
+    if esmtp:
+        if draw(st.booleans()):
+            params.append(f"SIZE={draw(st.integers(0, 2000))}")
+        if draw(st.booleans()):
+            params.append(draw(st.sampled_from(["BODY=7BIT", "BODY=8BITMIME", "body=8bitmime"])))
+        if draw(st.booleans()):
+            params.append(draw(st.sampled_from(["RET=FULL", "RET=HDRS"])))
+        if draw(st.booleans()):
+            params.append("ENVID=" + draw(st.sampled_from(["QQ314159", "x+2By", "a" * 100])))
+        if draw(st.booleans()):
+            params.append("SMTPUTF8")
+            if draw(st.booleans()):
+                sender = "j\u00f6rg@ex\u00e4mple.test"
+    return " ".join([f"MAIL FROM:<{sender}>", *params]).encode("utf-8") + b"\r\n"
+
+
+@st.composite
+def rcpt_command(draw: st.DrawFn, esmtp: bool) -> bytes:
+    recipient = draw(st.one_of(st.just("postmaster"), addresses))
+    params = []
+    if esmtp:
+        if draw(st.booleans()):
+            params.append("NOTIFY=" + draw(st.sampled_from(["NEVER", "SUCCESS", "FAILURE,DELAY", "success,failure,delay"])))
+        if draw(st.booleans()):
+            params.append("ORCPT=rfc822;" + draw(st.sampled_from(["bob@example.org", "x+2Btag@example.org"])))
+    return " ".join([f"RCPT TO:<{recipient}>", *params]).encode() + b"\r\n"
+
+
+@st.composite
+def smtp_sessions(draw: st.DrawFn, cfg: SMTPConfig) -> list[Item]:
+    """A session a correct client may send: greeting, transactions, the other commands, AUTH,
+    STARTTLS (and a new EHLO after it), QUIT."""
+    items: list[Item] = []
+
+    def greet() -> bool:
+        esmtp = draw(st.booleans()) or draw(st.booleans())  # EHLO three times out of four
+        domain = draw(st.sampled_from(["client.example", "mail.example.org", "[192.0.2.1]"]))
+        items.append(Item("ehlo" if esmtp else "helo", f"{'EHLO' if esmtp else 'HELO'} {domain}\r\n".encode()))
+        return esmtp
+
+    esmtp = greet()
+    tls = cfg.tls_active
+    for _ in range(draw(st.integers(0, 6))):
+        action = draw(st.sampled_from(["transaction", "transaction", "transaction", "rset", "noop", "vrfy",
+                                       "help", "expn", "etrn", "auth", "ehlo", "starttls"]))
+        if action == "transaction":
+            items.append(Item("mail", draw(mail_command(esmtp))))
+            for _ in range(draw(st.integers(1, 3))):
+                items.append(Item("rcpt", draw(rcpt_command(esmtp))))
+            if draw(st.integers(0, 4)):
+                items.append(Item("data", b"DATA\r\n"))
+                items.append(Item("content", draw(message_content()), needs=354))
+            else:
+                items.append(Item("rset", b"RSET\r\n"))
+        elif action == "rset":
+            items.append(Item("rset", b"RSET\r\n"))
+        elif action == "noop":
+            items.append(Item("noop", draw(st.sampled_from([b"NOOP\r\n", b"NOOP anything\r\n"]))))
+        elif action == "vrfy":
+            items.append(Item("vrfy", b"VRFY " + draw(st.sampled_from([b"alice", b"<bob@example.org>"])) + b"\r\n"))
+        elif action == "help":
+            items.append(Item("help", draw(st.sampled_from([b"HELP\r\n", b"HELP MAIL\r\n"]))))
+        elif action == "expn":
+            items.append(Item("expn", b"EXPN staff\r\n"))
+        elif action == "etrn":
+            items.append(Item("etrn", draw(st.sampled_from([b"ETRN example.test\r\n", b"ETRN @example.org\r\n"]))))
+        elif action == "ehlo":
+            esmtp = greet()
+        elif action == "starttls" and cfg.tls_available and not tls:
+            items.append(Item("starttls", b"STARTTLS\r\n"))
+            tls = True
+            esmtp = greet()  # RFC 3207 4.2: everything starts again
+        elif action == "auth":
+            user = draw(st.sampled_from([b"alice@example.test", b"bob"]))
+            how = draw(st.sampled_from(["plain-initial", "plain", "login", "cancel"]))
+            if how == "plain-initial":
+                authzid = draw(st.sampled_from([b"", user]))
+                items.append(Item("auth", b"AUTH PLAIN " + b64(authzid + b"\0" + user + b"\0" + SECRET.encode()) + b"\r\n"))
+            elif how == "plain":
+                items.append(Item("auth", b"AUTH PLAIN\r\n"))
+                items.append(Item("sasl", b64(b"\0" + user + b"\0" + SECRET.encode()) + b"\r\n", needs=334))
+            elif how == "login":
+                items.append(Item("auth", b"AUTH LOGIN\r\n"))
+                items.append(Item("sasl", b64(user) + b"\r\n", needs=334))
+                items.append(Item("sasl", b64(SECRET.encode()) + b"\r\n", needs=334))
+            else:
+                items.append(Item("auth", b"AUTH LOGIN\r\n"))
+                items.append(Item("sasl", b"*\r\n", needs=334))
+    if draw(st.integers(0, 3)):
+        items.append(Item("quit", b"QUIT\r\n"))
+    return items
+
+
+@st.composite
+def session_configs(draw: st.DrawFn, strict: bool) -> SMTPConfig:
+    tls = draw(st.sampled_from(["none", "available", "active"]))
+    return config(
+        strict=strict,
+        normalize_bare_newlines=draw(st.booleans()),
+        tls_available=tls == "available",
+        tls_active=tls == "active",
+        auth_mechanisms=("PLAIN", "LOGIN"),
+        auth_requires_tls=draw(st.booleans()),
+        etrn=draw(st.booleans()),
+        max_errors=draw(st.sampled_from([1000, 20])),
+    )
+
+
+@st.composite
+def valid_sessions(draw: st.DrawFn, strict: bool) -> tuple[SMTPConfig, list[Item]]:
+    cfg = draw(session_configs(strict))
+    return cfg, draw(smtp_sessions(cfg))
+
+
+def play_pipelined(cfg: SMTPConfig, items: Sequence[Item], numbers: list[int],
+                   chunking: Callable[[bytes], list[bytes]]) -> Driver:
+    """The whole session as one stream, cut only after STARTTLS (the handshake), then into
+    reads by ``chunking``; the client does not wait for any reply."""
+    return play_stream(cfg, b"".join(item.data for item in items), numbers, chunking)
+
+
+def play_polite(cfg: SMTPConfig, items: Sequence[Item], numbers: list[int],
+                chunking: Callable[[bytes], list[bytes]]) -> Driver:
+    """A client that pipelines only what RFC 2920 allows and only after EHLO announced
+    PIPELINING: each group is sent (cut into reads by ``chunking``) after every reply to the
+    previous one; content and SASL responses are sent only after 354 and 334."""
+    driver = Driver(cfg, Policy(numbers))
+    group = bytearray()
+    last: tuple[int, list[str]] | None = None
+    pipelining = False
+    for item in items:
+        if item.needs is not None and (last is None or last[0] != item.needs):
+            continue  # the reply said no: a client does not send what was not asked for
+        group += item.data
+        if item.kind not in ENDS_GROUP and pipelining:
+            continue
+        out = b"".join(driver.feed(chunk) for chunk in chunking(bytes(group)))
+        group.clear()
+        got = replies(out)
+        last = got[-1] if got else last
+        if item.kind == "ehlo":
+            pipelining = last is not None and last[0] == 250 and "PIPELINING" in last[1]
+        elif item.kind == "helo" or (item.kind == "starttls" and last is not None and last[0] == 220):
+            pipelining = False
+    for chunk in chunking(bytes(group)):
+        driver.feed(chunk)
+    driver.feed(b"")
+    return driver
+
+
+def assert_same(a: Driver, b: Driver) -> None:
+    assert a.out == b.out
+    assert a.events == b.events
+
+
+@examples(400)
+@given(case=valid_sessions(strict=False), numbers=answers, at=cuts)
+def test_valid_session_pipelined_same_replies_however_split(
+        case: tuple[SMTPConfig, list[Item]], numbers: list[int], at: list[int]) -> None:
+    """Property 3, default configuration: the session sent in one piece, byte by byte, and cut
+    at random points gives the same replies and the same events."""
+    cfg, items = case
+    note(b"".join(i.data for i in items).decode("utf-8", "replace"))
+    whole = play_pipelined(cfg, items, numbers, lambda s: [s])
+    replies(bytes(whole.out))
+    assert_same(play_pipelined(cfg, items, numbers, bytewise), whole)
+    assert_same(play_pipelined(cfg, items, numbers, lambda s: split(s, at)), whole)
+
+
+@examples(400)
+@given(case=valid_sessions(strict=True), numbers=answers, at=cuts)
+def test_valid_session_polite_client_strict_pipelining(
+        case: tuple[SMTPConfig, list[Item]], numbers: list[int], at: list[int]) -> None:
+    """Property 3 with strict_pipelining (where the engine has it): a client that waits for the
+    reply where it must gets the same replies however each group is cut, and is never told
+    "554 5.5.0" (protocol synchronization)."""
+    cfg, items = case
+    note(b"".join(i.data for i in items).decode("utf-8", "replace"))
+    whole = play_polite(cfg, items, numbers, lambda s: [s])
+    for code, lines in replies(bytes(whole.out)):
+        assert not (code == 554 and lines[0].startswith("5.5.0")), f"polite client refused: {lines}"
+    assert_same(play_polite(cfg, items, numbers, bytewise), whole)
+    assert_same(play_polite(cfg, items, numbers, lambda s: split(s, at)), whole)
+
+
+# --- 4. random command sequences ----------------------------------------------------------------------
+VERBS = ["HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY", "EXPN", "ETRN",
+         "STARTTLS", "AUTH", "BDAT", "SEND", "TURN", "XCLIENT", "helo", "mail", "rcpt", "Data", "X", "",
+         "GET", "POST", "CONNECT", "USER", "Host:", "MAIL FROM:", "RCPT TO:"]
+ARGS = ["", "client.test", "FROM:<a@example.test>", "FROM:<>", "TO:<b@example.org>", "TO:<postmaster>",
+        "FROM:<a@example.test> SIZE=10", "FROM:<a@example.test> BODY=8BITMIME SMTPUTF8 RET=FULL",
+        "FROM:<a@example.test> SIZE=x", "FROM:<a@example.test> FOO=bar", "TO:<b@example.org> NOTIFY=NEVER",
+        "TO:<b@example.org> NOTIFY=NEVER,SUCCESS", "TO:<b@example.org> ORCPT=rfc822;b@example.org",
+        "FROM:a@example.test", "TO:<>", "FROM:<a@example.test", "PLAIN", "PLAIN " + PLAIN_IR.decode(), "PLAIN !!",
+        "LOGIN", "LOGIN YWxpY2U=", "CRAM-MD5", "SCRAM-SHA-256", "GSSAPI", "@example.test", "#queue",
+        "example.test", "/ HTTP/1.1", "x y z", "  spaced  ", "\u00e9"]
+RAW_LINES = [".", "..", "*", "=", "YWxpY2U=", PLAIN_IR.decode(), "Subject: hi", "", " ", "\x00", "\t",
+             b64(b"n,,n=alice,r=abc").decode(), "alice 0123456789abcdef0123456789abcdef"]
+GOOD_LINES = ["EHLO client.test", "HELO client.test", "MAIL FROM:<a@example.test>", "MAIL FROM:<>",
+              "MAIL FROM:<a@example.test> SIZE=10 BODY=8BITMIME", "RCPT TO:<b@example.org>",
+              "RCPT TO:<postmaster>", "RCPT TO:<b@example.org> NOTIFY=SUCCESS", "DATA", "Subject: x", ".",
+              "RSET", "NOOP", "QUIT", "HELP", "VRFY alice", "EXPN staff", "ETRN example.test", "STARTTLS",
+              "AUTH PLAIN " + PLAIN_IR.decode(), "AUTH LOGIN", "YWxpY2U=", "AUTH CRAM-MD5",
+              "AUTH SCRAM-SHA-256", "*"]
+commands = st.builds(lambda v, a: f"{v} {a}" if a else v, st.sampled_from(VERBS), st.sampled_from(ARGS))
+command_lines = st.lists(
+    st.one_of(
+        st.sampled_from(GOOD_LINES), st.sampled_from(GOOD_LINES), commands, commands,
+        st.sampled_from(RAW_LINES),
+        st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"), max_size=30),
+    ).map(lambda line: line.encode("utf-8") + b"\r\n"),
+    max_size=40,
+)
+
+
+@examples(400)
+@given(cfg=configs(), lines=command_lines, numbers=answers, at=cuts)
+def test_command_sequences_one_reply_each(cfg: SMTPConfig, lines: list[bytes], numbers: list[int],
+                                          at: list[int]) -> None:
+    """Property 4: each command line (the client waiting for its reply) gets exactly one reply,
+    multi-line replies counting as one and a DATA transfer (content and final dot) as one; the
+    line that makes the engine close may get a second (the 421). Without strict pipelining the
+    same lines sent all at once, or cut at random points, get the same replies."""
+    with fixed_sasl_randomness():
+        driver = Driver(cfg, Policy(numbers), check_memory=True)
+        in_transfer = -1  # replies so far to the DATA transfer under way; -1: none
+        for line in lines:
+            if driver.closed:
+                driver.feed(line)  # asserts that nothing comes out
+                continue
+            before = driver.conn.state
+            count = len(replies(driver.feed(line)))
+            if before is State.DATA:
+                in_transfer += count
+                if driver.conn.state is State.DATA and not driver.closed:
+                    assert in_transfer <= 1, f"{in_transfer} replies inside a DATA transfer"
+                    continue
+                count, in_transfer = in_transfer, -1
+            if driver.closed:
+                assert 1 <= count <= 2, f"{count} replies to {line!r}, the last before closing"
+            else:
+                assert count == 1, f"{count} replies to {line!r} in state {before}"
+            if driver.conn.state is State.DATA:
+                in_transfer = 0
+        driver.feed(b"")
+        if cfg_strict(cfg):
+            return  # all at once is not what a client may send here
+        data = b"".join(lines)
+        assert_same(play_stream(cfg, data, numbers, lambda s: [s]), driver)
+        assert_same(play_stream(cfg, data, numbers, lambda s: split(s, at)), driver)
+
+
+def cfg_strict(cfg: SMTPConfig) -> bool:
+    return bool(getattr(cfg, "strict_pipelining", False))
