@@ -19,7 +19,7 @@ Rules enforced here, and why:
   there is none) is counted as it arrives, overlong lines included, and recorded as too large
   beyond ``max_header_size`` octets (Postfix's ``header_size_limit``): folded giant fields and
   thousands of small ones count alike. Nothing here parses MIME: any nesting of body parts is
-  plain lines, so the work is linear in the octets and the memory one line.
+  plain lines, so the work is linear in the octets, and what is kept between reads is one line.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ COMMAND_LINE_MAX: Final = 255
 # sides must handle the longest response their mechanisms produce, whatever the line limits.
 # Dovecot's login processes take SASL responses of up to 8192 octets and hang up beyond
 # (LOGIN_MAX_AUTH_BUF_SIZE); every mechanism we offer fits in far less (a PLAIN response with a
-# 1000-character password is under 1400 octets of base64).
+# 1000-character password is about 1.5 KB of base64).
 AUTH_LINE_MAX: Final = 8192
 # No line of any kind is longer, so input without a line end beyond it is not POP3: "-ERR line
 # too long" and close at once, without waiting for a line end that may never come.
