@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: run test bench clean
+.PHONY: run test fuzz bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
+
+# The engines' property tests with the long hypothesis profile (tests/conftest.py): FUZZ_EXAMPLES
+# examples per test (default 10000), no per-test timeout; a failure prints its reproduce blob.
+FUZZ_TESTS = tests/proto/test_fuzz_smtp.py tests/proto/test_fuzz_pop3.py
+fuzz: $(VENV)/.installed-test
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -o timeout=0 --hypothesis-show-statistics $(FUZZ_TESTS)
 
 bench: $(VENV)/.installed-test
 	bash bench/install-peers.sh

@@ -520,3 +520,46 @@ def test_command_sequences_one_response_each(cfg: POP3Config, mailbox: list[Mess
     with fixed_sasl_randomness():
         one_by_one = play_lines(cfg, mailbox, data, numbers, at, check_memory=True)
         assert_same(play_stream(cfg, mailbox, data, numbers, lambda s: [s]), one_by_one)
+
+
+# --- 4b. only ASCII verbs are commands ----------------------------------------------------------------
+# As for SMTP (see test_fuzz_smtp.LOOKALIKES): RFC 1939 section 3, keywords are ASCII and
+# case-insensitive in ASCII; "ſTAT" or "PAß" must not be STAT or PASS.
+LOOKALIKES = {c: c.upper() for c in "\u00df\u0131\u017f\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"}
+
+
+def lookalike_spellings(word: str) -> list[str]:
+    out = []
+    for char, upper in LOOKALIKES.items():
+        i = word.find(upper)
+        while i >= 0:
+            out.append(word[:i] + char + word[i + len(upper):])
+            i = word.find(upper, i + 1)
+    return out
+
+
+LOOKALIKE_CASES = [
+    (setup, spelled + rest)
+    for setup, word, rest in [
+        (b"", "USER", " " + USER), (f"USER {USER}\r\n".encode(), "PASS", " " + SECRET), (b"", "STLS", ""),
+        (b"", "AUTH", " PLAIN " + PLAIN_IR.decode()), (LOGIN, "STAT", ""), (LOGIN, "LIST", ""),
+        (LOGIN, "UIDL", ""), (LOGIN, "RSET", ""), (LOGIN, "QUIT", ""),
+    ]
+    for spelled in lookalike_spellings(word)
+] + [(b"", "AUTH " + spelled + " " + PLAIN_IR.decode()) for spelled in lookalike_spellings("PLAIN")]
+
+
+@pytest.mark.parametrize(("setup", "line"), LOOKALIKE_CASES,
+                         ids=[c[1].encode("unicode_escape").decode() for c in LOOKALIKE_CASES])
+def test_non_ascii_lookalike_verbs_are_not_commands(setup: bytes, line: str) -> None:
+    """A verb (or SASL mechanism name) spelled with a character that only upper-cases to ASCII
+    gets -ERR, never the command it resembles."""
+    cfg = config(tls_available=True, sasl_mechanisms=("PLAIN",), plaintext_requires_tls=False)
+    driver = Driver(cfg, Policy([0]), [Message("uid-1", b"Subject: x\r\n\r\nhi\r\n")])
+    if setup:
+        driver.feed(setup)
+    raw = line.encode("utf-8") + b"\r\n"
+    multiline, continuation = expectation(raw, driver.conn.state)
+    got = responses(driver.feed(raw), multiline=multiline, continuation=continuation)
+    assert [r.status for r in got] == [b"-ERR"], f"{line!r} was taken for a command: {got}"
+    assert not driver.closed

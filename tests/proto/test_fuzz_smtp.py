@@ -703,3 +703,45 @@ def test_command_sequences_one_reply_each(cfg: SMTPConfig, lines: list[bytes], n
 
 def cfg_strict(cfg: SMTPConfig) -> bool:
     return bool(getattr(cfg, "strict_pipelining", False))
+
+
+# --- 4b. only ASCII verbs are commands ----------------------------------------------------------------
+# Characters whose str.upper() is ASCII: the sharp s, the dotless i, the long s and the Latin
+# ligatures. RFC 5321 2.4 and 4.1.1: verbs and keywords are ASCII, case-insensitive in ASCII
+# (Postfix compares with strcasecmp); "MAıL" is not MAIL, or the engine and any filter in front
+# of it read the same line differently.
+LOOKALIKES = {c: c.upper() for c in "\u00df\u0131\u017f\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"}
+
+
+def lookalike_spellings(word: str) -> list[str]:
+    """``word`` with one of its letters (or letter pairs) replaced by a non-ASCII character that
+    upper-cases to them."""
+    out = []
+    for char, upper in LOOKALIKES.items():
+        i = word.find(upper)
+        while i >= 0:
+            out.append(word[:i] + char + word[i + len(upper):])
+            i = word.find(upper, i + 1)
+    return out
+
+
+_TLS_AUTH = {"tls_available": True, "auth_mechanisms": ("PLAIN",), "auth_requires_tls": False}
+LOOKALIKE_CASES = [
+    (spelled + rest, expected)
+    for word, rest, expected in [
+        ("MAIL", " FROM:<a@example.test>", 500), ("RSET", "", 500), ("QUIT", "", 500),
+        ("STARTTLS", "", 500), ("AUTH", " PLAIN " + PLAIN_IR.decode(), 500),
+    ]
+    for spelled in lookalike_spellings(word)
+] + [("AUTH " + spelled + " " + PLAIN_IR.decode(), 504) for spelled in lookalike_spellings("PLAIN")]
+
+
+@pytest.mark.parametrize(("line", "expected"), LOOKALIKE_CASES, ids=[c[0].encode("unicode_escape").decode()
+                                                                     for c in LOOKALIKE_CASES])
+def test_non_ascii_lookalike_verbs_are_not_commands(line: str, expected: int) -> None:
+    """A verb (or SASL mechanism name) spelled with a character that only upper-cases to ASCII
+    is unknown: 500 (504 for a mechanism), never the command it resembles."""
+    driver = Driver(config(**_TLS_AUTH), Policy([0]))
+    driver.feed(b"EHLO client.test\r\n")
+    got = replies(driver.feed(line.encode("utf-8") + b"\r\n"))
+    assert [code for code, _ in got] == [expected], f"{line!r} was taken for a command: {got}"
