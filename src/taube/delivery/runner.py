@@ -22,8 +22,9 @@ A message leaves the queue only when every recipient is final, and only after it
 committed. A crash in between repeats the last attempt (at-least-once: a recipient may get a
 message twice, none is lost). A report that cannot be committed (a full disk) leaves the
 recipients it is about pending, retried on the backoff schedule, so that their report is tried
-again rather than lost; recipients delivered in the same attempt are recorded as delivered. Mail from ``<>`` is never reported to its sender: its failure goes
-to the postmaster (``[delivery] null_sender_failures``) or only to the log.
+again rather than lost; recipients delivered in the same attempt are recorded as delivered. Mail
+from ``<>`` is never reported to its sender: its failure goes to the postmaster (``[delivery]
+null_sender_failures``) or only to the log.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ server can serve with the size it announces. Local copies keep the Return-Path l
 
 The body is written once. Local copies and the queue's data file are hard links of that one file,
 so per message the cost is one data fsync plus one fsync per directory that gained a name (see
-:meth:`SpoolFile.commit`).
+:meth:`SpoolFile.commit`). Every write, link and rename goes through :mod:`taube.store.durable`
+(all bytes or an error, the partial file removed), so a short write can never tear a message.
 """
 
 from __future__ import annotations
@@ -99,10 +100,6 @@ def _check_queue_id(queue_id: str) -> str:
 
 # Threads that run the independent fsyncs of one commit side by side (see SpoolFile._sync).
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="taube-fsync")
-
-
-def _fsync_file(path: Path) -> None:
-    durable.fsync_file(path)
 
 
 def _run_together(jobs: list[Callable[[], None]]) -> None:
@@ -549,7 +546,7 @@ class SpoolFile:
         assert self._file is not None
         jobs: list[Callable[[], None]] = [self._file.sync]
         if staged is not None:
-            jobs.append(functools.partial(_fsync_file, staged))
+            jobs.append(functools.partial(durable.fsync_file, staged))
             jobs.append(functools.partial(self._spool.syncs.sync, self._spool.queue.messages))
         _run_together(jobs)
         self._file.close()
