@@ -10,8 +10,10 @@ of a socket pair; :class:`RunnerProcess` is the server's side (the sessions' ``Q
 
 Lines are at most :data:`MAX_LINE` octets; anything else is ignored. The runner stops on SIGTERM,
 re-reads the configuration on SIGHUP (both forwarded by the server), and stops by itself when the
-socket closes (the server is gone), so that a killed server never leaves a runner behind. The
-server restarts a runner that exits while it runs. Both processes log to the same standard error.
+socket closes or when it finds itself re-parented (the server is gone), so that a killed server
+never leaves a runner behind; should one linger (stopped, busy), the runner lock (:mod:`.lock`)
+keeps it and the new server's runner from both delivering. The server restarts a runner that
+exits while it runs. Both processes log to the same standard error.
 """
 
 from __future__ import annotations
