@@ -265,7 +265,8 @@ def test_a_storage_error_after_data_is_451_with_one_log_line(make_server, faults
         code, reply = transaction(server.port, LOCAL, make_message(1, 2000))
         faults.disarm()
     assert (code, reply.split()[0]) == (451, "4.3.0")
-    [line] = [r for r in caplog.records if "storage error" in r.getMessage() and "result=" in r.getMessage()]
+    [line] = [r for r in caplog.records if "storage" in r.getMessage() and r.name == "taube.smtp"]
+    assert "result=deferred (storage error: " in line.getMessage()
     assert "Input/output error" in line.getMessage()
     assert not [r for r in caplog.records if r.exc_info], "no traceback for a storage error"
 

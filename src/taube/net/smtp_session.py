@@ -410,13 +410,15 @@ class SMTPSession:
         self.committing = True
         try:
             await asyncio.get_running_loop().run_in_executor(None, spool_file.commit, envelope)
-        except StorageFullError:
-            self._log_message(envelope, "deferred (storage full)")
-            raise SMTPError(R.STORAGE_FULL, reason="storage full") from None
-        except StorageError as e:  # EIO and the like: one log line, no traceback; the client retries
-            self._log_message(envelope, f"deferred (storage error: {e})")
-            raise SMTPError(Reply(451, "4.3.0", "Error: cannot store the message, please try again later"),
-                            reason="storage error") from None
+        except StorageError as e:
+            # Nothing was stored and the client retries: 452 4.3.1 for a full disk or quota, 451
+            # 4.3.0 for any other storage failure (EIO, ...). One log line, no traceback.
+            full = isinstance(e, StorageFullError)
+            self._log_message(envelope, f"deferred (storage {'full' if full else 'error'}: {e})")
+            self.conn.reject(R.STORAGE_FULL if full else
+                             Reply(451, "4.3.0", "Error: cannot store the message, please try again later"))
+            self._new_transaction()
+            return
         finally:
             self.committing = False
         self._log_message(envelope, "queued")
