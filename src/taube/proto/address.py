@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .common import ascii_upper
+
 __all__ = [
     "AddressError",
     "Path",
@@ -191,7 +193,7 @@ def parse_mail_argument(arg: str, keyword: str) -> tuple[str, str]:
     or at the first space for a path given without brackets.
     """
     head = keyword + ":"
-    if arg[: len(head)].upper() != head:
+    if ascii_upper(arg[: len(head)]) != head:
         raise AddressError(f"expected {head}")
     rest = arg[len(head):].lstrip(" ")
     if not rest:

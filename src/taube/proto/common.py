@@ -7,7 +7,16 @@ from typing import Final
 
 from .buffer import LineBuffer
 
-__all__ = ["NEED_DATA", "ByteSide", "LocalProtocolError", "NeedData"]
+__all__ = ["NEED_DATA", "ByteSide", "LocalProtocolError", "NeedData", "ascii_upper"]
+
+
+def ascii_upper(text: str) -> str:
+    """``text`` in upper case if it is ASCII, else unchanged. Protocol keywords (verbs, SASL
+    mechanism names, parameter values) are ASCII and case-insensitive only in ASCII, as
+    Postfix's and Dovecot's strcasecmp: Python upper-cases "\u017f" (long s) to S, "\u0131"
+    (dotless i) to I and ligatures such as "\ufb06" to ST, so "R\u017fET" must stay unknown
+    rather than become RSET, or the engine and any filter in front of it read one line two ways."""
+    return text.upper() if text.isascii() else text
 
 
 class LocalProtocolError(Exception):

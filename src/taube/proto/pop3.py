@@ -54,7 +54,7 @@ from typing import Final
 from . import sasl
 from .buffer import OVERFLOW, TOO_LONG
 from .dotstuff import stuff
-from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData
+from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData, ascii_upper
 
 __all__ = [
     "NEED_DATA",
@@ -580,7 +580,7 @@ class POP3Connection(ByteSide):
             self._error("bad characters in command")
             return
         verb, _, arg = text.partition(" ")
-        verb = verb.upper()
+        verb = ascii_upper(verb)
         self._dispatch(verb, arg if verb == "PASS" else arg.strip(" "))
 
     def _dispatch(self, verb: str, arg: str) -> None:
@@ -692,7 +692,7 @@ class POP3Connection(ByteSide):
     # --- AUTH (RFC 5034) ---------------------------------------------------------------------
     def _do_auth(self, arg: str) -> None:
         name, _, initial_text = arg.partition(" ")
-        name = name.upper()
+        name = ascii_upper(name)
         if not name:  # RFC 1734 clients: list the mechanisms
             self._multi("SASL mechanisms follow", self.usable_mechanisms())
         elif name not in self._mechanisms:

@@ -77,7 +77,7 @@ from .address import (
     xtext_decode,
 )
 from .buffer import OVERFLOW, TOO_LONG
-from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData
+from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData, ascii_upper
 from .dotstuff import DataDecoder
 from .replies import Reply
 
@@ -607,7 +607,7 @@ class SMTPConnection(ByteSide):
             self._error(R.BAD_CHARACTERS)
             return
         verb, _, arg = text.partition(" ")
-        verb = verb.upper()
+        verb = ascii_upper(verb)
         if self._must_wait(verb) and len(self._lines):
             self._abort(R.SYNCHRONIZATION, f"improper command pipelining after {verb[:16]!r}")
             return
@@ -744,7 +744,7 @@ class SMTPConnection(ByteSide):
                 if options.size > self.config.max_message_size:
                     return R.MESSAGE_TOO_BIG
             elif key == "BODY":
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                if value is None or ascii_upper(value) not in ("7BIT", "8BITMIME"):
                     return R.syntax("BODY=7BIT|8BITMIME (RFC 1652)")
                 options.body = value.upper()
             elif key == "SMTPUTF8":
@@ -755,7 +755,7 @@ class SMTPConnection(ByteSide):
                 if value is None:  # RFC 4954 5: AUTH=<> or AUTH=xtext; noted, not trusted
                     return R.syntax("AUTH=<mailbox> (RFC 4954)")
             elif key == "RET":
-                if value is None or value.upper() not in ("FULL", "HDRS"):
+                if value is None or ascii_upper(value) not in ("FULL", "HDRS"):
                     return R.BAD_RET
                 options.ret = value.upper()
             elif key == "ENVID":
@@ -876,7 +876,7 @@ class SMTPConnection(ByteSide):
 
     def _do_auth(self, arg: str) -> None:
         name, _, initial_text = arg.partition(" ")
-        name = name.upper()
+        name = ascii_upper(name)
         if not self.config.auth_mechanisms:
             self._error(R.NOT_IMPLEMENTED)
         elif not name:
@@ -1014,7 +1014,7 @@ def _parse_notify(value: str | None) -> tuple[str, ...] | None:
     each once). None when malformed."""
     if not value:
         return None
-    words = value.upper().split(",")
+    words = ascii_upper(value).split(",")
     if words == ["NEVER"]:
         return ("NEVER",)
     if len(set(words)) != len(words) or not set(words) <= set(NOTIFY_KEYWORDS):
