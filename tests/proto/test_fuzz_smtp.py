@@ -290,6 +290,7 @@ def configs(draw: st.DrawFn, strict: bool | None = None) -> SMTPConfig:
         vrfy=draw(st.booleans()),
         max_errors=draw(st.sampled_from([1000, 10, 3])),
         max_message_size=draw(st.sampled_from([26214400, 2048])),
+        max_header_size=draw(st.sampled_from([102400, 1024])),
         max_recipients=draw(st.sampled_from([100, 2])),
     )
 
@@ -339,9 +340,11 @@ prefixes = st.sampled_from([b"", b"EHLO client.test\r\n", ENVELOPE, b"EHLO clien
 def test_random_bytes_get_only_replies(cfg: SMTPConfig, prefix: bytes, blob: bytes, at: list[int],
                                        numbers: list[int], end: str) -> None:
     """Properties 1 and 2: no exception, only well-formed replies, nothing after Closed, and
-    bounded memory after every read."""
+    bounded memory after every read. And no message ends but at a line that is a dot followed
+    by CRLF (RFC 5321 4.1.1.4): the content of one message never becomes another."""
     driver = Driver(cfg, Policy(numbers), check_memory=True)
-    for chunk in split(prefix + blob, at):
+    data = prefix + blob
+    for chunk in split(data, at):
         driver.feed(chunk)
     if end == "eof":
         driver.feed(b"")
@@ -349,6 +352,8 @@ def test_random_bytes_get_only_replies(cfg: SMTPConfig, prefix: bytes, blob: byt
     elif end == "timeout":
         driver.timeout()
     replies(bytes(driver.out))
+    ends = sum(isinstance(e, (EndOfData, DataAborted)) for e in driver.events)
+    assert ends <= data.count(b"\n.\r\n"), "a message ended without CRLF . CRLF"
     if driver.closed:
         driver.feed(b"EHLO again\r\nQUIT\r\n")  # asserts that nothing comes out
 
@@ -554,6 +559,7 @@ def session_configs(draw: st.DrawFn, strict: bool) -> SMTPConfig:
         auth_requires_tls=draw(st.booleans()),
         etrn=draw(st.booleans()),
         max_errors=draw(st.sampled_from([1000, 20])),
+        max_header_size=draw(st.sampled_from([102400, 1024])),
     )
 
 
