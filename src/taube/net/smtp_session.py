@@ -58,6 +58,8 @@ from .services import TLS_HANDSHAKE_TIMEOUT, Services
 __all__ = ["Mode", "SMTPSession", "postmaster_address"]
 
 log = logging.getLogger("taube.smtp")
+# Closed reasons that are no misbehaviour: not worth a log line.
+_ORDINARY_ENDS = frozenset({"quit", "closed", "peer closed the connection"})
 REPORT_HEAD_MAX = 64 * 1024  # octets of a message kept for a "delivered" report
 # "smtp": port-25 style; "submission": RFC 6409, AUTH before MAIL; "smtps": the same over
 # implicit TLS (RFC 8314).
@@ -174,6 +176,8 @@ class SMTPSession:
                 conn.receive_data(data)
                 continue
             if isinstance(event, Closed):
+                if event.reason not in _ORDINARY_ENDS:  # a violation: say which, as Postfix logs it
+                    log.info("disconnect client=%s: %s", self.client_ip, event.reason)
                 await self._flush()
                 return
             await self._handle(event)
