@@ -82,7 +82,7 @@ def segments(data: bytes, verb: str) -> list[bytes]:
 # many decisions came before, never on how the input was split, so two runs of the same
 # session see the same answers. Small numbers (what hypothesis shrinks to) say yes.
 answers = st.lists(st.integers(0, 255), max_size=60)
-YES_BELOW = 160
+YES_BELOW = 224  # seven times in eight: deep states stay reachable
 
 
 class Policy:

@@ -65,6 +65,7 @@ from tests.proto.fuzzing import (
     cuts,
     examples,
     fixed_sasl_randomness,
+    lines_of,
     queued_events,
     retained,
     segments,
@@ -279,16 +280,16 @@ def configs(draw: st.DrawFn, strict: bool | None = None) -> SMTPConfig:
     tls = draw(st.sampled_from(["none", "available", "active"]))
     auth = draw(st.booleans())
     return config(
-        strict=draw(st.booleans()) if strict is None else strict,
+        strict=draw(st.integers(0, 3)) == 3 if strict is None else strict,
         normalize_bare_newlines=draw(st.booleans()),
         tls_available=tls == "available",
         tls_active=tls == "active",
         auth_mechanisms=sasl.MECHANISMS if auth else (),
         auth_requires_tls=draw(st.booleans()),
-        auth_required=auth and draw(st.booleans()),
+        auth_required=auth and draw(st.integers(0, 3)) == 3,
         etrn=draw(st.booleans()),
         vrfy=draw(st.booleans()),
-        max_errors=draw(st.sampled_from([1000, 10, 3])),
+        max_errors=draw(st.sampled_from([1000, 1000, 20, 3])),
         max_message_size=draw(st.sampled_from([26214400, 2048])),
         max_header_size=draw(st.sampled_from([102400, 1024])),
         max_recipients=draw(st.sampled_from([100, 2])),
@@ -323,15 +324,24 @@ def _run(unit: bytes, count: int) -> bytes:
     return unit * count
 
 
-fuzz_bytes = st.one_of(
-    st.binary(max_size=2000),
-    st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=16),
-                       st.builds(_run, st.sampled_from(RUNS), st.integers(1, 80000)),
-                       st.builds(_run, st.sampled_from(LINE_RUNS), st.integers(1, 300))),
-             max_size=40).map(b"".join),
-)
-ENVELOPE = b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
-prefixes = st.sampled_from([b"", b"EHLO client.test\r\n", ENVELOPE, b"EHLO client.test\r\nAUTH LOGIN\r\n"])
+# How the random input ends: as it is, or with the end of a message (and more after it).
+ENDINGS = [b"", b"\r\n.\r\n", b"\r\n.\r\nMAIL FROM:<a@example.test>\r\n", b".\r\nQUIT\r\n", b"\r\n.\r\nDATA\r\n"]
+fuzz_bytes = st.tuples(
+    st.one_of(
+        st.binary(max_size=2000),
+        st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=16),
+                           st.builds(_run, st.sampled_from(RUNS), st.integers(1, 80000)),
+                           st.builds(_run, st.sampled_from(LINE_RUNS), st.integers(1, 300))),
+                 max_size=40).map(b"".join),
+    ),
+    st.sampled_from(ENDINGS),
+).map(b"".join)
+EHLO, MAIL, RCPT = b"EHLO client.test\r\n", b"MAIL FROM:<a@example.test>\r\n", b"RCPT TO:<b@example.org>\r\n"
+ENVELOPE = EHLO + MAIL + RCPT + b"DATA\r\n"
+# Where the random input starts: each prefix line is sent after the reply to the one before, so
+# that deep states are reached whatever the configuration (strict pipelining included).
+prefixes = st.sampled_from([EHLO, b"", EHLO + MAIL, EHLO + MAIL + RCPT, ENVELOPE, ENVELOPE + b"Subject: x\r\n",
+                            EHLO + b"AUTH LOGIN\r\n", EHLO + b"AUTH PLAIN\r\n", b"HELO client.test\r\n"])
 
 
 @examples(400)
@@ -344,7 +354,9 @@ def test_random_bytes_get_only_replies(cfg: SMTPConfig, prefix: bytes, blob: byt
     by CRLF (RFC 5321 4.1.1.4): the content of one message never becomes another."""
     driver = Driver(cfg, Policy(numbers), check_memory=True)
     data = prefix + blob
-    for chunk in split(data, at):
+    for line in lines_of(prefix):
+        driver.feed(line)
+    for chunk in split(blob, at):
         driver.feed(chunk)
     if end == "eof":
         driver.feed(b"")
@@ -359,8 +371,11 @@ def test_random_bytes_get_only_replies(cfg: SMTPConfig, prefix: bytes, blob: byt
 
 
 def play_stream(cfg: SMTPConfig, data: bytes, numbers: list[int],
-                chunking: Callable[[bytes], list[bytes]]) -> Driver:
+                chunking: Callable[[bytes], list[bytes]], prefix: bytes = b"") -> Driver:
+    """``prefix`` line by line, then ``data`` cut at STARTTLS and into reads by ``chunking``."""
     driver = Driver(cfg, Policy(numbers))
+    for line in lines_of(prefix):
+        driver.feed(line)
     for segment in segments(data, "STARTTLS"):
         for chunk in chunking(segment):
             driver.feed(chunk)
@@ -374,14 +389,13 @@ def test_random_bytes_split_anywhere_same_replies(cfg: SMTPConfig, prefix: bytes
                                                   at: list[int], numbers: list[int]) -> None:
     """Without strict pipelining, how the input is cut into reads (which the client does not
     control: TCP segments) changes nothing, whatever the input."""
-    data = prefix + blob
     with fixed_sasl_randomness():
-        whole = play_stream(cfg, data, numbers, lambda s: [s])
-        pieces = play_stream(cfg, data, numbers, lambda s: split(s, at))
+        whole = play_stream(cfg, blob, numbers, lambda s: [s], prefix)
+        pieces = play_stream(cfg, blob, numbers, lambda s: split(s, at), prefix)
         assert pieces.out == whole.out
         assert pieces.events == whole.events
-        if len(data) <= 4000:
-            single = play_stream(cfg, data, numbers, bytewise)
+        if len(blob) <= 4000:
+            single = play_stream(cfg, blob, numbers, bytewise, prefix)
             assert single.out == whole.out
             assert single.events == whole.events
 
@@ -655,7 +669,7 @@ RAW_LINES = [".", "..", "*", "=", "YWxpY2U=", PLAIN_IR.decode(), "Subject: hi", 
              b64(b"n,,n=alice,r=abc").decode(), "alice 0123456789abcdef0123456789abcdef"]
 GOOD_LINES = ["EHLO client.test", "HELO client.test", "MAIL FROM:<a@example.test>", "MAIL FROM:<>",
               "MAIL FROM:<a@example.test> SIZE=10 BODY=8BITMIME", "RCPT TO:<b@example.org>",
-              "RCPT TO:<postmaster>", "RCPT TO:<b@example.org> NOTIFY=SUCCESS", "DATA", "Subject: x", ".",
+              "RCPT TO:<postmaster>", "RCPT TO:<b@example.org> NOTIFY=SUCCESS", "DATA", "hello", ".",
               "RSET", "NOOP", "QUIT", "HELP", "VRFY alice", "EXPN staff", "ETRN example.test", "STARTTLS",
               "AUTH PLAIN " + PLAIN_IR.decode(), "AUTH LOGIN", "YWxpY2U=", "AUTH CRAM-MD5",
               "AUTH SCRAM-SHA-256", "*"]
@@ -671,9 +685,9 @@ command_lines = st.lists(
 
 
 @examples(400)
-@given(cfg=configs(), lines=command_lines, numbers=answers, at=cuts)
-def test_command_sequences_one_reply_each(cfg: SMTPConfig, lines: list[bytes], numbers: list[int],
-                                          at: list[int]) -> None:
+@given(cfg=configs(), prefix=prefixes, lines=command_lines, numbers=answers, at=cuts)
+def test_command_sequences_one_reply_each(cfg: SMTPConfig, prefix: bytes, lines: list[bytes],
+                                          numbers: list[int], at: list[int]) -> None:
     """Property 4: each command line (the client waiting for its reply) gets exactly one reply,
     multi-line replies counting as one and a DATA transfer (content and final dot) as one; the
     line that makes the engine close may get a second (the 421). Without strict pipelining the
@@ -681,6 +695,7 @@ def test_command_sequences_one_reply_each(cfg: SMTPConfig, lines: list[bytes], n
     with fixed_sasl_randomness():
         driver = Driver(cfg, Policy(numbers), check_memory=True)
         in_transfer = -1  # replies so far to the DATA transfer under way; -1: none
+        lines = lines_of(prefix) + lines
         for line in lines:
             if driver.closed:
                 driver.feed(line)  # asserts that nothing comes out
