@@ -135,7 +135,8 @@ class App:
             if not addresses:
                 continue
             listener = Listener(name, addresses, factory, state, limits, refusal,
-                                tls=self._tls_context if implicit_tls else None)
+                                tls=self._tls_context if implicit_tls else None,
+                                counted_as="pop3" if name.startswith("pop3") else "smtp")
             try:
                 await listener.start()
             except OSError as e:

@@ -16,14 +16,17 @@ __all__ = ["LocalState", "SharedState"]
 
 
 class SharedState(Protocol):
-    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int | None) -> str | None:
-        """Count a new connection from ``client``; a reason string if it is over a limit
-        (and then it is not counted), else None. ``per_client_limit`` None: exempt (trusted
-        networks), only ``total_limit`` applies."""
+    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int | None,
+                        service: str = "") -> str | None:
+        """Count a new connection from ``client`` to ``service`` ("smtp", "pop3": each has its
+        own limits, counted apart); a reason string if it is over a limit (and then it is not
+        counted), else None. ``per_client_limit`` None: exempt (trusted networks), only
+        ``total_limit`` applies."""
 
-    def close_connection(self, client: str) -> None: ...
+    def close_connection(self, client: str, *, service: str = "") -> None: ...
 
-    def connection_count(self) -> int: ...
+    def connection_count(self) -> int:
+        """Open connections, all services together."""
 
     def auth_failed(self, client: str, now: float, window: float) -> int:
         """Record a failed login from ``client``; the failures within ``window`` seconds."""
@@ -57,29 +60,32 @@ class LocalState:
     """SharedState for one process: plain counters, no locking needed under one event loop."""
 
     def __init__(self) -> None:
-        self._per_client: Counter[str] = Counter()
-        self._total = 0
+        self._per_client: Counter[tuple[str, str]] = Counter()  # (service, client)
+        self._totals: Counter[str] = Counter()  # per service
         self._failures: dict[str, deque[float]] = {}
         self._locked: set[str] = set()
         self._pop_logins: dict[str, float] = {}
 
-    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int | None) -> str | None:
-        if self._total >= total_limit:
+    def open_connection(self, client: str, *, total_limit: int, per_client_limit: int | None,
+                        service: str = "") -> str | None:
+        key = (service, client)
+        if self._totals[service] >= total_limit:
             return "too many connections"
-        if per_client_limit is not None and self._per_client[client] >= per_client_limit:
+        if per_client_limit is not None and self._per_client[key] >= per_client_limit:
             return "too many connections from your address"
-        self._per_client[client] += 1
-        self._total += 1
+        self._per_client[key] += 1
+        self._totals[service] += 1
         return None
 
-    def close_connection(self, client: str) -> None:
-        self._total -= 1
-        self._per_client[client] -= 1
-        if self._per_client[client] <= 0:
-            del self._per_client[client]
+    def close_connection(self, client: str, *, service: str = "") -> None:
+        key = (service, client)
+        self._totals[service] -= 1
+        self._per_client[key] -= 1
+        if self._per_client[key] <= 0:
+            del self._per_client[key]
 
     def connection_count(self) -> int:
-        return self._total
+        return sum(self._totals.values())
 
     def _recent(self, client: str, now: float, window: float) -> deque[float]:
         times = self._failures.get(client)

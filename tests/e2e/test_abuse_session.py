@@ -344,3 +344,25 @@ def test_trusted_clients_are_exempt_from_the_per_client_limit_not_the_total(make
     finally:
         for c in open_:
             c.close()
+
+
+def test_smtp_connections_do_not_use_up_the_pop3_limits(make_server) -> None:
+    """Each service counts its own connections: SMTP at its total does not lock out POP3."""
+    server = make_server(pop3=True, smtp_toml="max_connections = 2",
+                         pop3_toml="max_connections = 2\nmax_connections_per_client = 2")
+    server.start()
+    open_: list[RawSMTP] = []
+    try:
+        for _ in range(2):
+            open_.append(wait_for(lambda: _accepted(server.port, TRUSTED), what="an SMTP connection"))
+        assert "Error: too many connections, " in _refused(server.port, TRUSTED)
+        pop3 = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", server.pop3_port), timeout=5)
+            pop3.append(s)
+            assert s.recv(512).startswith(b"+OK")
+        for s in pop3:
+            s.close()
+    finally:
+        for c in open_:
+            c.close()

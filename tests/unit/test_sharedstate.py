@@ -47,3 +47,18 @@ def test_exempt_client_has_only_the_total_limit() -> None:
         assert state.open_connection("trusted", total_limit=3, per_client_limit=None) is None
     assert state.open_connection("trusted", total_limit=3, per_client_limit=None) == "too many connections"
     assert state.open_connection("other", total_limit=3, per_client_limit=1) == "too many connections"
+
+
+def test_services_are_counted_apart():
+    """SMTP and POP3 have limits of their own: connections to one never use up the other's."""
+    state = LocalState()
+    for _ in range(3):
+        assert state.open_connection("a", total_limit=3, per_client_limit=None, service="smtp") is None
+    assert state.open_connection("a", total_limit=3, per_client_limit=None, service="smtp") == "too many connections"
+    assert state.open_connection("a", total_limit=3, per_client_limit=2, service="pop3") is None
+    assert state.open_connection("a", total_limit=3, per_client_limit=2, service="pop3") is None
+    assert state.open_connection("a", total_limit=3, per_client_limit=2, service="pop3") == \
+        "too many connections from your address"
+    assert state.connection_count() == 5
+    state.close_connection("a", service="pop3")
+    assert state.open_connection("a", total_limit=3, per_client_limit=2, service="pop3") is None

@@ -43,9 +43,12 @@ class Listener:
 
     def __init__(self, name: str, addresses: Iterable[str], factory: SessionFactory,
                  state: SharedState, limits: Limits, refuse: Callable[[str], bytes],
-                 tls: Callable[[], ssl.SSLContext] | None = None) -> None:
-        """``tls``: for implicit TLS (RFC 8314), returns the current server context."""
+                 tls: Callable[[], ssl.SSLContext] | None = None, counted_as: str | None = None) -> None:
+        """``tls``: for implicit TLS (RFC 8314), returns the current server context.
+        ``counted_as``: the service whose connection limits this listener shares (smtp,
+        submission and smtps count as "smtp"; pop3 and pop3s as "pop3"); default its name."""
         self.name = name
+        self.counted_as = counted_as or name
         self._tls = tls
         self.addresses = list(addresses)
         self._factory = factory
@@ -74,7 +77,8 @@ class Listener:
     async def _accept(self, conn: Connection) -> None:
         client_ip = conn.peer[0]
         total, per_client = self._limits(client_ip)
-        refusal = self._state.open_connection(client_ip, total_limit=total, per_client_limit=per_client)
+        refusal = self._state.open_connection(client_ip, total_limit=total, per_client_limit=per_client,
+                                              service=self.counted_as)
         if refusal is not None:
             log.warning("%s refused client=%s: %s", self.name, client_ip, refusal)
             await _refuse(conn, self._refuse(refusal))
@@ -89,7 +93,7 @@ class Listener:
             log.exception("%s session crashed client=%s", self.name, client_ip)
         finally:
             del self._sessions[task]
-            self._state.close_connection(client_ip)
+            self._state.close_connection(client_ip, service=self.counted_as)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; say 421 to idle sessions now, give busy ones ``grace`` seconds to
