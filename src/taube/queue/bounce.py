@@ -176,9 +176,10 @@ def build_dsn(
     )
     notification_8bit = not notification.isascii()
     status_part = _delivery_status(reporting_mta, queue_id, arrival, envid, reports)
-    original_part = b"".join(
-        line + b"\r\n" for line in returned.full or returned.headers
-    )
+    if returned.full is not None:
+        original_part = bytes(returned.full)
+    else:
+        original_part = b"".join(line + b"\r\n" for line in returned.headers)
     original_8bit = not original_part.isascii()
 
     described = "Undelivered Message" if "failed" in actions else "Message"
@@ -257,7 +258,9 @@ class _Returned:
     headers: list[
         bytes
     ]  # the header section, folded where too long, cut at MAX_HEADER_SECTION
-    full: list[bytes] | None  # the whole message, or None when it is not returned whole
+    # The whole message with CRLF line ends, or None when it is not returned whole. One buffer,
+    # not a list of lines: a message of millions of empty lines would cost ~40 octets a line.
+    full: bytearray | None
     too_big: bool  # the whole message was wanted but is larger than the limit
     long_lines: (
         bool  # the whole message was wanted but has lines longer than 998 octets
@@ -275,7 +278,7 @@ def _read_original(stream: BinaryIO, *, full: bool, limit: int) -> _Returned:
     header_size = 0
     header_cut = cut_in_field = False
     in_header = True
-    whole: list[bytes] | None = [] if full else None
+    whole: bytearray | None = bytearray() if full else None
     whole_size = 0
     too_big = long_lines = False
 
@@ -300,7 +303,8 @@ def _read_original(stream: BinaryIO, *, full: bool, limit: int) -> _Returned:
             elif whole_size > limit:
                 whole, too_big = None, True
             else:
-                whole.append(piece)
+                whole += piece
+                whole += b"\r\n"
         if whole is None and (not in_header or header_cut):
             break
     if cut_in_field:
