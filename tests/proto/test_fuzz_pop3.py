@@ -378,9 +378,15 @@ def play_stream(cfg: POP3Config, mailbox: list[Message], data: bytes, numbers: l
     return driver
 
 
-def assert_same(a: Driver, b: Driver) -> None:
-    assert a.out == b.out
-    assert a.events == b.events
+def assert_same(got: Driver, expected: Driver) -> None:
+    """The same bytes out and the same events; a difference is shown where it starts."""
+    if got.out != expected.out:
+        i = next((i for i, (x, y) in enumerate(zip(got.out, expected.out)) if x != y),
+                 min(len(got.out), len(expected.out)))
+        start = max(0, bytes(expected.out).rfind(b"\r\n", 0, i) + 2)
+        raise AssertionError(f"output differs at octet {i}: {bytes(got.out[start:i + 60])!r} "
+                             f"instead of {bytes(expected.out[start:i + 60])!r}")
+    assert got.events == expected.events
 
 
 # --- 1 and 2: random bytes ----------------------------------------------------------------------------
