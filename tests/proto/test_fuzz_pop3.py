@@ -484,14 +484,18 @@ def valid_sessions(draw: st.DrawFn) -> tuple[POP3Config, list[Message], bytes]:
 
 
 @examples(400)
-@given(case=valid_sessions(), numbers=answers, at=cuts, chunk=st.sampled_from([4096, 1, 5]))
+@given(case=valid_sessions(), numbers=answers, at=cuts, chunk=st.sampled_from([4096, 1, 5]),
+       other_chunk=st.integers(1, 64))
 def test_valid_session_same_responses_however_split(case: tuple[POP3Config, list[Message], bytes],
-                                                    numbers: list[int], at: list[int], chunk: int) -> None:
+                                                    numbers: list[int], at: list[int], chunk: int,
+                                                    other_chunk: int) -> None:
     """Property 3: pipelined in one piece, byte by byte, at random points and line by line:
-    the same bytes, the same events."""
+    the same bytes, the same events. Nor does it matter in what pieces the session hands the
+    message content to the engine (RETR, TOP)."""
     cfg, mailbox, data = case
     note(data.decode("utf-8", "replace"))
     whole = play_stream(cfg, mailbox, data, numbers, lambda s: [s], chunk=chunk)
+    assert_same(play_stream(cfg, mailbox, data, numbers, lambda s: [s], chunk=other_chunk), whole)
     assert_same(play_stream(cfg, mailbox, data, numbers, bytewise, chunk=chunk), whole)
     assert_same(play_stream(cfg, mailbox, data, numbers, lambda s: split(s, at), chunk=chunk), whole)
     assert_same(play_lines(cfg, mailbox, data, numbers, at, chunk=chunk), whole)
