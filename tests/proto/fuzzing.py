@@ -56,12 +56,14 @@ def lines_of(data: bytes) -> list[bytes]:
 
 
 def verb_of(line: bytes) -> str | None:
-    """The command verb as the engines read it (UTF-8, upper-cased as str), None if not UTF-8."""
+    """The command verb as the engines read it (UTF-8, upper case if ASCII: keywords compare in
+    ASCII only), None if not UTF-8."""
     try:
         text = line.rstrip(b"\r\n").decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return text.partition(" ")[0].upper()
+    verb = text.partition(" ")[0]
+    return verb.upper() if verb.isascii() else verb
 
 
 def segments(data: bytes, verb: str) -> list[bytes]:

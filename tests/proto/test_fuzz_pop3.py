@@ -56,6 +56,7 @@ from tests.proto.fuzzing import (
     retained,
     segments,
     split,
+    verb_of,
 )
 
 HOST = "pop.test"
@@ -122,13 +123,12 @@ def responses(out: bytes, *, multiline: bool, continuation: bool) -> list[Respon
 
 
 def command_words(line: bytes) -> tuple[str, str] | None:
-    """The verb (upper case) and argument the engine will see in ``line``; None if not UTF-8."""
-    try:
-        text = line.rstrip(b"\r\n").decode("utf-8")
-    except UnicodeDecodeError:
+    """The verb (upper case, ASCII only) and argument the engine will see in ``line``; None if
+    not UTF-8."""
+    verb = verb_of(line)
+    if verb is None:
         return None
-    verb, _, arg = text.partition(" ")
-    return verb.upper(), arg.strip(" ")
+    return verb, line.rstrip(b"\r\n").decode("utf-8").partition(" ")[2].strip(" ")
 
 
 def expectation(line: bytes, state: State) -> tuple[bool, bool]:
