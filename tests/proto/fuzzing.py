@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 import types
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -19,13 +18,10 @@ from taube.proto import sasl
 
 T = TypeVar("T")
 
-LONG_RUN = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
-
-
 def examples(short: int) -> settings:
-    """``short`` examples under the default profile (``make test``); under the long one
-    (``make fuzz``) the profile's own, much larger count."""
-    return settings() if LONG_RUN else settings(max_examples=short)
+    """``short`` examples under the default profile (``make test``), or the profile's own count
+    where it is larger (``make fuzz``)."""
+    return settings(max_examples=max(short, settings.default.max_examples))
 
 
 # --- splitting input ------------------------------------------------------------------------
