@@ -30,14 +30,19 @@ MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included
 
 
 class DecodeResult:
-    """What one :meth:`DataDecoder.feed` produced: content octets, and the rest after the end."""
+    """What one :meth:`DataDecoder.feed` produced: content octets, and the rest after the end.
 
-    __slots__ = ("content", "ended", "rest")
+    ``dropped`` counts the content octets of overlong lines that were thrown away instead of
+    returned (the message is refused anyway): with ``len(content)`` it is the message size so
+    far, the same however the input was split into reads."""
 
-    def __init__(self, content: bytes, ended: bool, rest: bytes) -> None:
+    __slots__ = ("content", "dropped", "ended", "rest")
+
+    def __init__(self, content: bytes, ended: bool, rest: bytes, dropped: int = 0) -> None:
         self.content = content
         self.ended = ended
         self.rest = rest
+        self.dropped = dropped
 
 
 class DataDecoder:
@@ -73,6 +78,7 @@ class DataDecoder:
         the bytes that followed it (the next commands)."""
         buf = self._pending + data if self._pending else data
         out: list[bytes] = []
+        dropped = 0
         start = 0
         while True:
             nl = buf.find(b"\n", start)
@@ -82,18 +88,22 @@ class DataDecoder:
             start = nl + 1
             if self._overlong:
                 self._overlong = False
+                dropped += len(line)
                 if self._in_headers:
                     self._count_header(len(line))
                 self._after_crlf = self._check_line_end(line)  # content is refused anyway
                 continue
             if line == b".\r\n" and self._after_crlf:
                 self._pending = b""
-                return DecodeResult(b"".join(out), True, buf[start:])
+                return DecodeResult(b"".join(out), True, buf[start:], dropped)
             if self._in_headers:
                 self._count_header(len(line))
             out.append(self._line(line))
         tail = buf[start:]
         if len(tail) >= MAX_TEXT_LINE:
+            # A line's first drop starts at the line start: its stuffing dot is no content.
+            stuffed = not self._overlong and tail[:1] == b"."
+            dropped += len(tail) - 1 - stuffed
             self.line_too_long = True
             self._overlong = True
             self._pending = tail[-1:]  # keep a trailing CR so CRLF split across reads is seen
@@ -103,7 +113,7 @@ class DataDecoder:
                 self.bare_newline = True
         else:
             self._pending = tail
-        return DecodeResult(b"".join(out), False, b"")
+        return DecodeResult(b"".join(out), False, b"", dropped)
 
     def _count_header(self, octets: int) -> None:
         if self._header_left is not None and not self.header_too_large:

@@ -958,6 +958,7 @@ class SMTPConnection(ByteSide):
         decoder = self._decoder
         assert decoder is not None
         result = decoder.feed(raw)
+        self._data_size += result.dropped  # refused anyway, but the size must not depend on reads
         if result.content:
             self._data_size += len(result.content)
             if self._data_size <= self.config.max_message_size and not decoder.header_too_large:
