@@ -6,21 +6,31 @@ and a parameter dict. Source routes (``<@a,@b:user@c>``) are accepted and ignore
 4.1.1.3 and appendix C require; the local part is kept verbatim (quoted strings unquoted), so
 ``user%other@local`` or ``"a@b"@local`` are just unusual local parts and never routing
 instructions.
+
+The parameters are checked here too (:func:`parse_mail_params`, :func:`parse_rcpt_params`): each
+keyword known or refused, each value within its RFC's syntax and length, and the first wrong one
+answered with its reply, so the engine only routes the outcome.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
+from . import replies as R
 from .common import ascii_upper
+from .replies import Reply
 
 __all__ = [
     "AddressError",
+    "MailOptions",
     "Path",
     "is_domain",
     "parse_mail_argument",
+    "parse_mail_params",
     "parse_path",
+    "parse_rcpt_params",
     "split_params",
     "xtext_decode",
     "xtext_encode",
@@ -217,3 +227,118 @@ def _closing_bracket(text: str) -> int:
         elif ch == ">" and not quoted:
             return i
     raise AddressError("missing '>'")
+
+
+# --- ESMTP parameters of MAIL and RCPT ----------------------------------------------------
+# RFC 3461 4.1: the NOTIFY keywords, in the order a NOTIFY tuple lists them.
+NOTIFY_KEYWORDS: Final = ("SUCCESS", "FAILURE", "DELAY")
+ENVID_MAX: Final = 100  # RFC 3461 4.4: characters of the xtext as sent
+ORCPT_MAX: Final = 500  # RFC 3461 4.2: characters of the parameter value as sent
+
+
+@dataclass(slots=True, kw_only=True)
+class MailOptions:
+    """What the MAIL parameters said, once checked."""
+
+    size: int | None = None
+    body: str | None = None
+    smtputf8: bool = False
+    ret: str | None = None
+    envid: str | None = None
+
+
+def printable_xtext(value: str | None, limit: int) -> str | None:
+    """Decode an xtext of at most ``limit`` characters whose decoded form is printable US-ASCII
+    (RFC 3461 4.2 and 4.4); None when it is anything else."""
+    if not value or len(value) > limit:
+        return None
+    try:
+        decoded = xtext_decode(value)
+    except AddressError:
+        return None
+    return decoded if decoded.isascii() and decoded.isprintable() else None
+
+
+def parse_notify(value: str | None) -> tuple[str, ...] | None:
+    """RFC 3461 4.1: ``NEVER`` alone, or a comma list of SUCCESS, FAILURE, DELAY (any case,
+    each once). None when malformed."""
+    if not value:
+        return None
+    words = ascii_upper(value).split(",")
+    if words == ["NEVER"]:
+        return ("NEVER",)
+    if len(set(words)) != len(words) or not set(words) <= set(NOTIFY_KEYWORDS):
+        return None
+    return tuple(k for k in NOTIFY_KEYWORDS if k in words)
+
+
+_ADDR_TYPE: Final = re.compile(r"[A-Za-z0-9!#$%&'*+\-/?^_`{|}~]+")  # RFC 3461 4.2: an atom
+
+
+def parse_orcpt(value: str | None) -> str | None:
+    """RFC 3461 4.2: ``addr-type;xtext``, at most 500 characters, decoded to printable ASCII:
+    ``rfc822;bob+2Bx@example.org`` -> ``rfc822;bob+x@example.org``. None when malformed."""
+    if not value or len(value) > ORCPT_MAX:
+        return None
+    addr_type, semicolon, xtext = value.partition(";")
+    if not semicolon or not _ADDR_TYPE.fullmatch(addr_type):
+        return None
+    address = printable_xtext(xtext, ORCPT_MAX)
+    return None if address is None else f"{addr_type};{address}"
+
+
+def parse_mail_params(params: dict[str, str | None], *, max_message_size: int,
+                      auth: bool) -> Reply | MailOptions:
+    """Check the ESMTP parameters of MAIL (RFC 1870 SIZE, RFC 1652 BODY, RFC 6531 SMTPUTF8,
+    RFC 4954 AUTH when ``auth`` is offered, RFC 3461 RET and ENVID): the options, or the reply
+    for the first one that is wrong or unknown."""
+    options = MailOptions()
+    for key, value in params.items():
+        if key == "SIZE":
+            if value is None or not value.isdigit() or len(value) > 20:
+                return R.syntax("SIZE=<octets> (RFC 1870)")
+            options.size = int(value)
+            if options.size > max_message_size:
+                return R.MESSAGE_TOO_BIG
+        elif key == "BODY":
+            if value is None or ascii_upper(value) not in ("7BIT", "8BITMIME"):
+                return R.syntax("BODY=7BIT|8BITMIME (RFC 1652)")
+            options.body = value.upper()
+        elif key == "SMTPUTF8":
+            if value is not None:
+                return R.syntax("SMTPUTF8 takes no value (RFC 6531)")
+            options.smtputf8 = True
+        elif key == "AUTH" and auth:
+            if value is None:  # RFC 4954 5: AUTH=<> or AUTH=xtext; noted, not trusted
+                return R.syntax("AUTH=<mailbox> (RFC 4954)")
+        elif key == "RET":
+            if value is None or ascii_upper(value) not in ("FULL", "HDRS"):
+                return R.BAD_RET
+            options.ret = value.upper()
+        elif key == "ENVID":
+            envid = printable_xtext(value, ENVID_MAX)
+            if envid is None:
+                return R.BAD_ENVID
+            options.envid = envid
+        else:
+            return R.UNSUPPORTED_PARAMETER
+    return options
+
+
+def parse_rcpt_params(params: dict[str, str | None]) -> Reply | tuple[tuple[str, ...] | None, str | None]:
+    """Check the ESMTP parameters of RCPT (RFC 3461 NOTIFY and ORCPT): ``(notify, orcpt)``, or
+    the reply for the first one that is wrong or unknown."""
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+    for key, value in params.items():
+        if key == "NOTIFY":
+            notify = parse_notify(value)
+            if notify is None:
+                return R.BAD_NOTIFY
+        elif key == "ORCPT":
+            orcpt = parse_orcpt(value)
+            if orcpt is None:
+                return R.BAD_ORCPT
+        else:
+            return R.UNSUPPORTED_PARAMETER
+    return notify, orcpt

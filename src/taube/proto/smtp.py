@@ -60,9 +60,7 @@ What an abusive client gets (Postfix 3.9's answers, so that logs and clients rea
 from __future__ import annotations
 
 import base64
-import enum
 import re
-from dataclasses import dataclass, field
 from typing import Final
 
 from . import replies as R
@@ -72,14 +70,37 @@ from .address import (
     Path,
     is_domain,
     parse_mail_argument,
+    parse_mail_params,
     parse_path,
+    parse_rcpt_params,
     split_params,
-    xtext_decode,
 )
 from .buffer import OVERFLOW, TOO_LONG
 from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData, ascii_upper
 from .dotstuff import DataDecoder
 from .replies import Reply
+from .smtp_events import (
+    AuthDone,
+    AuthLookup,
+    AuthStart,
+    Closed,
+    DataAborted,
+    DataChunk,
+    DataStart,
+    Decision,
+    EndOfData,
+    Etrn,
+    Event,
+    Expn,
+    Hello,
+    MailFrom,
+    RcptTo,
+    Reset,
+    SMTPConfig,
+    StartTLS,
+    State,
+    Vrfy,
+)
 
 __all__ = [
     "NEED_DATA",
@@ -135,180 +156,6 @@ _FORBIDDEN: Final = re.compile(rb"(?:GET|POST|HEAD|PUT|CONNECT)(?:[ \t\r\n]|$)|[
 MAX_RECEIVED_HEADERS: Final = 100
 
 
-class State(enum.Enum):
-    CONNECTED = "connected"  # greeting sent, no HELO/EHLO yet
-    GREETED = "greeted"  # HELO/EHLO done, no transaction
-    MAIL = "mail"  # MAIL accepted, no recipient yet
-    RCPT = "rcpt"  # at least one recipient accepted
-    DATA = "data"  # receiving the message content
-    AUTH = "auth"  # inside a SASL exchange: lines are responses, not commands
-    TLS_HANDSHAKE = "tls-handshake"  # 220 sent after STARTTLS: nothing is read until tls_started()
-    CLOSED = "closed"  # QUIT or 421 sent: flush and close
-
-
-# --- events --------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """Base of everything next_event() returns."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Decision(Event):
-    """An event the session must answer with accept() or reject() before reading on."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Hello(Decision):
-    esmtp: bool
-    domain: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MailFrom(Decision):
-    path: Path
-    params: dict[str, str | None] = field(default_factory=dict)
-    size: int | None = None  # RFC 1870 SIZE= declared by the client
-    body: str | None = None  # RFC 1652 BODY=7BIT|8BITMIME
-    smtputf8: bool = False  # RFC 6531
-    ret: str | None = None  # RFC 3461 4.3 RET=FULL|HDRS, upper case
-    envid: str | None = None  # RFC 3461 4.4 ENVID, decoded from xtext
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RcptTo(Decision):
-    path: Path
-    params: dict[str, str | None] = field(default_factory=dict)
-    # RFC 3461 4.1 NOTIFY, upper case: ("NEVER",) or a subset of SUCCESS, FAILURE, DELAY in
-    # that order; None when not given.
-    notify: tuple[str, ...] | None = None
-    orcpt: str | None = None  # RFC 3461 4.2 ORCPT decoded from xtext: "rfc822;user@example.org"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DataStart(Decision):
-    """DATA with at least one recipient: accept() sends 354."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EndOfData(Decision):
-    """The final dot: commit the message, then accept(250 ... queued as) or reject()."""
-
-    size: int
-    received_count: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Vrfy(Decision):
-    argument: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Expn(Decision):
-    argument: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Etrn(Decision):
-    """ETRN (RFC 1985): start a queue run for ``domain`` (with ``subdomains`` for ``@domain``)
-    or for the named queue ``#queue_name``. Answer with accept(250/251/252/253 reply) or
-    reject(458/459 reply); accept() without a reply sends a plain 250."""
-
-    domain: str | None  # lower case; None for a #queue_name
-    subdomains: bool = False
-    queue_name: str | None = None
-
-    @property
-    def node(self) -> str:
-        """The argument as RFC 1985 replies name it: ``example.org``, ``@example.org``, ``#q``."""
-        if self.queue_name is not None:
-            return "#" + self.queue_name
-        return ("@" if self.subdomains else "") + (self.domain or "")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StartTLS(Decision):
-    """accept() sends ``220 2.0.0`` and drops unread input; then the session does the handshake
-    and calls :meth:`SMTPConnection.tls_started` (or closes if it fails)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthStart(Decision):
-    """AUTH with a mechanism we offer: accept() starts the SASL exchange, reject() refuses
-    (for example 421 for a client blocked after too many failures)."""
-
-    mechanism: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthLookup(Decision):
-    """The SASL mechanism needs the directory: answer with :meth:`SMTPConnection.auth_resolve`
-    (True/False for CheckPassword, the secret or None for NeedSecret, ScramCredentials or None
-    for NeedScram)."""
-
-    request: sasl.CheckPassword | sasl.NeedSecret | sasl.NeedScram
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthDone(Event):
-    """The outcome of an AUTH exchange (the reply is already queued, not yet flushed)."""
-
-    mechanism: str
-    user: str | None  # the authenticated user, None on failure
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DataChunk(Event):
-    """Unstuffed message content; the chunks concatenated are the message."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DataAborted(Event):
-    """The message was refused at its end; the engine has sent ``reply``. Discard the content."""
-
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reset(Event):
-    """The transaction was abandoned (RSET, HELO/EHLO, or a violation that closes the
-    connection): drop envelope and content."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Closed(Event):
-    """The engine is done (QUIT answered, 421 sent, or the peer closed): flush and close."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SMTPConfig:
-    """What the engine must know; the session builds it from the settings."""
-
-    hostname: str
-    max_message_size: int = 26214400
-    max_recipients: int = 100
-    max_errors: int = 20  # Postfix: smtpd_hard_error_limit
-    normalize_bare_newlines: bool = False  # bare CR/LF in data and commands: False rejects them
-    # RFC 2920 3.1 enforced on unauthenticated clients (554 5.5.0 and close). Off here so that
-    # tests may feed pipelined input freely; the session turns it on from [smtp] strict_pipelining.
-    strict_pipelining: bool = False
-    max_header_size: int = 102400  # octets of the header section (Postfix: header_size_limit)
-    vrfy: bool = True  # list VRFY in EHLO (Postfix does unless disable_vrfy_command)
-    greeting_text: str = "ESMTP taube"
-    tls_available: bool = False  # a certificate is there: offer STARTTLS
-    tls_active: bool = False  # implicit TLS (RFC 8314): encrypted from the first byte
-    auth_mechanisms: tuple[str, ...] = ()  # SASL mechanisms offered (RFC 4954)
-    auth_requires_tls: bool = True  # no AUTH before TLS: not listed, and 538 5.7.11
-    auth_legacy_line: bool = True  # also "AUTH=..." for old Outlook versions
-    auth_required: bool = False  # submission (RFC 6409): MAIL needs AUTH first, else 530 5.7.0
-    etrn: bool = False  # offer ETRN (RFC 1985); off: 502 5.5.1
-    extra_extensions: tuple[str, ...] = ()  # further EHLO keywords from the session
-
-
 # --- the transition table ------------------------------------------------------------------
 _ANY_BUT_DATA = frozenset({State.CONNECTED, State.GREETED, State.MAIL, State.RCPT})
 ALLOWED: Final[dict[str, frozenset[State]]] = {
@@ -332,10 +179,6 @@ ALLOWED: Final[dict[str, frozenset[State]]] = {
 # Known to RFC 821/5321 or common, but not offered: 502 rather than 500 (RFC 5321 4.2.4).
 # ETRN is a real command that the configuration may switch off (then 502 as well).
 NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ATRN"})
-# RFC 3461 4.1: the NOTIFY keywords, in the order a NOTIFY tuple lists them.
-NOTIFY_KEYWORDS: Final = ("SUCCESS", "FAILURE", "DELAY")
-ENVID_MAX: Final = 100  # RFC 3461 4.4: characters of the xtext as sent
-ORCPT_MAX: Final = 500  # RFC 3461 4.2: characters of the parameter value as sent
 
 
 def _out_of_sequence(verb: str, state: State) -> Reply:
@@ -705,7 +548,8 @@ class SMTPConnection(ByteSide):
         if parsed is None:
             return
         path_text, params = parsed
-        checked = self._mail_params(params)
+        checked = parse_mail_params(params, max_message_size=self.config.max_message_size,
+                                    auth=bool(self.config.auth_mechanisms))
         if isinstance(checked, Reply):
             self._error(checked)
             return
@@ -734,60 +578,16 @@ class SMTPConnection(ByteSide):
             return None
         return path_text, params
 
-    def _mail_params(self, params: dict[str, str | None]) -> Reply | _MailOptions:
-        options = _MailOptions()
-        for key, value in params.items():
-            if key == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
-                    return R.syntax("SIZE=<octets> (RFC 1870)")
-                options.size = int(value)
-                if options.size > self.config.max_message_size:
-                    return R.MESSAGE_TOO_BIG
-            elif key == "BODY":
-                if value is None or ascii_upper(value) not in ("7BIT", "8BITMIME"):
-                    return R.syntax("BODY=7BIT|8BITMIME (RFC 1652)")
-                options.body = value.upper()
-            elif key == "SMTPUTF8":
-                if value is not None:
-                    return R.syntax("SMTPUTF8 takes no value (RFC 6531)")
-                options.smtputf8 = True
-            elif key == "AUTH" and self.config.auth_mechanisms:
-                if value is None:  # RFC 4954 5: AUTH=<> or AUTH=xtext; noted, not trusted
-                    return R.syntax("AUTH=<mailbox> (RFC 4954)")
-            elif key == "RET":
-                if value is None or ascii_upper(value) not in ("FULL", "HDRS"):
-                    return R.BAD_RET
-                options.ret = value.upper()
-            elif key == "ENVID":
-                envid = _printable_xtext(value, ENVID_MAX)
-                if envid is None:
-                    return R.BAD_ENVID
-                options.envid = envid
-            else:
-                return R.UNSUPPORTED_PARAMETER
-        return options
-
     def _do_rcpt(self, arg: str) -> None:
         parsed = self._path_and_params(arg, "TO", "RCPT")
         if parsed is None:
             return
         path_text, params = parsed
-        notify: tuple[str, ...] | None = None
-        orcpt: str | None = None
-        for key, value in params.items():
-            if key == "NOTIFY":
-                notify = _parse_notify(value)
-                if notify is None:
-                    self._error(R.BAD_NOTIFY)
-                    return
-            elif key == "ORCPT":
-                orcpt = _parse_orcpt(value)
-                if orcpt is None:
-                    self._error(R.BAD_ORCPT)
-                    return
-            else:
-                self._error(R.UNSUPPORTED_PARAMETER)
-                return
+        checked = parse_rcpt_params(params)
+        if isinstance(checked, Reply):
+            self._error(checked)
+            return
+        notify, orcpt = checked
         if self.recipients >= self.config.max_recipients:
             self._error(R.TOO_MANY_RECIPIENTS)  # RFC 5321 4.5.3.1.10
             return
@@ -985,57 +785,6 @@ class SMTPConnection(ByteSide):
         else:
             self._emit(DataAborted(reply=problem))
             self._end_transaction(problem)
-
-
-@dataclass(slots=True)
-class _MailOptions:
-    """What the MAIL parameters said, once checked."""
-
-    size: int | None = None
-    body: str | None = None
-    smtputf8: bool = False
-    ret: str | None = None
-    envid: str | None = None
-
-
-def _printable_xtext(value: str | None, limit: int) -> str | None:
-    """Decode an xtext of at most ``limit`` characters whose decoded form is printable US-ASCII
-    (RFC 3461 4.2 and 4.4); None when it is anything else."""
-    if not value or len(value) > limit:
-        return None
-    try:
-        decoded = xtext_decode(value)
-    except AddressError:
-        return None
-    return decoded if decoded.isascii() and decoded.isprintable() else None
-
-
-def _parse_notify(value: str | None) -> tuple[str, ...] | None:
-    """RFC 3461 4.1: ``NEVER`` alone, or a comma list of SUCCESS, FAILURE, DELAY (any case,
-    each once). None when malformed."""
-    if not value:
-        return None
-    words = ascii_upper(value).split(",")
-    if words == ["NEVER"]:
-        return ("NEVER",)
-    if len(set(words)) != len(words) or not set(words) <= set(NOTIFY_KEYWORDS):
-        return None
-    return tuple(k for k in NOTIFY_KEYWORDS if k in words)
-
-
-_ADDR_TYPE: Final = re.compile(r"[A-Za-z0-9!#$%&'*+\-/?^_`{|}~]+")  # RFC 3461 4.2: an atom
-
-
-def _parse_orcpt(value: str | None) -> str | None:
-    """RFC 3461 4.2: ``addr-type;xtext``, at most 500 characters, decoded to printable ASCII:
-    ``rfc822;bob+2Bx@example.org`` -> ``rfc822;bob+x@example.org``. None when malformed."""
-    if not value or len(value) > ORCPT_MAX:
-        return None
-    addr_type, semicolon, xtext = value.partition(";")
-    if not semicolon or not _ADDR_TYPE.fullmatch(addr_type):
-        return None
-    address = _printable_xtext(xtext, ORCPT_MAX)
-    return None if address is None else f"{addr_type};{address}"
 
 
 def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
