@@ -19,7 +19,7 @@ from taube.proto.smtp import (
 )
 
 Answer = Callable[[Decision], Reply | None]
-QUEUED = Reply(250, "2.0.0", "Ok: queued as TEST")
+QUEUED = Reply(code=250, enhanced="2.0.0", text="Ok: queued as TEST")
 
 
 def accept_all(event: Decision) -> Reply | None:
@@ -27,7 +27,7 @@ def accept_all(event: Decision) -> Reply | None:
     if isinstance(event, EndOfData):
         return QUEUED
     if isinstance(event, (Vrfy, Expn)):
-        return Reply(252, "2.0.0", "maybe")
+        return Reply(code=252, enhanced="2.0.0", text="maybe")
     return None
 
 

@@ -307,10 +307,10 @@ def test_etrn_disabled_is_502_in_any_state(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
-    (Reply(251, "2.0.0", "OK, no messages waiting for node example.org"), "251 2.0.0"),
-    (Reply(253, "2.0.0", "OK, 3 pending messages for node example.org started"), "253 2.0.0"),
-    (Reply(458, "4.3.0", "Unable to queue messages for node example.org"), "458 4.3.0"),
-    (Reply(459, "4.7.1", "Node example.org not allowed: no"), "459 4.7.1"),
+    (Reply(code=251, enhanced="2.0.0", text="OK, no messages waiting for node example.org"), "251 2.0.0"),
+    (Reply(code=253, enhanced="2.0.0", text="OK, 3 pending messages for node example.org started"), "253 2.0.0"),
+    (Reply(code=458, enhanced="4.3.0", text="Unable to queue messages for node example.org"), "458 4.3.0"),
+    (Reply(code=459, enhanced="4.7.1", text="Node example.org not allowed: no"), "459 4.7.1"),
 ])
 def test_etrn_answers_are_the_sessions(reply: Reply, expected: str) -> None:
     def answer(event: Decision) -> Reply | None:

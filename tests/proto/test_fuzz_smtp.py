@@ -140,24 +140,24 @@ class CloseWith:
     reply: Reply
 
 
-QUEUED = Reply(250, "2.0.0", "Ok: queued as 4ABCDEF")
+QUEUED = Reply(code=250, enhanced="2.0.0", text="Ok: queued as 4ABCDEF")
 # For each decision: the yes first, then what net/smtp_session.py (or a policy check) may say.
 ANSWERS: dict[type[Decision], list[Accept | Reject | CloseWith]] = {
-    Hello: [Accept(), Reject(Reply(550, "5.7.1", "<c>: Helo command rejected: Host not found"))],
-    MailFrom: [Accept(), Reject(Reply(553, "5.7.1", "<a@x>: Sender address rejected: not owned by user")),
+    Hello: [Accept(), Reject(Reply(code=550, enhanced="5.7.1", text="<c>: Helo command rejected: Host not found"))],
+    MailFrom: [Accept(), Reject(Reply(code=553, enhanced="5.7.1", text="<a@x>: Sender address rejected: not owned by user")),
                Reject(R.TRANSIENT_FAILURE), Reject(R.STORAGE_FULL)],
-    RcptTo: [Accept(), Reject(Reply(550, "5.1.1", "<b@y>: Recipient address rejected: User unknown")),
-             Reject(Reply(554, "5.7.1", "<b@y>: Relay access denied")), Reject(R.TRANSIENT_FAILURE)],
+    RcptTo: [Accept(), Reject(Reply(code=550, enhanced="5.1.1", text="<b@y>: Recipient address rejected: User unknown")),
+             Reject(Reply(code=554, enhanced="5.7.1", text="<b@y>: Relay access denied")), Reject(R.TRANSIENT_FAILURE)],
     DataStart: [Accept(), Reject(R.TRANSIENT_FAILURE), Reject(R.STORAGE_FULL)],
     EndOfData: [Accept(QUEUED), Reject(R.STORAGE_FULL), Reject(R.TRANSIENT_FAILURE),
-                Reject(Reply(554, "5.7.1", "Error: message content rejected"))],
-    Vrfy: [Accept(R.VRFY_AMBIGUOUS), Accept(Reply(250, "2.0.0", "<alice@example.test>")),
-           Reject(Reply(550, "5.1.1", "<x>: User unknown")), Reject(R.VRFY_DISABLED)],
-    Expn: [Reject(R.EXPN_DISABLED), Accept(Reply(250, "2.1.5", ("<alice@example.test>", "<bob@example.org>"))),
-           Reject(Reply(550, "5.1.1", "<l>: No such mailing list"))],
+                Reject(Reply(code=554, enhanced="5.7.1", text="Error: message content rejected"))],
+    Vrfy: [Accept(R.VRFY_AMBIGUOUS), Accept(Reply(code=250, enhanced="2.0.0", text="<alice@example.test>")),
+           Reject(Reply(code=550, enhanced="5.1.1", text="<x>: User unknown")), Reject(R.VRFY_DISABLED)],
+    Expn: [Reject(R.EXPN_DISABLED), Accept(Reply(code=250, enhanced="2.1.5", text=("<alice@example.test>", "<bob@example.org>"))),
+           Reject(Reply(code=550, enhanced="5.1.1", text="<l>: No such mailing list"))],
     Etrn: [Accept(), Accept(R.etrn_nothing_waiting("example.test")), Accept(R.etrn_pending("example.test", 3)),
            Reject(R.etrn_unable("example.test")), Reject(R.etrn_not_allowed("example.test", "not trusted"))],
-    StartTLS: [Accept(), Reject(Reply(454, "4.7.0", "TLS not available due to temporary reason"))],
+    StartTLS: [Accept(), Reject(Reply(code=454, enhanced="4.7.0", text="TLS not available due to temporary reason"))],
     AuthStart: [Accept(), CloseWith(R.closing(HOST, "4.7.0", "Error: too many authentication failures"))],
 }
 

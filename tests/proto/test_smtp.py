@@ -147,7 +147,7 @@ def test_pipelined_replies_in_one_flush() -> None:
 def test_rejected_rcpt_then_data_is_554() -> None:
     def refuse_rcpt(event):
         if isinstance(event, RcptTo):
-            return Reply(550, "5.1.1", "unknown")
+            return Reply(code=550, enhanced="5.1.1", text="unknown")
         return accept_all(event)
 
     out, _ = drive(ENVELOPE + b"QUIT\r\n", answer=refuse_rcpt)
@@ -190,7 +190,7 @@ def test_peer_close_mid_data() -> None:
 def test_end_of_data_reject_resets_transaction() -> None:
     def refuse_end(event):
         if isinstance(event, EndOfData):
-            return Reply(452, "4.3.1", "full")
+            return Reply(code=452, enhanced="4.3.1", text="full")
         return accept_all(event)
 
     out, _ = drive(ENVELOPE + b"x\r\n.\r\nRCPT TO:<b@y>\r\nQUIT\r\n", answer=refuse_end)
@@ -207,13 +207,13 @@ def test_api_misuse_raises() -> None:
     with pytest.raises(LocalProtocolError):
         conn.next_event()
     with pytest.raises(LocalProtocolError):
-        conn.reject(Reply(250, None, "yes"))
+        conn.reject(Reply(code=250, enhanced=None, text="yes"))
 
 
 def test_close_with_421() -> None:
     conn = SMTPConnection(SMTPConfig(hostname="h"))
     conn.data_to_send()
-    conn.close_with(Reply(421, "4.3.2", "h Service shutting down"))
+    conn.close_with(Reply(code=421, enhanced="4.3.2", text="h Service shutting down"))
     assert conn.data_to_send() == b"421 4.3.2 h Service shutting down\r\n"
     assert isinstance(conn.next_event(), Closed)
 

@@ -13,11 +13,11 @@ import pytest
 from taube.delivery.client import (
     OutboundConnection,
     OutRecipient,
-    Reply,
     SMTPClientError,
     TransactionResult,
 )
 from taube.proto.address import xtext_encode as xtext
+from taube.proto.replies import Reply
 from tests.peer import ScriptedPeer
 
 T = TypeVar("T")
@@ -92,7 +92,7 @@ def one_send(recipients: list[str]) -> Callable[[OutboundConnection], Awaitable[
 
 def test_reply_parses_the_enhanced_code_of_a_multiline_reply() -> None:
     reply = Reply.parse(550, "5.1.1 <x@example.org>: Recipient address rejected:\n5.1.1 User unknown")
-    assert reply == Reply(550, "<x@example.org>: Recipient address rejected: User unknown", "5.1.1")
+    assert reply == Reply(code=550, enhanced="5.1.1", text="<x@example.org>: Recipient address rejected: User unknown")
     assert str(reply) == "550 5.1.1 <x@example.org>: Recipient address rejected: User unknown"
     assert reply.diagnostic() == "smtp; 550 5.1.1 <x@example.org>: Recipient address rejected: User unknown"
     assert (reply.ok, reply.temporary, reply.status()) == (False, False, "5.1.1")
@@ -119,7 +119,7 @@ def test_xtext() -> None:
 
 def test_message_arrives_byte_exact_with_dot_stuffing(peer: ScriptedPeer) -> None:
     result = deliver(peer, ["b@example.org"])
-    assert result.replies == {"b@example.org": Reply(250, "Ok: queued", "2.0.0")}
+    assert result.replies == {"b@example.org": Reply(code=250, enhanced="2.0.0", text="Ok: queued")}
     [tx] = peer.wait_for_transactions(1, DEADLINE)
     assert tx.data == MESSAGE
     assert tx.sender == "a@sender.test"
@@ -143,10 +143,10 @@ def test_per_recipient_results(peer: ScriptedPeer) -> None:
         rcpt, "250 2.1.5 Ok")
     peer.final_reply = "250 2.0.0 Ok: queued as 4711"
     result = deliver(peer, ["bad@example.org", "later@example.org", "good@example.org"])
-    assert result.replies["bad@example.org"] == Reply(550, "No such user", "5.1.1")
+    assert result.replies["bad@example.org"] == Reply(code=550, enhanced="5.1.1", text="No such user")
     assert result.replies["later@example.org"].temporary
     assert result.replies["later@example.org"].status() == "4.2.0"
-    assert result.replies["good@example.org"] == Reply(250, "Ok: queued as 4711", "2.0.0")
+    assert result.replies["good@example.org"] == Reply(code=250, enhanced="2.0.0", text="Ok: queued as 4711")
     [tx] = peer.wait_for_transactions(1, DEADLINE)
     assert tx.recipients == [("good@example.org", {})]
 
@@ -159,7 +159,7 @@ def test_many_pipelined_recipients_keep_their_replies_in_order(peer: ScriptedPee
     for i, rcpt in enumerate(rcpts):
         reply = result.replies[rcpt]
         if i % 3:
-            assert reply == Reply(550, f"{rcpt} unknown", "5.1.1")
+            assert reply == Reply(code=550, enhanced="5.1.1", text=f"{rcpt} unknown")
         else:
             assert reply.ok and reply.text == "Ok: queued"
     [tx] = peer.wait_for_transactions(1, DEADLINE)
@@ -181,7 +181,7 @@ def test_no_recipient_accepted_resets_and_the_connection_stays_usable(peer: Scri
             await conn.close()
 
     first, second = run(go())
-    assert first.replies["x@example.org"] == Reply(550, "Relay access denied", "5.7.1")
+    assert first.replies["x@example.org"] == Reply(code=550, enhanced="5.7.1", text="Relay access denied")
     assert second.replies["y@example.org"].ok
     assert "DATA" in peer.commands and peer.commands.index("RSET") < peer.commands.index("DATA")
     assert peer.connections == 1
@@ -203,7 +203,7 @@ def test_mail_refused_gives_every_recipient_that_reply(peer: ScriptedPeer) -> No
             await conn.close()
 
     first, second = run(go())
-    refusal = Reply(553, "Sender address rejected: Domain not found", "5.1.8")
+    refusal = Reply(code=553, enhanced="5.1.8", text="Sender address rejected: Domain not found")
     assert first.replies == {"x@example.org": refusal, "y@example.org": refusal}
     assert second.replies["z@example.org"].ok
     assert "RSET" in peer.commands
@@ -226,7 +226,7 @@ def test_final_reply_after_data_applies_to_the_accepted_recipients(peer: Scripte
 def test_refusal_of_the_data_command(peer: ScriptedPeer) -> None:
     peer.data_reply = "554 5.5.1 Error: no valid recipients"
     result = deliver(peer, ["b@example.org"])
-    assert result.replies["b@example.org"] == Reply(554, "Error: no valid recipients", "5.5.1")
+    assert result.replies["b@example.org"] == Reply(code=554, enhanced="5.5.1", text="Error: no valid recipients")
 
 
 def test_two_transactions_on_one_connection(peer: ScriptedPeer) -> None:
@@ -249,7 +249,7 @@ def test_multiline_replies_are_joined(peer: ScriptedPeer) -> None:
     peer.rcpt_reply = "550 5.1.1 <b@example.org>: mailbox unavailable\n550 5.1.1 see the FAQ"
     result = deliver(peer, ["b@example.org"])
     assert result.replies["b@example.org"] == Reply(
-        550, "<b@example.org>: mailbox unavailable see the FAQ", "5.1.1")
+        code=550, enhanced="5.1.1", text="<b@example.org>: mailbox unavailable see the FAQ")
 
 
 # -- failures of the whole attempt --------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_421_to_rcpt_ends_the_attempt(peer: ScriptedPeer) -> None:
     peer.rcpt_reply = "421 4.3.2 Shutting down"
     error = failure(peer, one_send(["b@example.org"]))
     assert (error.stage, error.temporary) == ("rcpt", True)
-    assert error.reply == Reply(421, "Shutting down", "4.3.2")
+    assert error.reply == Reply(code=421, enhanced="4.3.2", text="Shutting down")
 
 
 def test_ehlo_refused_falls_back_to_helo(peer: ScriptedPeer) -> None:

@@ -43,17 +43,15 @@ from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 from ..proto.address import xtext_encode
+from ..proto.replies import Reply
 
 __all__ = [
     "OutRecipient",
     "OutboundConnection",
-    "Reply",
     "SMTPClientError",
     "TransactionResult",
 ]
 
-# RFC 3463 2: class "." subject "." detail; the class must agree with the reply code (RFC 2034).
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})  # RFC 3461 4.1
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # RFC 3461 4.2 addr-type (an atom)
@@ -79,60 +77,6 @@ _STAGE_STATUS = {  # RFC 3463 3.5: 4.4.2 bad connection, 4.4.1 no answer from ho
     "greeting": "4.4.2",
     "starttls": "4.7.4",  # RFC 3207 4.1 / Postfix: TLS is required, but was not offered
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One SMTP reply (RFC 5321 4.2) with its enhanced status code (RFC 3463, RFC 2034)."""
-
-    code: int
-    text: str  # the reply text, lines joined with " ", without the code and the enhanced code
-    enhanced: str | None  # "5.1.1", or None
-
-    @classmethod
-    def parse(cls, code: int, message: str) -> Reply:
-        """A reply from its code and aiosmtplib's message (lines joined with ``\\n``, each
-        without its code). The enhanced code is taken from the first line (RFC 2034 4) when
-        its class agrees with the reply code, and removed from every line that repeats it."""
-        lines = message.split("\n")
-        enhanced: str | None = None
-        match = _ENHANCED.match(lines[0])
-        if match and int(match.group(1)) == code // 100:
-            enhanced = match.group(0)
-            lines = [line[len(enhanced):].lstrip() if line.startswith(enhanced) else line
-                     for line in lines]
-        text = " ".join(line for line in (s.strip() for s in lines) if line)
-        return cls(code, text, enhanced)
-
-    @property
-    def ok(self) -> bool:
-        """2xx: positive completion (RFC 5321 4.2.1)."""
-        return 200 <= self.code < 300
-
-    @property
-    def temporary(self) -> bool:
-        """4xx: transient negative completion (RFC 5321 4.2.1)."""
-        return 400 <= self.code < 500
-
-    def status(self) -> str:
-        """The enhanced status code, or one derived from the reply class (RFC 3463 3.1)."""
-        if self.enhanced:
-            return self.enhanced
-        if self.ok:
-            return "2.0.0"
-        return "4.0.0" if self.temporary else "5.0.0"
-
-    def diagnostic(self) -> str:
-        """The DSN Diagnostic-Code field value (RFC 3464 2.3.6), diagnostic-type "smtp"."""
-        return f"smtp; {self}"
-
-    def __str__(self) -> str:
-        parts = [str(self.code)]
-        if self.enhanced:
-            parts.append(self.enhanced)
-        if self.text:
-            parts.append(self.text)
-        return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,23 +526,24 @@ class OutboundConnection:
         addresses = [sender, *(r.address for r in recipients)]
         if _CONTROL.search(sender):
             return TransactionResult(_refused_all(recipients, Reply(
-                501, "Bad sender address syntax", "5.1.7")), dsn)
+                code=501, enhanced="5.1.7", text="Bad sender address syntax")), dsn)
         refused: dict[str, Reply] = {}
         for r in recipients:
             if _CONTROL.search(r.address) or not r.address:
-                refused[r.address] = Reply(501, "Bad recipient address syntax", "5.1.3")
+                refused[r.address] = Reply(code=501, enhanced="5.1.3", text="Bad recipient address syntax")
         needs_utf8 = not all(a.isascii() for a in addresses)
         if (needs_utf8 or "SMTPUTF8" in params) and not self.supports("SMTPUTF8"):
             if needs_utf8:  # RFC 6531 3.2: the mail cannot be passed on
                 return TransactionResult(_refused_all(recipients, Reply(
-                    550, f"SMTPUTF8 is required, but was not offered by host {self._label}",
-                    "5.6.7")), dsn)
+                    code=550, enhanced="5.6.7",
+                    text=f"SMTPUTF8 is required, but was not offered by host {self._label}")), dsn)
         smtputf8 = self.supports("SMTPUTF8") and (needs_utf8 or "SMTPUTF8" in params)
         limit = self._size_limit()
         if limit is not None and len(message) > limit:  # RFC 1870 6
             return TransactionResult(_refused_all(recipients, Reply(
-                552, f"message size {len(message)} exceeds size limit {limit} of server "
-                     f"{self._label}", "5.3.4")), dsn)
+                code=552, enhanced="5.3.4",
+                text=f"message size {len(message)} exceeds size limit {limit} of server "
+                     f"{self._label}")), dsn)
         to_send = [r for r in recipients if r.address not in refused]
         if not to_send:
             return TransactionResult(refused, dsn)

@@ -310,11 +310,11 @@ class SMTPSession:
         sender = event.path.address
         if (user is not None and sender and self.services.settings.auth.sender_login_match
                 and not owns_sender(self.services, user, sender)):
-            raise SMTPError(Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user {user}"),
+            raise SMTPError(Reply(code=553, enhanced="5.7.1", text=f"<{sender}>: Sender address rejected: not owned by user {user}"),
                             reason="sender login mismatch")
         reserve = self.services.settings.smtp.min_free_space
         if not self.services.spool.space.admits(event.size, reserve):  # Postfix's queue_minfree
-            raise SMTPError(Reply(452, "4.3.1", "Insufficient system storage"),
+            raise SMTPError(Reply(code=452, enhanced="4.3.1", text="Insufficient system storage"),
                             reason=f"free space below min_free_space={reserve} (SIZE={event.size})")
         self.tx.sender = event
         self.conn.accept()
@@ -329,11 +329,11 @@ class SMTPSession:
             # RFC 5321 4.5.1: postmaster@ every local domain, even without a user of that name
             resolution = resolve_recipient(self.services.directory, postmaster_address(self.services))
         if resolution.status == "unknown_user":
-            raise SMTPError(Reply(550, "5.1.1", f"<{address}>: Recipient address rejected: "
+            raise SMTPError(Reply(code=550, enhanced="5.1.1", text=f"<{address}>: Recipient address rejected: "
                                   "User unknown in local recipient table"), reason="unknown user")
         authenticated = self.conn.authenticated is not None or self._pop_before_smtp()
         if resolution.status == "remote" and not self.services.relay.may_relay(self.client_ip, authenticated=authenticated):
-            raise SMTPError(Reply(554, "5.7.1", f"<{address}>: Relay access denied"),
+            raise SMTPError(Reply(code=554, enhanced="5.7.1", text=f"<{address}>: Relay access denied"),
                             reason=f"relay to {path.domain} from untrusted client")
         targets = resolution.targets
         if event.notify is not None or event.orcpt is not None:  # RFC 3461: per RCPT, for every target
@@ -420,13 +420,13 @@ class SMTPSession:
             full = isinstance(e, StorageFullError)
             self._log_message(envelope, f"deferred (storage {'full' if full else 'error'}: {e})")
             self.conn.reject(R.STORAGE_FULL if full else
-                             Reply(451, "4.3.0", "Error: cannot store the message, please try again later"))
+                             Reply(code=451, enhanced="4.3.0", text="Error: cannot store the message, please try again later"))
             self._new_transaction()
             return
         finally:
             self.committing = False
         self._log_message(envelope, "queued")
-        self.conn.accept(Reply(250, "2.0.0", f"Ok: queued as {tx.queue_id}"))
+        self.conn.accept(Reply(code=250, enhanced="2.0.0", text=f"Ok: queued as {tx.queue_id}"))
         if envelope.remote and self.services.runner is not None:
             self.services.runner.wake(envelope.queue_id)
         if tx.head is not None:
@@ -522,9 +522,9 @@ class SMTPSession:
             return
         address = self._argument_address(event.argument)
         if address and self.services.directory.user_exists(address):
-            self.conn.accept(Reply(250, "2.0.0", f"<{address}>"))
+            self.conn.accept(Reply(code=250, enhanced="2.0.0", text=f"<{address}>"))
         else:
-            raise SMTPError(Reply(550, "5.1.1", f"<{event.argument}>: User unknown"))
+            raise SMTPError(Reply(code=550, enhanced="5.1.1", text=f"<{event.argument}>: User unknown"))
 
     def _expn(self, event: Expn) -> None:
         if self.services.settings.smtp.expn == "off" or not self.services.relay.is_trusted(self.client_ip):
@@ -532,8 +532,8 @@ class SMTPSession:
         address = self._argument_address(event.argument)
         targets = self.services.directory.get_alias(address) if address else None
         if not targets:
-            raise SMTPError(Reply(550, "5.1.1", f"<{event.argument}>: No such mailing list"))
-        self.conn.accept(Reply(250, "2.1.5", tuple(f"<{t}>" for t in targets)))
+            raise SMTPError(Reply(code=550, enhanced="5.1.1", text=f"<{event.argument}>: No such mailing list"))
+        self.conn.accept(Reply(code=250, enhanced="2.1.5", text=tuple(f"<{t}>" for t in targets)))
 
     def _etrn(self, event: Etrn) -> None:
         """RFC 1985: a queue run for a domain, if this client may ask for one."""

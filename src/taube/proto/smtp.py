@@ -233,7 +233,7 @@ class SMTPConnection(ByteSide):
         self._decoder: DataDecoder | None = None
         self._data_size = 0
         self._greeting_taken = False  # data_to_send() has returned the 220
-        self._send(Reply(220, None, f"{config.hostname} {config.greeting_text}"))
+        self._send(Reply(code=220, enhanced=None, text=f"{config.hostname} {config.greeting_text}"))
 
     # --- the I/O side ----------------------------------------------------------------------
     @property
@@ -513,9 +513,9 @@ class SMTPConnection(ByteSide):
         if reply is not None:
             self._send(reply)
         elif event.esmtp:
-            self._send(Reply(250, None, (self.config.hostname, *self.extensions())))
+            self._send(Reply(code=250, enhanced=None, text=(self.config.hostname, *self.extensions())))
         else:
-            self._send(Reply(250, None, self.config.hostname))
+            self._send(Reply(code=250, enhanced=None, text=self.config.hostname))
 
     def extensions(self) -> list[str]:
         """The EHLO keywords, in Postfix's order."""
@@ -622,12 +622,12 @@ class SMTPConnection(ByteSide):
         if arg:
             self._error(R.syntax(_USAGE["QUIT"]))
             return
-        self._send(Reply(221, "2.0.0", f"{self.config.hostname} Bye"))
+        self._send(Reply(code=221, enhanced="2.0.0", text=f"{self.config.hostname} Bye"))
         self.state = State.CLOSED
         self._emit(Closed(reason="quit"))
 
     def _do_help(self, arg: str) -> None:
-        self._send(Reply(214, "2.0.0", (
+        self._send(Reply(code=214, enhanced="2.0.0", text=(
             "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN STARTTLS AUTH ETRN",
             "See RFC 5321 for their syntax",
         )))
@@ -709,7 +709,7 @@ class SMTPConnection(ByteSide):
         match step:
             case sasl.Challenge(data=data):
                 self.state = State.AUTH
-                self._send(Reply(334, None, base64.b64encode(data).decode()))
+                self._send(Reply(code=334, enhanced=None, text=base64.b64encode(data).decode()))
             case sasl.CheckPassword() | sasl.NeedSecret() | sasl.NeedScram():
                 self.state = State.AUTH
                 self._emit(AuthLookup(request=step))
@@ -789,5 +789,5 @@ class SMTPConnection(ByteSide):
 
 def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
     if not utf8 and "SMTPUTF8" in str(error):
-        return Reply(553, "5.6.7", f"Error: non-ASCII {role} address needs SMTPUTF8 (RFC 6531)")
-    return Reply(501, enhanced, f"Error: bad {role} address syntax: {error}")
+        return Reply(code=553, enhanced="5.6.7", text=f"Error: non-ASCII {role} address needs SMTPUTF8 (RFC 6531)")
+    return Reply(code=501, enhanced=enhanced, text=f"Error: bad {role} address syntax: {error}")
