@@ -9,13 +9,18 @@ the protocol code.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["LocalState", "SharedState"]
 
 
 class SharedState(Protocol):
+    """Times are the implementation's own (:meth:`now`; the wall clock by default), so that
+    processes, whose monotonic clocks differ, agree on every window; callers pass durations."""
+
     def open_connection(self, client: str, *, total_limit: int, per_client_limit: int | None,
                         service: str = "") -> str | None:
         """Count a new connection from ``client`` to ``service`` ("smtp", "pop3": each has its
@@ -28,14 +33,19 @@ class SharedState(Protocol):
     def connection_count(self) -> int:
         """Open connections, all services together."""
 
-    def auth_failed(self, client: str, now: float, window: float) -> int:
-        """Record a failed login from ``client``; the failures within ``window`` seconds."""
+    def now(self) -> float:
+        """The state's own clock (seconds, the same in every process that shares the state):
+        every time stored or compared here is taken from it, never from a caller."""
 
-    def auth_failures(self, client: str, now: float, window: float) -> int:
-        """The failures recorded for ``client`` within ``window`` seconds (none recorded)."""
+    def auth_failed(self, client: str, window: float) -> int:
+        """Record a failed login from ``client`` now; its failures within the last ``window``
+        seconds."""
 
-    def auth_blocked(self, client: str, now: float, window: float, limit: int) -> bool:
-        """True while ``client`` has ``limit`` or more failures within ``window``."""
+    def auth_failures(self, client: str, window: float) -> int:
+        """The failures recorded for ``client`` within the last ``window`` seconds."""
+
+    def auth_blocked(self, client: str, window: float, limit: int) -> bool:
+        """True while ``client`` has ``limit`` or more failures within the last ``window``."""
 
     def auth_succeeded(self, client: str) -> None: ...
 
@@ -44,11 +54,13 @@ class SharedState(Protocol):
 
     def unlock_mailbox(self, mailbox: str) -> None: ...
 
-    def pop_login(self, client: str, now: float) -> None:
-        """Remember a successful POP3 login from ``client`` (SMTP-after-POP)."""
+    def pop_login(self, client: str) -> None:
+        """Remember a successful POP3 login from ``client`` now (SMTP-after-POP)."""
 
-    def pop_login_within(self, client: str, now: float, window: float) -> bool:
-        """True if ``client`` logged in over POP3 less than ``window`` seconds ago."""
+    def pop_login_within(self, client: str, *args: float, window: float | None = None) -> bool:
+        """True if ``client`` logged in over POP3 less than ``window`` seconds ago:
+        ``pop_login_within(client, window)``. The older form ``(client, now, window)`` is still
+        accepted and its ``now`` ignored (a caller's clock means nothing in another process)."""
 
 
 # Addresses with recent failures that one process remembers; past it the stalest are forgotten
@@ -57,9 +69,11 @@ MAX_TRACKED_CLIENTS = 100_000
 
 
 class LocalState:
-    """SharedState for one process: plain counters, no locking needed under one event loop."""
+    """SharedState for one process: plain counters, no locking needed under one event loop.
+    ``clock``: seconds, the wall clock by default (a test passes its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._per_client: Counter[tuple[str, str]] = Counter()  # (service, client)
         self._totals: Counter[str] = Counter()  # per service
         self._failures: dict[str, deque[float]] = {}
@@ -87,6 +101,9 @@ class LocalState:
     def connection_count(self) -> int:
         return sum(self._totals.values())
 
+    def now(self) -> float:
+        return self._clock()
+
     def _recent(self, client: str, now: float, window: float) -> deque[float]:
         times = self._failures.get(client)
         if times is None:
@@ -97,7 +114,8 @@ class LocalState:
             del self._failures[client]
         return times
 
-    def auth_failed(self, client: str, now: float, window: float) -> int:
+    def auth_failed(self, client: str, window: float) -> int:
+        now = self._clock()
         times = self._recent(client, now, window)
         if not times:
             if len(self._failures) >= MAX_TRACKED_CLIENTS:
@@ -106,11 +124,11 @@ class LocalState:
         times.append(now)
         return len(times)
 
-    def auth_failures(self, client: str, now: float, window: float) -> int:
-        return len(self._recent(client, now, window))
+    def auth_failures(self, client: str, window: float) -> int:
+        return len(self._recent(client, self._clock(), window))
 
-    def auth_blocked(self, client: str, now: float, window: float, limit: int) -> bool:
-        return self.auth_failures(client, now, window) >= limit
+    def auth_blocked(self, client: str, window: float, limit: int) -> bool:
+        return self.auth_failures(client, window) >= limit
 
     def auth_succeeded(self, client: str) -> None:
         self._failures.pop(client, None)
@@ -124,12 +142,25 @@ class LocalState:
     def unlock_mailbox(self, mailbox: str) -> None:
         self._locked.discard(mailbox)
 
-    def pop_login(self, client: str, now: float) -> None:
+    def pop_login(self, client: str) -> None:
         if client not in self._pop_logins and len(self._pop_logins) >= MAX_TRACKED_CLIENTS:
             del self._pop_logins[next(iter(self._pop_logins))]
         self._pop_logins.pop(client, None)  # re-insert: the dict stays oldest first
-        self._pop_logins[client] = now
+        self._pop_logins[client] = self._clock()
 
-    def pop_login_within(self, client: str, now: float, window: float) -> bool:
+    def pop_login_within(self, client: str, *args: float, window: float | None = None) -> bool:
+        window = _window(args, window)
         when = self._pop_logins.get(client)
-        return when is not None and now - when < window
+        return when is not None and self._clock() - when < window
+
+
+def _window(args: tuple[float, ...], window: float | None) -> float:
+    """``window`` from ``(window,)``, the older ``(now, window)`` (``now`` ignored), or the
+    keyword."""
+    if window is None:
+        if not args or len(args) > 2:
+            raise TypeError("pop_login_within(client, window)")
+        return args[-1]
+    if len(args) > 1:
+        raise TypeError("pop_login_within(client, window)")
+    return window

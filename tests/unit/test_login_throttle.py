@@ -18,13 +18,14 @@ class Clock:
         return self.now
 
 
-def services(delay: float = 1.0, max_failures: int = 10) -> SimpleNamespace:
+def services(delay: float = 1.0, max_failures: int = 10, clock: Clock | None = None) -> SimpleNamespace:
     auth = SimpleNamespace(failure_delay=delay, failure_window=900.0, max_failures=max_failures)
-    return SimpleNamespace(settings=SimpleNamespace(auth=auth), state=LocalState())
+    return SimpleNamespace(settings=SimpleNamespace(auth=auth), state=LocalState(clock or Clock()))
 
 
 def test_attempts_arriving_together_get_one_deadline_whichever_finishes_first() -> None:
-    svc, clock = services(), Clock()
+    clock = Clock()
+    svc = services(clock=clock)
     a, b = LoginThrottle(svc, "192.0.2.1", clock), LoginThrottle(svc, "192.0.2.1", clock)
     for t in (a, b):
         t.input()
@@ -39,7 +40,8 @@ def test_attempts_arriving_together_get_one_deadline_whichever_finishes_first() 
 
 
 def test_one_failure_after_another_waits_longer_each_time() -> None:
-    svc, clock = services(), Clock()
+    clock = Clock()
+    svc = services(clock=clock)
     t = LoginThrottle(svc, "192.0.2.1", clock)
     waits = []
     for _ in range(3):
@@ -52,7 +54,8 @@ def test_one_failure_after_another_waits_longer_each_time() -> None:
 
 
 def test_penalty_is_capped_and_success_forgets_failures() -> None:
-    svc, clock = services(delay=10.0, max_failures=3), Clock()
+    clock = Clock()
+    svc = services(delay=10.0, max_failures=3, clock=clock)
     t = LoginThrottle(svc, "192.0.2.1", clock)
     for _ in range(5):
         t.input()
@@ -64,9 +67,28 @@ def test_penalty_is_capped_and_success_forgets_failures() -> None:
 
 
 def test_pipelined_logins_in_one_input_are_separate_attempts() -> None:
-    svc, clock = services(), Clock()
+    clock = Clock()
+    svc = services(clock=clock)
     t = LoginThrottle(svc, "192.0.2.1", clock)
     t.input()
     _, first = t.failed()
     _, second = t.failed()  # the next PASS from the same read: its penalty counts the first
     assert (first, second) == pytest.approx((1.0, 2.0))
+
+
+def test_the_state_clock_is_its_own_and_the_prior_count_is_taken_as_the_input_arrived() -> None:
+    """The shared state keeps its own (wall) clock, far from this process's monotonic one; a
+    failure that ages out of the window after the input arrived still counts for the penalty."""
+    clock, wall = Clock(), Clock()
+    wall.now = 1_800_000_000.0
+    svc = services(clock=wall)
+    svc.state.auth_failed("192.0.2.1", 900.0)
+    t = LoginThrottle(svc, "192.0.2.1", clock)
+    wall.now += 899.5
+    t.input()
+    clock.now += 1.0  # the check starts a second later: the failure is 900.5 s old by then
+    wall.now += 1.0
+    t.arrived()
+    failures, wait = t.failed()
+    assert failures == 1  # the old one has aged out of the state's window ...
+    assert wait == pytest.approx(1.0)  # ... but counted for the penalty: 2 x 1 s from the arrival

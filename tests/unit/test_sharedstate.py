@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from taube.sharedstate import LocalState
+
+
+class Clock:
+    """An injected clock: the state takes no times from its callers."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_limits_total_and_per_client() -> None:
@@ -21,24 +35,67 @@ def test_limits_total_and_per_client() -> None:
 
 
 def test_auth_failures_window_and_reset() -> None:
-    state = LocalState()
-    assert [state.auth_failed("a", t, window=10) for t in (0, 1, 2)] == [1, 2, 3]
-    assert state.auth_blocked("a", 3, window=10, limit=3)
-    assert not state.auth_blocked("a", 10.5, window=10, limit=3)  # the first two aged out
+    clock = Clock(0.0)
+    state = LocalState(clock)
+    counts = []
+    for t in (0, 1, 2):
+        clock.now = t
+        counts.append(state.auth_failed("a", window=10))
+    assert counts == [1, 2, 3]
+    clock.now = 3
+    assert state.auth_blocked("a", window=10, limit=3)
+    assert state.auth_failures("a", window=10) == 3
+    clock.now = 10.5
+    assert not state.auth_blocked("a", window=10, limit=3)  # the first aged out
+    assert state.auth_failures("a", window=10) == 2
     state.auth_succeeded("a")
-    assert not state.auth_blocked("a", 3, window=10, limit=1)
+    clock.now = 3
+    assert not state.auth_blocked("a", window=10, limit=1)
+
+
+def test_a_wider_window_counts_older_failures() -> None:
+    clock = Clock()
+    state = LocalState(clock)
+    state.auth_failed("a", window=10)
+    clock.now += 11
+    assert state.auth_failures("a", window=12) == 1
+    assert state.auth_failures("a", window=10) == 0
+
+
+def test_default_clock_is_the_wall_clock() -> None:
+    """Monotonic clocks differ between processes; the wall clock is what they share."""
+    before = time.time()
+    assert before <= LocalState().now() <= time.time()
 
 
 def test_mailbox_lock_and_pop_window() -> None:
-    state = LocalState()
+    clock = Clock(100.0)
+    state = LocalState(clock)
     assert state.lock_mailbox("alice@example.test")
     assert not state.lock_mailbox("alice@example.test")
     state.unlock_mailbox("alice@example.test")
     assert state.lock_mailbox("alice@example.test")
-    state.pop_login("192.0.2.1", now=100)
-    assert state.pop_login_within("192.0.2.1", now=399, window=300)
-    assert not state.pop_login_within("192.0.2.1", now=400, window=300)
-    assert not state.pop_login_within("192.0.2.2", now=100, window=300)
+    state.pop_login("192.0.2.1")
+    clock.now = 399
+    assert state.pop_login_within("192.0.2.1", 300)
+    assert state.pop_login_within("192.0.2.1", window=300)
+    clock.now = 400
+    assert not state.pop_login_within("192.0.2.1", 300)
+    clock.now = 100
+    assert not state.pop_login_within("192.0.2.2", 300)
+
+
+def test_pop_login_within_still_takes_the_older_form_and_ignores_its_now() -> None:
+    """``(client, now, window)``: a caller's monotonic ``now`` means nothing to the state."""
+    clock = Clock()
+    state = LocalState(clock)
+    state.pop_login("192.0.2.1")
+    clock.now += 10
+    assert state.pop_login_within("192.0.2.1", time.monotonic(), 300)
+    assert not state.pop_login_within("192.0.2.1", time.monotonic(), 5)
+    assert state.pop_login_within("192.0.2.1", 0.0, window=300)
+    with pytest.raises(TypeError):
+        state.pop_login_within("192.0.2.1")
 
 
 def test_exempt_client_has_only_the_total_limit() -> None:

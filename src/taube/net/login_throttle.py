@@ -35,7 +35,8 @@ class _Attempt:
 class LoginThrottle:
     """The login attempts of one connection. The session calls :meth:`input` whenever it reads
     bytes, :meth:`arrived` when credentials are about to be checked, then :meth:`failed` or
-    :meth:`succeeded`."""
+    :meth:`succeeded`. ``clock`` (monotonic) times only this connection's penalty; the
+    failures themselves are counted by the shared state on its own clock."""
 
     def __init__(self, services: Services, client_ip: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -52,14 +53,16 @@ class LoginThrottle:
 
     def blocked(self) -> bool:
         auth = self.services.settings.auth
-        return self.services.state.auth_blocked(self.client_ip, self._clock(), auth.failure_window,
-                                                auth.max_failures)
+        return self.services.state.auth_blocked(self.client_ip, auth.failure_window, auth.max_failures)
 
     def arrived(self) -> None:
         """Credentials from the last input are being checked (first call per input counts)."""
         if self._attempt is None:
             auth = self.services.settings.auth
-            prior = self.services.state.auth_failures(self.client_ip, self._input_at, auth.failure_window)
+            # the failures within the window as it stood when the input arrived: the window
+            # widened by the time since (a duration, so the shared state's clock may differ)
+            since = max(0.0, self._clock() - self._input_at)
+            prior = self.services.state.auth_failures(self.client_ip, auth.failure_window + since)
             self._attempt = _Attempt(self._input_at, prior)
 
     def succeeded(self) -> None:
@@ -74,6 +77,6 @@ class LoginThrottle:
         assert attempt is not None
         auth = self.services.settings.auth
         now = self._clock()
-        failures = self.services.state.auth_failed(self.client_ip, now, auth.failure_window)
+        failures = self.services.state.auth_failed(self.client_ip, auth.failure_window)
         deadline = attempt.arrived + min(auth.failure_delay * (attempt.prior + 1), MAX_PENALTY)
         return failures, max(0.0, deadline - now)

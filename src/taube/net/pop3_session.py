@@ -212,7 +212,7 @@ class POP3Session:
         self.mailbox = mailbox
         self.conn.accept_mailbox([(m.size, m.uid) for m in listing])
         self.login.succeeded()
-        state.pop_login(self.client_ip, time.monotonic())  # SMTP-after-POP
+        state.pop_login(self.client_ip)  # SMTP-after-POP
         log.info("login client=%s user=%s messages=%d", self.client_ip, user, len(listing))
 
     async def _starttls(self) -> None:
