@@ -79,6 +79,7 @@ from .buffer import OVERFLOW, TOO_LONG
 from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData, ascii_upper
 from .dotstuff import DataDecoder
 from .replies import Reply
+from .sasl_exchange import Abandoned, Cause, Exchange, Outcome
 from .smtp_events import (
     AuthDone,
     AuthLookup,
@@ -152,6 +153,12 @@ LAST_IN_GROUP: Final = frozenset({"EHLO", "HELO", "DATA", "STARTTLS", "AUTH"})
 # FROM:<x> and RCPT TO:<x> have a space before their colon and never match.
 _FORBIDDEN: Final = re.compile(rb"(?:GET|POST|HEAD|PUT|CONNECT)(?:[ \t\r\n]|$)|[A-Za-z][A-Za-z0-9-]*:",
                                re.IGNORECASE)
+# The reply to a SASL exchange the client side ended (RFC 4954 4: 501 for "*" and bad base64).
+_ABANDONED: Final = {
+    Cause.TOO_LONG: R.AUTH_LINE_TOO_LONG,
+    Cause.CANCELLED: R.AUTH_CANCELLED,
+    Cause.BAD_BASE64: R.CANNOT_DECODE,
+}
 # RFC 5321 6.3 leaves the hop limit to the server; "at least 100" is its advice.
 MAX_RECEIVED_HEADERS: Final = 100
 
@@ -225,9 +232,8 @@ class SMTPConnection(ByteSide):
         self.mail: MailFrom | None = None  # the accepted MAIL of the open transaction
         self.tls_active = config.tls_active
         self.authenticated: str | None = None  # the SASL authcid after 235
-        self._mech: sasl.Mechanism | None = None
-        self._mech_name = ""
-        self._mech_initial: bytes | None = None
+        self._auth: Exchange | None = None  # the SASL exchange under way
+        self._auth_initial: bytes | None = None  # AUTH's initial response, until AuthStart's answer
         self._events: list[Event] = []
         self._pending: Decision | None = None
         self._decoder: DataDecoder | None = None
@@ -360,7 +366,7 @@ class SMTPConnection(ByteSide):
     def _overflow(self) -> None:
         """Input without a line end beyond HARD_LINE_MAX: say why, then 421 and close now."""
         if self.state is State.AUTH:
-            self._auth_finish(None, "response without line end too long")
+            self._auth_finish(None, Exchange.abandon(Cause.OVERFLOW).reason)
             self._send(R.AUTH_LINE_TOO_LONG)
         else:
             self._send(R.LINE_TOO_LONG)
@@ -384,9 +390,9 @@ class SMTPConnection(ByteSide):
     def auth_resolve(self, answer: object) -> None:
         """Answer the pending AuthLookup with what the directory said."""
         event = self._take_pending()
-        if not isinstance(event, AuthLookup) or self._mech is None:
+        if not isinstance(event, AuthLookup) or self._auth is None:
             raise LocalProtocolError("no AuthLookup is pending")
-        self._auth_step(self._mech.resolve(answer))
+        self._auth_step(self._auth.resolve(answer))
 
     # --- internals -------------------------------------------------------------------------
     def _take_pending(self) -> Decision:
@@ -695,17 +701,20 @@ class SMTPConnection(ByteSide):
             if text and initial is None:
                 self._error(R.CANNOT_DECODE)
                 return
-            self._mech_initial = initial
+            self._auth_initial = initial
             self._emit(AuthStart(mechanism=name))
 
-    def _auth_begin(self, event: AuthStart) -> None:
-        mech = sasl.create(event.mechanism, hostname=self.config.hostname)
-        assert mech is not None  # only configured, known names reach here
-        self._mech, self._mech_name = mech, event.mechanism
-        initial, self._mech_initial = self._mech_initial, None
-        self._auth_step(mech.start(initial))
+    @property
+    def _mech(self) -> sasl.Mechanism | None:
+        """The mechanism of the exchange under way (tests fix a CRAM-MD5 challenge through it)."""
+        return None if self._auth is None else self._auth.mechanism
 
-    def _auth_step(self, step: sasl.Step) -> None:
+    def _auth_begin(self, event: AuthStart) -> None:
+        self._auth = Exchange(event.mechanism, hostname=self.config.hostname)
+        initial, self._auth_initial = self._auth_initial, None
+        self._auth_step(self._auth.start(initial))
+
+    def _auth_step(self, step: Outcome) -> None:
         match step:
             case sasl.Challenge(data=data):
                 self.state = State.AUTH
@@ -719,35 +728,26 @@ class SMTPConnection(ByteSide):
             case sasl.Failure(reason=reason, malformed=malformed):
                 self._auth_finish(None, reason)
                 self._error(R.CANNOT_DECODE if malformed else R.AUTH_FAILED)
+            case Abandoned(cause=cause, reason=reason):
+                self._auth_finish(None, reason)
+                self._error(_ABANDONED[cause])
 
     def _auth_finish(self, user: str | None, reason: str) -> None:
+        assert self._auth is not None
         self.state = State.GREETED
         self.authenticated = user
-        self._emit(AuthDone(mechanism=self._mech_name, user=user, reason=reason))
-        self._mech = None
+        self._emit(AuthDone(mechanism=self._auth.name, user=user, reason=reason))
+        self._auth = None
 
     def _auth_response(self, raw: bytes | object) -> None:
         """A client line inside the SASL exchange (RFC 4954 4)."""
-        if raw is TOO_LONG:
-            self._auth_finish(None, "response too long")
-            self._error(R.AUTH_LINE_TOO_LONG)
-            return
-        assert isinstance(raw, bytes) and self._mech is not None
-        line = self._strip_line_end(raw)
-        if isinstance(line, Reply):
-            self._auth_finish(None, "bare newline in the response")
+        assert self._auth is not None
+        line = raw if raw is TOO_LONG else self._strip_line_end(raw)  # type: ignore[arg-type]
+        if isinstance(line, Reply):  # the 500 for a bare CR or LF, as for a command line
+            self._auth_finish(None, Exchange.abandon(Cause.BARE_NEWLINE).reason)
             self._error(line)
-            return
-        if line == b"*":
-            self._auth_finish(None, "cancelled by the client")
-            self._error(R.AUTH_CANCELLED)
-            return
-        data = sasl.decode_response(line.decode("ascii", "replace"))
-        if data is None:
-            self._auth_finish(None, "bad base64")
-            self._error(R.CANNOT_DECODE)
-            return
-        self._auth_step(self._mech.respond(data))
+        else:
+            self._auth_step(self._auth.respond(line))
 
     # --- DATA ------------------------------------------------------------------------------
     def _pump_data(self) -> bool:
