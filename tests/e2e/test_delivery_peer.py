@@ -227,3 +227,33 @@ def test_local_delivery_without_notify_success_gets_no_report(make_server, peer)
     send(a, "alice@a.test", ["dora@a.test"], message(subject="second", to="dora@a.test"))
     wait_for_mails(a, "dora@a.test", 2)
     assert mails(a, "alice@a.test") == []
+
+
+@pytest.mark.parametrize(("case", "status"), [
+    ("TLS required, not offered", "4.7.4"),
+    ("TLS handshake fails", "4.7.5"),
+    ("AUTH without TLS", "4.7.10"),
+])
+def test_tls_and_auth_failures_at_the_next_hop_report_their_own_status(make_server, tmp_path, case, status):
+    """A failure before MAIL that the client names (RFC 3207, RFC 4954) keeps its status in the
+    queue and in the report: not the 4.4.1 of a host that does not answer."""
+    (tmp_path / "relay.pw").write_text("relay-pw\n")
+    relay_auth = (f'relayhost_user = "relayuser"\n'
+                  f'relayhost_password_file = "{tmp_path / "relay.pw"}"\n')
+    with ScriptedPeer(starttls=case == "TLS handshake fails") as hop:
+        delivery = {
+            "TLS required, not offered": 'tls = "encrypt"\n',
+            "TLS handshake fails": 'tls = "encrypt"\ntls_verify = true\n',
+            "AUTH without TLS": f'relayhost = "[{hop.host}]:{hop.port}"\n' + relay_auth,
+        }[case]
+        routes = {} if case == "AUTH without TLS" else {"peer.test": f"{hop.host}:{hop.port}"}
+        a = make_server(domains=("a.test",), extra_toml=transport(routes, delivery)
+                        + queue_section('lifetime = "3s"'))
+        a.add_user("alice@a.test")
+        a.start()
+        send(a, "alice@a.test", ["bob@peer.test"], message(subject="no tls"))
+        bounce = wait_for_mails(a, "alice@a.test", timeout=30)[0]
+        _, _, blocks, _ = report_parts(bounce)
+        block = by_recipient(blocks)["bob@peer.test"]
+        assert (block["Action"], block["Status"]) == ("failed", status), a.log
+        assert hop.transactions == []

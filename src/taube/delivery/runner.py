@@ -518,13 +518,14 @@ class QueueRunner:
             raise _RouteFailure(temporary=True, status="4.4.1", text=f"no address for {route.key}")
         last = errors[-1]
         temporary = any(e.temporary for e in errors)
+        # The client's status: the reply's, or the one it gave the failure (4.7.4 TLS not
+        # offered, 4.7.5 handshake failed, 4.7.10 no AUTH without TLS, 4.4.1 no answer, ...).
+        status = _as_temporary(last.status) if temporary else last.status
         if last.reply is not None:
-            status = _as_temporary(last.reply.status()) if temporary else last.reply.status()
             raise _RouteFailure(temporary=temporary, status=status, text=str(last),
                                 diagnostic=last.reply.diagnostic(),
                                 remote_mta=hosts[-1].name if hosts else None, relay=last_relay)
-        raise _RouteFailure(temporary=temporary, status="4.4.1" if temporary else "5.4.1",
-                            text=str(last), relay=last_relay)
+        raise _RouteFailure(temporary=temporary, status=status, text=str(last), relay=last_relay)
 
     async def _hosts(self, route: Route) -> list[MXHost]:
         """The hosts to try for ``route``, best first, without ourselves (RFC 5321 5.1)."""
@@ -573,7 +574,7 @@ class QueueRunner:
                                                  message=message, params=params)
         except SMTPClientError as e:
             outcome = _Outcome(kind="deferred",
-                               status=_as_temporary(e.reply.status()) if e.reply else "4.4.2",
+                               status=_as_temporary(e.status),
                                text=str(e), diagnostic=e.reply.diagnostic() if e.reply else None,
                                remote_mta=connection.remote_mta, relay=connection.relay)
             await self._record(work, {r.address: outcome for r in recipients})
