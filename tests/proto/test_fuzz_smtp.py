@@ -384,6 +384,13 @@ def play_stream(cfg: SMTPConfig, data: bytes, numbers: list[int],
 # max_message_size gets 552 5.3.4 when it arrives in one read, but 554 5.6.0 when it arrives in
 # pieces (the decoder drops the overlong part unread, so it never counts toward the size).
 @example(cfg=config(max_message_size=2048), prefix=ENVELOPE, blob=b"A" * 2047 + b"\r\n.\r\n", at=[], numbers=[])
+# Found by the long profile: SMTP smuggling by read boundaries. In one read, a line of 998 octets
+# and CR CR LF (a bare CR) keeps the next ". CRLF" message content, as the decoder means to; but
+# when a read ends after the two CRs (or anywhere in a longer run of CRs past 1000 octets), the
+# overlong line is dropped down to its last CR, the bare CR before it is forgotten, the dot ends
+# the data, and the lines after it run as commands: a second, smuggled message is accepted.
+@example(cfg=config(), prefix=ENVELOPE, at=[], numbers=[], blob=b"A" * 998 + b"\r\r\n.\r\n"
+         b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nSpoofed\r\n.\r\n")
 def test_random_bytes_split_anywhere_same_replies(cfg: SMTPConfig, prefix: bytes, blob: bytes,
                                                   at: list[int], numbers: list[int]) -> None:
     """Without strict pipelining, how the input is cut into reads (which the client does not
@@ -393,6 +400,24 @@ def test_random_bytes_split_anywhere_same_replies(cfg: SMTPConfig, prefix: bytes
         assert_same(play_stream(cfg, blob, numbers, lambda s: split(s, at), prefix), whole)
         if len(blob) <= 4000:
             assert_same(play_stream(cfg, blob, numbers, bytewise, prefix), whole)
+
+
+SMUGGLED = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nSpoofed\r\n.\r\n"
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["reject", "normalize"])
+@pytest.mark.parametrize("line", [b"A" * 998 + b"\r\r\n", b"\r" * 3000 + b"\n", b"A" * 500 + b"\r" * 700 + b"\n"],
+                         ids=["998+CRCRLF", "3000CR+LF", "500+700CR+LF"])
+def test_read_boundaries_never_end_the_data_early(line: bytes, normalize: bool) -> None:
+    """The smuggling case above in two reads cut at every point of the line: the dot after an
+    overlong line with a bare CR is content however the line arrives, so the lines after it are
+    never commands (RFC 5321 4.1.1.4; CVE-2023-51764 and its kin)."""
+    cfg = config(normalize_bare_newlines=normalize)
+    data = line + b".\r\n" + SMUGGLED + b"QUIT\r\n"
+    one = play_stream(cfg, data, [], lambda s: [s], ENVELOPE)
+    assert sum(isinstance(e, MailFrom) for e in one.events) == 1
+    for cut in range(900, len(line) + 1):
+        assert_same(play_stream(cfg, data, [], lambda s: [s[:cut], s[cut:]], ENVELOPE), one)
 
 
 # --- 2. megabytes without a line end ---------------------------------------------------------------
