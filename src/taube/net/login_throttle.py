@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .auth_lookup import Request, resolve
 from .services import Services
 
 __all__ = ["MAX_PENALTY", "LoginThrottle"]
@@ -34,8 +35,8 @@ class _Attempt:
 
 class LoginThrottle:
     """The login attempts of one connection. The session calls :meth:`input` whenever it reads
-    bytes, :meth:`arrived` when credentials are about to be checked, then :meth:`failed` or
-    :meth:`succeeded`. ``clock`` (monotonic) times only this connection's penalty; the
+    bytes, :meth:`lookup` (or :meth:`arrived`) when credentials are about to be checked, then
+    :meth:`failed` or :meth:`succeeded`. ``clock`` (monotonic) times only this connection's penalty; the
     failures themselves are counted by the shared state on its own clock."""
 
     def __init__(self, services: Services, client_ip: str,
@@ -64,6 +65,12 @@ class LoginThrottle:
             since = max(0.0, self._clock() - self._input_at)
             prior = self.services.state.auth_failures(self.client_ip, auth.failure_window + since)
             self._attempt = _Attempt(self._input_at, prior)
+
+    async def lookup(self, request: Request) -> object:
+        """The attempt has arrived (:meth:`arrived`); the directory's answer to ``request``,
+        looked up off the event loop (:mod:`.auth_lookup`): the one path of SMTP and POP3."""
+        self.arrived()
+        return await resolve(self.services.directory, request)
 
     def succeeded(self) -> None:
         self._attempt = None

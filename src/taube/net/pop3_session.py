@@ -127,7 +127,7 @@ class POP3Session:
             case Login():
                 await self._login(event)
             case ApopLogin():
-                self._apop(event)
+                await self._apop(event)
             case AuthLookup():
                 await self._auth_lookup(event)
             case LoginFailed():
@@ -154,18 +154,16 @@ class POP3Session:
     async def _login(self, event: Login) -> None:
         if self._refuse_if_blocked():
             return
-        self.login.arrived()
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, self.services.directory.verify_password, event.user,
-                                        event.password)
+        ok = await self.login.lookup(sasl.CheckPassword(authcid=event.user, authzid="",
+                                                        password=event.password))
         self.conn.accept() if ok else self.conn.reject()
 
-    def _apop(self, event: ApopLogin) -> None:
+    async def _apop(self, event: ApopLogin) -> None:
         """RFC 1939 7: MD5(timestamp + secret); an unknown user costs the same MD5."""
         if self._refuse_if_blocked():
             return
-        self.login.arrived()
-        secret = self.services.directory.legacy_secret(event.user)
+        secret = await self.login.lookup(sasl.NeedSecret(username=event.user))
+        assert secret is None or isinstance(secret, str)
         expected = hashlib.md5((event.timestamp + (secret or secrets.token_hex(16))).encode("utf-8")).hexdigest()
         if secret is not None and hmac.compare_digest(expected, event.digest.lower()):
             self.conn.accept()
@@ -173,20 +171,9 @@ class POP3Session:
             self.conn.reject()
 
     async def _auth_lookup(self, event: AuthLookup) -> None:
-        directory, request = self.services.directory, event.request
         if self._refuse_if_blocked():
             return
-        self.login.arrived()
-        answer: object
-        if isinstance(request, sasl.CheckPassword):
-            loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(None, directory.verify_password, request.authcid,
-                                                request.password)
-        elif isinstance(request, sasl.NeedScram):
-            answer = directory.scram_credentials(request.username)
-        else:
-            answer = directory.legacy_secret(request.username)
-        self.conn.auth_resolve(answer)
+        self.conn.auth_resolve(await self.login.lookup(event.request))
 
     async def _login_failed(self, event: LoginFailed) -> None:
         """Throttled exactly like SMTP AUTH failures: the same counter per client address."""

@@ -489,19 +489,8 @@ class SMTPSession:
         self.conn.accept()
 
     async def _auth_lookup(self, event: AuthLookup) -> None:
-        directory = self.services.directory
-        request = event.request
-        self.login.arrived()
-        loop = asyncio.get_running_loop()
-        answer: object
-        if isinstance(request, sasl.CheckPassword):  # argon2: tens of ms, off the loop
-            answer = await loop.run_in_executor(None, directory.verify_password, request.authcid,
-                                                request.password)
-        elif isinstance(request, sasl.NeedScram):
-            answer = directory.scram_credentials(request.username)
-        else:  # CRAM-MD5: only with [auth] legacy_secrets
-            answer = directory.legacy_secret(request.username)
-        self.conn.auth_resolve(answer)
+        # the one look-up path of SMTP and POP3, off the event loop (net/auth_lookup.py)
+        self.conn.auth_resolve(await self.login.lookup(event.request))
 
     async def _auth_done(self, event: AuthDone) -> None:
         if event.user is not None:
