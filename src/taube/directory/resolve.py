@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..queue.envelope import Target
+from ..addressing import Target
 from .base import Directory, normalize_address, split_address
 
 __all__ = ["MAX_DEPTH", "Resolution", "resolve_recipient"]

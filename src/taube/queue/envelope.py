@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
+from ..addressing import Target  # defined below the directory, which produces it; kept importable here
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Target:
-    """One final destination of a message, after alias expansion.
-
-    ``kind`` is ``"local"`` (a Maildir of a local user, ``address`` is that user's address) or
-    ``"remote"`` (``address`` goes to the outbound queue). ``original`` is the RCPT TO address
-    the client gave (RFC 3461 ORCPT-like bookkeeping and the log).
-    """
-
-    kind: Literal["local", "remote"]
-    address: str
-    original: str
-    # RFC 3461 section 4.1 NOTIFY: None when not given (then failures and delays are reported),
-    # else ("NEVER",) or a subset of ("SUCCESS", "FAILURE", "DELAY").
-    notify: tuple[str, ...] | None = None
-    # RFC 3461 section 4.2 ORCPT, decoded from xtext: "rfc822;user@example.org".
-    orcpt: str | None = None
+__all__ = ["Envelope", "Target"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
