@@ -20,11 +20,15 @@ Rules enforced here, and why:
   beyond ``max_header_size`` octets (Postfix's ``header_size_limit``): folded giant fields and
   thousands of small ones count alike. Nothing here parses MIME: any nesting of body parts is
   plain lines, so the work is linear in the octets, and what is kept between reads is one line.
+
+The other direction, message content to the wire (:func:`stuff`, and :class:`ContentEncoder` for
+POP3's RETR and TOP): a line starts after every LF, so a leading dot is doubled wherever any
+client could see a line start, and the terminating ``.`` always follows a CRLF.
 """
 
 from __future__ import annotations
 
-__all__ = ["DataDecoder", "DecodeResult", "stuff"]
+__all__ = ["ContentEncoder", "DataDecoder", "DecodeResult", "stuff"]
 
 MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included
 
@@ -158,3 +162,67 @@ def stuff(data: bytes, at_line_start: bool = True) -> bytes:
     if at_line_start and out[:1] == b".":
         out = b"." + out
     return out
+
+
+class ContentEncoder:
+    """Message content to the wire: dot-stuffing (RFC 1939 section 3), the cut of TOP after the
+    header and n body lines (RFC 1939 section 7), and a CRLF before the terminating ``.``.
+
+    A line starts after every LF, as in :func:`stuff`, so a client that splits lines on
+    a bare LF can never see a premature ``.`` either. Chunks may split lines anywhere.
+    """
+
+    __slots__ = ("_body_left", "_head", "_in_header", "_line_start", "_tail", "complete")
+
+    def __init__(self, body_lines: int | None) -> None:
+        self._body_left = body_lines  # None: RETR, send everything
+        self._in_header = True
+        self._line_start = True
+        self._head = b""  # the first two octets of the current line: is it the empty line?
+        self._tail = b""  # the last two octets sent
+        self.complete = False  # set once TOP has all it needs
+
+    def encode(self, data: bytes) -> bytes:
+        """The wire form of the next ``data`` of the message (b"" once TOP is complete)."""
+        if self.complete or not data:
+            return b""
+        if self._body_left is None:
+            out = stuff(data, self._line_start)
+            self._line_start = data.endswith(b"\n")
+        else:
+            out = self._encode_lines(data)
+        self._tail = (self._tail + out)[-2:]
+        return out
+
+    def _encode_lines(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        start = 0
+        while start < len(data) and not self.complete:
+            nl = data.find(b"\n", start)
+            end = len(data) if nl < 0 else nl + 1
+            piece = data[start:end]
+            out.append(b"." + piece if self._line_start and piece[:1] == b"." else piece)
+            self._track(piece, ended=nl >= 0)
+            start = end
+        return b"".join(out)
+
+    def _track(self, piece: bytes, *, ended: bool) -> None:
+        """Follow line ends: the empty line ends the header, then count body lines."""
+        if self._line_start:
+            self._head = b""
+        self._head = (self._head + piece[:2])[:2]
+        self._line_start = ended
+        if not ended:
+            return
+        if self._in_header:
+            self._in_header = self._head not in (b"\r\n", b"\n")
+        else:
+            assert self._body_left is not None
+            self._body_left -= 1
+        self.complete = not self._in_header and self._body_left == 0
+
+    def finish(self) -> bytes:
+        """What must follow the content: the CRLF the last line lacks, then ``.`` CRLF."""
+        if not self._tail or self._tail == b"\r\n":
+            return b".\r\n"
+        return (b"\n" if self._tail.endswith(b"\r") else b"\r\n") + b".\r\n"

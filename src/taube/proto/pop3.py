@@ -45,7 +45,6 @@ The rules:
 from __future__ import annotations
 
 import base64
-import enum
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,8 +52,23 @@ from typing import Final
 
 from . import sasl
 from .buffer import OVERFLOW, TOO_LONG
-from .dotstuff import stuff
+from .dotstuff import ContentEncoder
 from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData, ascii_upper
+from .pop3_events import (
+    ApopLogin,
+    AuthLookup,
+    Closed,
+    Decision,
+    Event,
+    Login,
+    LoginFailed,
+    MailboxOpen,
+    POP3Config,
+    Retrieve,
+    StartTLS,
+    State,
+    Update,
+)
 from .sasl_exchange import Abandoned, Cause, Exchange, Outcome
 
 __all__ = [
@@ -90,123 +104,6 @@ HARD_LINE_MAX: Final = AUTH_LINE_MAX
 _UID: Final = re.compile(r"[\x21-\x7e]{1,70}")  # RFC 1939 section 7, UIDL unique-id
 _DIGEST: Final = re.compile(r"[0-9a-fA-F]{32}")  # RFC 1939 section 7, APOP digest
 _TIMESTAMP: Final = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")  # RFC 1939 section 7, msg-id
-
-
-class State(enum.Enum):
-    AUTHORIZATION = "authorization"  # RFC 1939 section 4: until the maildrop is open
-    AUTH = "auth"  # inside a SASL exchange: lines are responses, not commands
-    TLS_HANDSHAKE = "tls-handshake"  # +OK sent after STLS: nothing is read until tls_started()
-    TRANSACTION = "transaction"  # RFC 1939 section 5: the maildrop is open and locked
-    CONTENT = "content"  # a RETR/TOP answer is being streamed by send_content()
-    UPDATE = "update"  # RFC 1939 section 6: QUIT received, deletions pending
-    CLOSED = "closed"  # final reply queued: flush and close
-
-
-# --- events --------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """Base of everything next_event() returns."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Decision(Event):
-    """An event the session must answer (accept()/reject() or the method its docstring names)
-    before reading on."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Login(Decision):
-    """USER and PASS (RFC 1939 section 7): accept() if the password is right, else reject()."""
-
-    user: str
-    password: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApopLogin(Decision):
-    """APOP (RFC 1939 section 7): accept() if ``digest`` (lower-case hex) is
-    MD5(``timestamp`` + the user's shared secret), else reject()."""
-
-    user: str
-    digest: str
-    timestamp: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthLookup(Decision):
-    """The SASL mechanism needs the directory: answer with :meth:`POP3Connection.auth_resolve`
-    (True/False for CheckPassword, the secret or None for NeedSecret, ScramCredentials or None
-    for NeedScram), as in the SMTP engine."""
-
-    request: sasl.CheckPassword | sasl.NeedSecret | sasl.NeedScram
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MailboxOpen(Decision):
-    """Credentials are verified: lock and list the maildrop (RFC 1939 section 4), then
-    :meth:`POP3Connection.accept_mailbox`, or reject() with ``[IN-USE]`` (RFC 2449 section 8.1.2)
-    when it is locked, ``[SYS/TEMP]`` (RFC 3206) when it cannot be opened."""
-
-    user: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoginFailed(Event):
-    """Authentication failed; the ``-ERR`` is queued but not yet flushed, so the session can
-    delay it to slow down password guessing. ``user`` is None when the client never named one."""
-
-    user: str | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StartTLS(Decision):
-    """STLS (RFC 2595 section 4): accept() sends ``+OK`` and drops unread input; the session
-    does the handshake and calls :meth:`POP3Connection.tls_started` (or closes if it fails)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Retrieve(Decision):
-    """RETR (``lines`` None) or TOP (``lines`` body lines after the header): accept(), then
-    send_content() the whole message as stored (CRLF line ends) and end_content(). The engine
-    dot-stuffs and, for TOP, cuts after the header and ``lines`` body lines itself."""
-
-    number: int
-    uid: str
-    lines: int | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Update(Decision):
-    """QUIT in TRANSACTION (RFC 1939 section 6): remove ``deleted_uids``, then accept(); if that
-    failed, reject() (default ``[SYS/TEMP]``). Either way the connection closes."""
-
-    deleted_uids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Closed(Event):
-    """The engine is done (QUIT answered, too many errors, or the peer closed): flush and close."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class POP3Config:
-    """What the engine must know; the session builds it from the settings."""
-
-    hostname: str
-    timestamp: str  # RFC 1939 section 7: "<process-ID.clock@hostname>", unique per greeting
-    tls_available: bool = False  # a certificate is there: offer STLS
-    tls_active: bool = False  # implicit TLS (RFC 8314, port 995): encrypted from the first byte
-    sasl_mechanisms: tuple[str, ...] = ()  # RFC 5034, names as in sasl.MECHANISMS
-    plaintext_requires_tls: bool = True  # USER/PASS, PLAIN, LOGIN only under TLS (RFC 2595 section 2)
-    user_command: bool = True  # offer USER/PASS at all
-    apop: bool = False  # offer APOP (needs plaintext-equivalent secrets)
-    expire: str = "NEVER"  # RFC 2449 section 6.7
-    login_delay: int = 0  # RFC 2449 section 6.5, seconds
-    implementation: str = "taube"  # RFC 2449 section 6.9; not listed when empty
-    max_errors: int = 10
 
 
 # --- the transition table ------------------------------------------------------------------
@@ -273,70 +170,6 @@ class _Message:
     deleted: bool = False
 
 
-class _ContentEncoder:
-    """Message content to the wire: dot-stuffing (RFC 1939 section 3), the cut of TOP after the
-    header and n body lines (RFC 1939 section 7), and a CRLF before the terminating ``.``.
-
-    A line starts after every LF, as in :func:`dotstuff.stuff`, so a client that splits lines on
-    a bare LF can never see a premature ``.`` either. Chunks may split lines anywhere.
-    """
-
-    __slots__ = ("_body_left", "_head", "_in_header", "_line_start", "_tail", "complete")
-
-    def __init__(self, body_lines: int | None) -> None:
-        self._body_left = body_lines  # None: RETR, send everything
-        self._in_header = True
-        self._line_start = True
-        self._head = b""  # the first two octets of the current line: is it the empty line?
-        self._tail = b""  # the last two octets sent
-        self.complete = False  # set once TOP has all it needs
-
-    def encode(self, data: bytes) -> bytes:
-        """The wire form of the next ``data`` of the message (b"" once TOP is complete)."""
-        if self.complete or not data:
-            return b""
-        if self._body_left is None:
-            out = stuff(data, self._line_start)
-            self._line_start = data.endswith(b"\n")
-        else:
-            out = self._encode_lines(data)
-        self._tail = (self._tail + out)[-2:]
-        return out
-
-    def _encode_lines(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        start = 0
-        while start < len(data) and not self.complete:
-            nl = data.find(b"\n", start)
-            end = len(data) if nl < 0 else nl + 1
-            piece = data[start:end]
-            out.append(b"." + piece if self._line_start and piece[:1] == b"." else piece)
-            self._track(piece, ended=nl >= 0)
-            start = end
-        return b"".join(out)
-
-    def _track(self, piece: bytes, *, ended: bool) -> None:
-        """Follow line ends: the empty line ends the header, then count body lines."""
-        if self._line_start:
-            self._head = b""
-        self._head = (self._head + piece[:2])[:2]
-        self._line_start = ended
-        if not ended:
-            return
-        if self._in_header:
-            self._in_header = self._head not in (b"\r\n", b"\n")
-        else:
-            assert self._body_left is not None
-            self._body_left -= 1
-        self.complete = not self._in_header and self._body_left == 0
-
-    def finish(self) -> bytes:
-        """What must follow the content: the CRLF the last line lacks, then ``.`` CRLF."""
-        if not self._tail or self._tail == b"\r\n":
-            return b".\r\n"
-        return (b"\n" if self._tail.endswith(b"\r") else b"\r\n") + b".\r\n"
-
-
 class POP3Connection(ByteSide):
     """One POP3 server connection's protocol state. See the module docstring."""
 
@@ -353,7 +186,7 @@ class POP3Connection(ByteSide):
         self._messages: list[_Message] = []
         self._auth: Exchange | None = None  # the SASL exchange under way
         self._mechanisms, self._plaintext_mechs = _classify_mechanisms(config)
-        self._content: _ContentEncoder | None = None
+        self._content: ContentEncoder | None = None
         self._events: list[Event] = []
         self._pending: Decision | None = None
         self._ok(f"taube ready {config.timestamp}")
@@ -802,7 +635,7 @@ class POP3Connection(ByteSide):
             self._ok(f"{self._messages[event.number - 1].size} octets")
         else:
             self._ok("top of message follows")
-        self._content = _ContentEncoder(event.lines)
+        self._content = ContentEncoder(event.lines)
         self.state = State.CONTENT
 
     def _do_dele(self, arg: str) -> None:
