@@ -33,6 +33,7 @@ from .policy.relay import RelayPolicy
 from .proto import replies as R
 from .queue.spool import Spool
 from .sharedstate import LocalState
+from .store.mailbox import MailboxFactory, MaildirMailbox
 from .store.maildir import MaildirStore
 
 __all__ = ["App", "serve"]
@@ -49,6 +50,7 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
     if previous is not None:
         previous.directory.reload(settings.domains)
         directory, spool, state, tls = previous.directory, previous.spool, previous.state, previous.tls
+        mailboxes = previous.mailboxes
         if tls is not None:
             tls.reload()
         runner, reporter = previous.runner, previous.reporter
@@ -62,7 +64,9 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         data = settings.data_dir
         directory = SQLiteDirectory(data / "taube.db", settings.domains,
                                     legacy_secrets=settings.auth.legacy_secrets)
-        spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
+        maildirs = MaildirStore(data / "mail")
+        spool = Spool(data, settings.hostname, maildirs)
+        mailboxes = maildir_mailboxes(maildirs)
         state = LocalState()
         tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)
         reporter = Reporter(spool, directory, settings)
@@ -72,7 +76,15 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         else:
             runner = QueueRunner.for_spool(settings, spool, reporter)
     return Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
-                    spool=spool, state=state, tls=tls, runner=runner, reporter=reporter)
+                    spool=spool, state=state, tls=tls, mailboxes=mailboxes, runner=runner,
+                    reporter=reporter)
+
+
+def maildir_mailboxes(maildirs: MaildirStore) -> MailboxFactory:
+    """POP3's maildrops: each user's Maildir in the store local delivery writes to."""
+    def open_mailbox(user: str) -> MaildirMailbox:
+        return MaildirMailbox(maildirs.maildir_path(user))
+    return open_mailbox
 
 
 class App:

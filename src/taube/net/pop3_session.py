@@ -34,7 +34,7 @@ from ..proto.pop3 import (
     State,
     Update,
 )
-from ..store.mailbox import MaildirMailbox
+from ..store.mailbox import Mailbox
 from .connection import Connection
 from .login_throttle import LoginThrottle
 from .services import TLS_HANDSHAKE_TIMEOUT, Services
@@ -69,7 +69,7 @@ class POP3Session:
             max_errors=settings.pop3.max_errors,
         ))
         self.login = LoginThrottle(services, client_ip)
-        self.mailbox: MaildirMailbox | None = None
+        self.mailbox: Mailbox | None = None
         self.locked: str | None = None
         self.stopping = False
         self.committing = False  # the listener's drain: an UPDATE in progress is never cut
@@ -189,7 +189,7 @@ class POP3Session:
             self.conn.reject("[IN-USE] mailbox locked by another POP3 session")
             return
         self.locked = user
-        mailbox = MaildirMailbox(self.services.spool.maildirs.maildir_path(user))
+        mailbox = self.services.mailboxes(user)
         try:
             listing = await asyncio.get_running_loop().run_in_executor(None, mailbox.load)
         except OSError as e:

@@ -12,6 +12,7 @@ from ..directory.base import Directory
 from ..policy.relay import RelayPolicy
 from ..queue.spool import Spool
 from ..sharedstate import SharedState
+from ..store.mailbox import MailboxFactory
 from .tls import TLSProvider
 
 __all__ = ["TLS_HANDSHAKE_TIMEOUT", "QueueControl", "Services"]
@@ -38,8 +39,9 @@ class Services:
     settings: Settings
     directory: Directory
     relay: RelayPolicy
-    spool: Spool  # also the Maildir store (spool.maildirs) that POP3 reads
+    spool: Spool
     state: SharedState
     tls: TLSProvider | None
+    mailboxes: MailboxFactory  # the maildrops POP3 reads: user address -> mailbox
     runner: QueueControl | None = None  # the queue runner, when one runs in this process
     reporter: Reporter | None = None  # delivery status notifications (local NOTIFY=SUCCESS)

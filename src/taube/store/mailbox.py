@@ -19,16 +19,17 @@ import logging
 import os
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from . import durable
 from .durable import fsync_directory
 
 log = logging.getLogger("taube.pop3")
 
-__all__ = ["MaildirMailbox", "MailboxMessage"]
+__all__ = ["Mailbox", "MailboxFactory", "MaildirMailbox", "MailboxMessage"]
 
 _UID_OK = re.compile(r"[\x21-\x7e]{1,70}")
 READ_CHUNK = 64 * 1024
@@ -69,6 +70,22 @@ def _crlf_size(path: Path, size: int) -> int:
                 extra -= 1
             previous = chunk[-1:]
     return size + extra
+
+
+class Mailbox(Protocol):
+    """One user's maildrop as one POP3 session sees it (:class:`MaildirMailbox` is the backend)."""
+
+    messages: list[MailboxMessage]  # the snapshot :meth:`load` took
+
+    def load(self) -> list[MailboxMessage]: ...
+
+    def read(self, message: MailboxMessage) -> Generator[bytes, None, None]: ...
+
+    def delete(self, messages: list[MailboxMessage]) -> None: ...
+
+
+# a user's normalised address -> that user's mailbox, not yet loaded (built by ``app.py``)
+MailboxFactory = Callable[[str], Mailbox]
 
 
 class MaildirMailbox:
