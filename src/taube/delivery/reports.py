@@ -23,8 +23,10 @@ from typing import BinaryIO
 from ..config import Settings
 from ..directory.base import Directory
 from ..directory.resolve import resolve_recipient
+from ..policy.local import postmaster_for  # re-exported: where postmaster mail goes
 from ..queue.bounce import RecipientReport, ReturnContent, build_dsn
 from ..queue.envelope import Envelope
+from ..queue.notify import original_recipient, wants  # re-exported (RFC 3461 NOTIFY, ORCPT)
 from ..queue.spool import Spool
 
 __all__ = ["NOTICE_PARAM", "Reporter", "original_recipient", "postmaster_for", "wants"]
@@ -34,33 +36,6 @@ log = logging.getLogger("taube.delivery")
 # Queue-entry parameter marking a message this server generated: "dsn" (a report to a sender) or
 # "postmaster" (a notice to the postmaster about mail from <> that failed).
 NOTICE_PARAM = "X-NOTICE"
-
-
-def postmaster_for(settings: Settings, directory: Directory) -> str:
-    """Where postmaster mail goes: the ``postmaster`` setting, a bare local part taken in the
-    first local domain."""
-    pm = settings.postmaster
-    if "@" in pm:
-        return pm
-    domains = settings.domains or directory.list_domains()
-    return f"{pm}@{domains[0] if domains else settings.hostname}"
-
-
-def wants(notify: Sequence[str] | None, kind: str) -> bool:
-    """Whether a recipient's RFC 3461 NOTIFY asks for a ``kind`` ("SUCCESS", "FAILURE",
-    "DELAY") report; without NOTIFY failures and delays are reported (4.1: the MTA's choice)."""
-    if notify is None:
-        return kind in ("FAILURE", "DELAY")
-    return kind in notify
-
-
-def original_recipient(orcpt: str | None, original: str) -> str | None:
-    """A report's Original-Recipient: the ORCPT address if one was given (None if it is of a
-    type we cannot show), else the address as given in RCPT TO."""
-    if orcpt:
-        kind, _, value = orcpt.partition(";")
-        return value.strip() if kind.strip().lower() in ("rfc822", "utf-8") and value.strip() else None
-    return original
 
 
 class Reporter:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
-from ..directory.resolve import resolve_recipient
 from ..proto import replies as R
 from ..proto.replies import Reply, SMTPError
 from ..proto import sasl
@@ -45,11 +44,12 @@ from ..proto.smtp import (
     State,
     Vrfy,
 )
-from ..proto.address import AddressError, parse_path
 from ..proto.trace import received_header, with_protocol
-from ..delivery.reports import original_recipient, postmaster_for, wants
+from ..policy.local import LocalPolicy, LocalRules, postmaster_for
+from ..policy.pipeline import Context, Pipeline, Recipient, Verdict
 from ..queue.bounce import RecipientReport
 from ..queue.envelope import Envelope, Target
+from ..queue.notify import original_recipient, wants
 from ..queue.spool import SpoolFile, StorageError, StorageFullError
 from .connection import Connection
 from .login_throttle import LoginThrottle
@@ -92,13 +92,12 @@ def engine_config(services: Services, mode: Mode) -> SMTPConfig:
     )
 
 
-def owns_sender(services: Services, user: str, sender: str) -> bool:
-    """The sender is the user's own address or an alias that leads to the user."""
-    sender, user = sender.lower(), user.lower()
-    if sender == user:
-        return True
-    targets = services.directory.get_alias(sender) or []
-    return user in (t.lower() for t in targets)
+def default_pipeline(services: Services) -> Pipeline:
+    """The checks of a session: those the application assembled, else the site's own rules."""
+    if services.pipeline is not None:
+        return services.pipeline
+    return Pipeline([LocalPolicy(LocalRules.from_settings(services.settings), services.directory,
+                                 services.relay, services.state)])
 
 
 @dataclass(slots=True)
@@ -137,6 +136,8 @@ class SMTPSession:
         self.conn = SMTPConnection(engine_config(services, mode))
         self.tx = _Transaction()
         self.login = LoginThrottle(services, client_ip)
+        self.pipeline = default_pipeline(services)
+        self.ctx = Context(client_ip=client_ip, mode=mode)  # what the checks see
         self.stopping = False  # set by the listener on shutdown
         self.committing = False  # a commit is running in a worker thread: do not cancel
         self._tarpitted = 0  # errors beyond soft_error_limit whose replies were already delayed
@@ -161,6 +162,8 @@ class SMTPSession:
 
     async def _loop(self) -> None:
         conn = self.conn
+        if not await self._connect():
+            return
         await self._greet_delay()
         while True:
             event = conn.next_event()
@@ -192,6 +195,16 @@ class SMTPSession:
             self._say_goodbye(R.closing(self.services.settings.hostname, "4.4.2", "Error: timeout exceeded"))
             log.info("timeout client=%s state=%s", self.client_ip, self.conn.state.value)
             return None
+
+    async def _connect(self) -> bool:
+        """The pipeline's connect stage, before the greeting. The engine cannot yet send another
+        reply in place of its 220, so a refusal here closes the connection without a word
+        (logged); no check of today refuses at connect."""
+        verdict = await self.pipeline.connect(self._context())
+        if verdict.refused:
+            log.info("reject client=%s at connect: %s (%s)", self.client_ip, verdict.reply, verdict.reason)
+            return False
+        return True
 
     async def _greet_delay(self) -> None:
         """Postfix postscreen's pregreet test, on port 25 for clients outside trusted_networks:
@@ -256,11 +269,11 @@ class SMTPSession:
                 case DataChunk():
                     await self._data_chunk(event)
                 case Hello():
-                    self.conn.accept()
+                    self.conn.accept(self._passed(await self.pipeline.helo(self._context())))
                 case MailFrom():
-                    self._mail(event)
+                    await self._mail(event)
                 case RcptTo():
-                    self._rcpt(event)
+                    await self._rcpt(event)
                 case DataStart():
                     self._data_start()
                 case EndOfData():
@@ -275,11 +288,11 @@ class SMTPSession:
                 case Reset():
                     self._new_transaction()
                 case Vrfy():
-                    self._vrfy(event)
+                    await self._vrfy(event)
                 case Expn():
-                    self._expn(event)
+                    await self._expn(event)
                 case Etrn():
-                    self._etrn(event)
+                    await self._etrn(event)
                 case StartTLS():
                     await self._starttls()
                 case AuthStart():
@@ -300,52 +313,60 @@ class SMTPSession:
     def _new_transaction(self) -> None:
         self.tx.discard()
         self.tx = _Transaction()
+        self.ctx.new_transaction()
+
+    def _context(self, argument: str = "") -> Context:
+        """The pipeline's context, brought up to date with the engine's view of the session."""
+        ctx, conn = self.ctx, self.conn
+        ctx.helo, ctx.esmtp, ctx.tls = conn.helo, conn.esmtp, conn.tls_active
+        ctx.user = conn.authenticated
+        ctx.tls_info = self._tls_info() if conn.tls_active else None
+        ctx.argument = argument
+        return ctx
+
+    @staticmethod
+    def _passed(verdict: Verdict) -> Reply | None:
+        """A stage's positive reply (None: the engine's default); a refusal is raised as the
+        SMTPError ``_handle`` answers and logs."""
+        if verdict.refused:
+            raise verdict.error()
+        return verdict.reply
 
     def _sender_text(self) -> str:
         return self.tx.sender.path.address if self.tx.sender else ""
 
-    def _mail(self, event: MailFrom) -> None:
+    async def _mail(self, event: MailFrom) -> None:
         self._new_transaction()
-        user = self.conn.authenticated
-        sender = event.path.address
-        if (user is not None and sender and self.services.settings.auth.sender_login_match
-                and not owns_sender(self.services, user, sender)):
-            raise SMTPError(Reply(code=553, enhanced="5.7.1", text=f"<{sender}>: Sender address rejected: not owned by user {user}"),
-                            reason="sender login mismatch")
+        ctx = self._context()
+        ctx.tx.sender, ctx.tx.mail_params, ctx.tx.size = event.path.address, event.params, event.size
+        try:
+            reply = self._passed(await self.pipeline.mail(ctx))
+        except SMTPError:
+            ctx.tx.sender = None
+            raise
         reserve = self.services.settings.smtp.min_free_space
         if not self.services.spool.space.admits(event.size, reserve):  # Postfix's queue_minfree
             raise SMTPError(Reply(code=452, enhanced="4.3.1", text="Insufficient system storage"),
                             reason=f"free space below min_free_space={reserve} (SIZE={event.size})")
         self.tx.sender = event
-        self.conn.accept()
+        self.conn.accept(reply)
 
-    def _rcpt(self, event: RcptTo) -> None:
+    async def _rcpt(self, event: RcptTo) -> None:
         path = event.path
-        address = path.address
-        if not path.domain:  # RFC 5321 4.5.1: <postmaster> without domain must be accepted
-            address = postmaster_address(self.services)
-        resolution = resolve_recipient(self.services.directory, address)
-        if resolution.status == "unknown_user" and path.local.lower() == "postmaster":
-            # RFC 5321 4.5.1: postmaster@ every local domain, even without a user of that name
-            resolution = resolve_recipient(self.services.directory, postmaster_address(self.services))
-        if resolution.status == "unknown_user":
-            raise SMTPError(Reply(code=550, enhanced="5.1.1", text=f"<{address}>: Recipient address rejected: "
-                                  "User unknown in local recipient table"), reason="unknown user")
-        authenticated = self.conn.authenticated is not None or self._pop_before_smtp()
-        if resolution.status == "remote" and not self.services.relay.may_relay(self.client_ip, authenticated=authenticated):
-            raise SMTPError(Reply(code=554, enhanced="5.7.1", text=f"<{address}>: Relay access denied"),
-                            reason=f"relay to {path.domain} from untrusted client")
-        targets = resolution.targets
+        ctx = self._context()
+        ctx.tx.rcpt = rcpt = Recipient(address=path.address, local=path.local, domain=path.domain)
+        try:
+            reply = self._passed(await self.pipeline.rcpt(ctx))
+        finally:
+            ctx.tx.rcpt = None
+        address = rcpt.address  # <postmaster> completed by the policy
+        targets = rcpt.targets
         if event.notify is not None or event.orcpt is not None:  # RFC 3461: per RCPT, for every target
             targets = [dataclasses.replace(t, notify=event.notify, orcpt=event.orcpt) for t in targets]
         self.tx.targets.extend(targets)
         self.tx.recipients.append(address)
-        self.conn.accept()
-
-    def _pop_before_smtp(self) -> bool:
-        """SMTP-after-POP (legacy): a POP3 login from this address within the window."""
-        window = self.services.settings.auth.smtp_after_pop
-        return window > 0 and self.services.state.pop_login_within(self.client_ip, time.monotonic(), window)
+        ctx.tx.recipients.append(address)
+        self.conn.accept(reply)
 
     def _data_start(self) -> None:
         tx = self.tx
@@ -502,31 +523,20 @@ class SMTPSession:
                     event.mechanism, failures, event.reason)
         await asyncio.sleep(wait)  # the 535 is queued: it waits too
 
-    def _vrfy(self, event: Vrfy) -> None:
-        mode = self.services.settings.smtp.vrfy
-        if mode == "off":
-            raise SMTPError(R.VRFY_DISABLED)
-        if mode == "ambiguous":
-            self.conn.accept(R.VRFY_AMBIGUOUS)  # RFC 5321 3.5.3: 252, no user enumeration
-            return
-        address = self._argument_address(event.argument)
-        if address and self.services.directory.user_exists(address):
-            self.conn.accept(Reply(code=250, enhanced="2.0.0", text=f"<{address}>"))
-        else:
-            raise SMTPError(Reply(code=550, enhanced="5.1.1", text=f"<{event.argument}>: User unknown"))
+    async def _vrfy(self, event: Vrfy) -> None:
+        reply = self._passed(await self.pipeline.vrfy(self._context(event.argument)))
+        self.conn.accept(reply or R.VRFY_AMBIGUOUS)  # no check answered: 252, tells nothing
 
-    def _expn(self, event: Expn) -> None:
-        if self.services.settings.smtp.expn == "off" or not self.services.relay.is_trusted(self.client_ip):
+    async def _expn(self, event: Expn) -> None:
+        reply = self._passed(await self.pipeline.expn(self._context(event.argument)))
+        if reply is None:  # no check answered
             raise SMTPError(R.EXPN_DISABLED)
-        address = self._argument_address(event.argument)
-        targets = self.services.directory.get_alias(address) if address else None
-        if not targets:
-            raise SMTPError(Reply(code=550, enhanced="5.1.1", text=f"<{event.argument}>: No such mailing list"))
-        self.conn.accept(Reply(code=250, enhanced="2.1.5", text=tuple(f"<{t}>" for t in targets)))
+        self.conn.accept(reply)
 
-    def _etrn(self, event: Etrn) -> None:
+    async def _etrn(self, event: Etrn) -> None:
         """RFC 1985: a queue run for a domain, if this client may ask for one."""
-        result = self._etrn_reply(event)
+        verdict = await self.pipeline.etrn(self._context(event.node))
+        result = verdict.reply if verdict.refused and verdict.reply is not None else self._etrn_reply(event)
         log.info("etrn client=%s node=%s result=%s", self.client_ip, event.node, result)
         if result.is_positive:
             self.conn.accept(result)
@@ -534,11 +544,9 @@ class SMTPSession:
             self.conn.reject(result)
 
     def _etrn_reply(self, event: Etrn) -> Reply:
-        """459 for a client that may not ask, 458 when no run can start (named queues, no
-        queue runner, a failing one), else 251 (nothing waiting) or 253 (n messages)."""
+        """458 when no run can start (named queues, no queue runner, a failing one), else 251
+        (nothing waiting) or 253 (n messages). Whether the client may ask is the pipeline's."""
         node = event.node
-        if self.services.settings.smtp.etrn != "anyone" and not self.services.relay.is_trusted(self.client_ip):
-            return R.etrn_not_allowed(node, "ETRN is limited to trusted networks")
         runner = self.services.runner
         if event.queue_name is not None or runner is None:  # no named queues; no queue runner
             return R.etrn_unable(node)
@@ -548,12 +556,6 @@ class SMTPSession:
             log.exception("etrn failed client=%s node=%s", self.client_ip, node)
             return R.etrn_unable(node)
         return R.etrn_pending(node, count) if count > 0 else R.etrn_nothing_waiting(node)
-
-    def _argument_address(self, argument: str) -> str | None:
-        try:
-            return parse_path(argument.strip(), utf8=True).address.lower()
-        except AddressError:
-            return None
 
 
 def _envelope_params(mail: MailFrom) -> dict[str, str]:

@@ -1,0 +1,190 @@
+"""The inbound policy pipeline: order, the first refusal ends a stage, tempfail vs reject,
+results collected per connection and per transaction; and the site's own rules as a check."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from taube.policy.local import LocalPolicy, LocalRules
+from taube.policy.pipeline import Check, Context, Pipeline, Recipient, Verdict
+from taube.policy.relay import RelayPolicy
+from taube.proto.replies import Reply
+
+REJECT = Reply(code=550, enhanced="5.7.1", text="go away")
+TEMPFAIL = Reply(code=451, enhanced="4.7.1", text="later")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class Recorder(Check):
+    def __init__(self, name: str, calls: list[str], verdict: Verdict | None = None) -> None:
+        self.name = name
+        self.calls = calls
+        self.verdict = verdict or Verdict.cont(results={name: "pass"})
+
+    async def rcpt(self, ctx: Context) -> Verdict:
+        self.calls.append(self.name)
+        await asyncio.sleep(0)  # a check may wait (DNS): the pipeline awaits it
+        return self.verdict
+
+    async def helo(self, ctx: Context) -> Verdict:
+        self.calls.append(self.name)
+        return self.verdict
+
+
+def test_checks_run_in_order_and_all_continue():
+    calls: list[str] = []
+    pipeline = Pipeline([Recorder("a", calls), Recorder("b", calls), Recorder("c", calls)])
+    ctx = Context(client_ip="192.0.2.1")
+    verdict = run(pipeline.rcpt(ctx))
+    assert verdict.action == "continue" and verdict.reply is None
+    assert calls == ["a", "b", "c"]
+    assert ctx.tx.results == {"a": "pass", "b": "pass", "c": "pass"}
+    assert ctx.results == {}  # rcpt results belong to the transaction
+
+
+def test_first_refusal_wins_and_ends_the_stage():
+    calls: list[str] = []
+    pipeline = Pipeline([
+        Recorder("a", calls),
+        Recorder("b", calls, Verdict.tempfail(TEMPFAIL, "greylisted", results={"b": "temperror"})),
+        Recorder("c", calls, Verdict.reject(REJECT, "listed")),
+    ])
+    ctx = Context(client_ip="192.0.2.1")
+    verdict = run(pipeline.rcpt(ctx))
+    assert calls == ["a", "b"]
+    assert verdict.action == "tempfail" and verdict.reply == TEMPFAIL and verdict.reason == "greylisted"
+    assert ctx.tx.results == {"a": "pass", "b": "temperror"}  # the refusing check's too
+
+
+def test_reject_vs_tempfail_and_the_error_the_session_raises():
+    reject = Verdict.reject(REJECT, "listed")
+    assert reject.refused and reject.action == "reject"
+    error = reject.error()
+    assert error.reply == REJECT and error.reason == "listed" and str(error).endswith("(listed)")
+    assert Verdict.tempfail(TEMPFAIL).refused
+    assert not Verdict.cont().refused
+    with pytest.raises(ValueError):
+        Verdict.reject(TEMPFAIL)  # a reject is 5xx
+    with pytest.raises(ValueError):
+        Verdict.tempfail(REJECT)  # a tempfail is 4xx
+    with pytest.raises(ValueError):
+        Verdict.cont(REJECT)  # a continue reply is positive
+
+
+def test_verdicts_are_frozen():
+    verdict = Verdict.cont(results={"spf": "pass"})
+    with pytest.raises(AttributeError):
+        verdict.action = "reject"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        verdict.results["spf"] = "fail"  # type: ignore[index]
+
+
+def test_connection_results_and_transaction_results():
+    calls: list[str] = []
+    pipeline = Pipeline([Recorder("iprev", calls)])
+    ctx = Context(client_ip="192.0.2.1")
+    run(pipeline.helo(ctx))
+    assert ctx.results == {"iprev": "pass"}
+    run(pipeline.rcpt(ctx))
+    assert ctx.all_results() == {"iprev": "pass"}
+    ctx.new_transaction()
+    assert ctx.tx.results == {} and ctx.results == {"iprev": "pass"}  # the connection's stay
+
+
+def test_only_checks_that_implement_a_stage_are_called():
+    calls: list[str] = []
+
+    class MailOnly(Check):
+        async def mail(self, ctx: Context) -> Verdict:
+            calls.append("mail")
+            return Verdict.cont()
+
+    pipeline = Pipeline([MailOnly()])
+    assert pipeline.implements("mail") and not pipeline.implements("data_end")
+    assert run(pipeline.data_end(Context(client_ip="192.0.2.1"))).action == "continue"
+    assert calls == []
+
+
+def test_last_positive_reply_of_a_continuing_stage_is_kept():
+    class Answer(Check):
+        async def vrfy(self, ctx: Context) -> Verdict:
+            return Verdict.cont(Reply(code=250, enhanced="2.0.0", text="<a@example.test>"))
+
+    verdict = run(Pipeline([Answer(), Check()]).vrfy(Context(client_ip="192.0.2.1")))
+    assert verdict.reply is not None and verdict.reply.code == 250
+
+
+# --- the site's own rules ------------------------------------------------------------------
+class FakeDirectory:
+    def __init__(self) -> None:
+        self.users = {"alice@example.test"}
+        self.aliases = {"info@example.test": ["alice@example.test"]}
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() == "example.test"
+
+    def list_domains(self) -> list[str]:
+        return ["example.test"]
+
+    def user_exists(self, address: str) -> bool:
+        return address.lower() in self.users
+
+    def get_alias(self, address: str) -> list[str] | None:
+        return self.aliases.get(address.lower())
+
+
+def local(**rules) -> LocalPolicy:
+    return LocalPolicy(LocalRules(hostname="mx.example.test", domains=("example.test",), **rules),
+                       FakeDirectory(), RelayPolicy([ipaddress.ip_network("127.0.0.0/8")]))  # type: ignore[arg-type]
+
+
+def rcpt(policy: LocalPolicy, address: str, client_ip: str = "192.0.2.1", user: str | None = None):
+    ctx = Context(client_ip=client_ip, user=user)
+    local_part, _, domain = address.rpartition("@") if "@" in address else (address, "", "")
+    ctx.tx.rcpt = Recipient(address=address, local=local_part, domain=domain)
+    return run(Pipeline([policy]).rcpt(ctx)), ctx.tx.rcpt
+
+
+def test_local_rcpt_rules_keep_their_replies():
+    policy = local()
+    verdict, recipient = rcpt(policy, "alice@example.test")
+    assert verdict.action == "continue" and [t.address for t in recipient.targets] == ["alice@example.test"]
+    verdict, _ = rcpt(policy, "bob@example.test")
+    assert str(verdict.reply) == ("550 5.1.1 <bob@example.test>: Recipient address rejected: "
+                                  "User unknown in local recipient table")
+    assert verdict.reason == "unknown user"
+    verdict, _ = rcpt(policy, "someone@example.org")
+    assert str(verdict.reply) == "554 5.7.1 <someone@example.org>: Relay access denied"
+    assert verdict.reason == "relay to example.org from untrusted client"
+    assert rcpt(policy, "someone@example.org", client_ip="127.0.0.1")[0].action == "continue"
+    assert rcpt(policy, "someone@example.org", user="alice@example.test")[0].action == "continue"
+
+
+def test_postmaster_without_domain_is_completed():
+    policy = local(postmaster="alice")
+    verdict, recipient = rcpt(policy, "postmaster")
+    assert verdict.action == "continue" and recipient.address == "alice@example.test"
+
+
+def test_sender_ownership_at_mail():
+    policy = local()
+    ctx = Context(client_ip="192.0.2.1", user="alice@example.test")
+    ctx.tx.sender = "info@example.test"
+    assert run(Pipeline([policy]).mail(ctx)).action == "continue"
+    ctx.tx.sender = "bob@example.test"
+    verdict = run(Pipeline([policy]).mail(ctx))
+    assert str(verdict.reply) == ("553 5.7.1 <bob@example.test>: Sender address rejected: "
+                                  "not owned by user alice@example.test")
+    assert run(Pipeline([local(sender_login_match=False)]).mail(ctx)).action == "continue"
+
+
+def test_etrn_right_is_a_tempfail_for_untrusted_clients():
+    verdict = run(Pipeline([local()]).etrn(Context(client_ip="192.0.2.1", argument="example.org")))
+    assert verdict.action == "tempfail" and verdict.reply is not None and verdict.reply.code == 459
+    assert run(Pipeline([local()]).etrn(Context(client_ip="127.0.0.1"))).action == "continue"
