@@ -447,7 +447,9 @@ class SpoolFile:
         self._kept = False  # committed: the file is in its final place
         self._buffer = bytearray(header)
         self._file: DurableFile | None = None
+        self._header = header  # the Return-Path line
         self._header_size = len(header)
+        self._prepend = bytearray()  # header lines to go between Return-Path and the content
         self._error: OSError | None = None
         self._finished = False
 
@@ -462,6 +464,23 @@ class SpoolFile:
         self.size += len(data)
         if self._error is None:
             self._buffer += data
+
+    def prepend(self, lines: bytes) -> None:
+        """Put header ``lines`` (complete, CRLF-terminated, e.g. Authentication-Results or
+        DKIM-Signature) above everything written so far: right after the Return-Path line, so
+        above taube's Received. Call it before the envelope is made: :attr:`size` counts them.
+
+        No I/O. A message still in memory at :meth:`commit` (up to :data:`SPILL_THRESHOLD`)
+        is then written in one piece as always; one already spilled to its file is copied once
+        into a new file that starts with the prepended lines (see :meth:`_rewrite`)."""
+        if self._finished:
+            raise StorageError(f"{self.queue_id}: spool file already committed or aborted")
+        body = bytes(lines)
+        if (not body.endswith(b"\r\n") or b"\r\n\r\n" in body or body.startswith(b"\r\n")
+                or b"\r" in body.replace(b"\r\n", b"") or b"\n" in body.replace(b"\r\n", b"")):
+            raise ValueError("prepended header lines must be complete CRLF lines, without an empty line")
+        self._prepend += body
+        self.size += len(body)
 
     def spill(self) -> None:
         """Move the buffer to the spool file (blocking: run it in a worker thread).
@@ -518,6 +537,12 @@ class SpoolFile:
         self._finished = True
         created: list[Path] = []
         try:
+            if self._prepend and self._error is None:
+                if self._file is None:  # all in memory: the prepended lines go in, one write
+                    self._buffer[self._header_size:self._header_size] = self._prepend
+                else:
+                    self._spill()
+                    self._rewrite()
             self._spill()
             if self._error is not None:
                 raise self._error
@@ -531,6 +556,34 @@ class SpoolFile:
             raise
         finally:
             self._discard()
+
+    def _rewrite(self) -> None:
+        """The file was spilled before lines were prepended: write a new one next to it (the
+        Return-Path line, the prepended lines, then the content copied from the old file) and
+        rename it over the old one. A crash leaves an extra file where unacknowledged files
+        are cleaned up anyway (``tmp/``; ``messages/`` without envelope at start)."""
+        assert self._file is not None
+        if self._error is not None:
+            return
+        fresh_path = self._path.with_name(self._path.name + ".new")
+        try:
+            fresh = DurableFile(fresh_path, mode=_FILE_MODE)
+            try:
+                fresh.write(self._header + self._prepend)
+                with open(self._path, "rb") as old:
+                    old.seek(self._header_size)
+                    while chunk := old.read(1 << 20):
+                        fresh.write(chunk)
+                durable.rename(fresh_path, self._path)
+            except BaseException:
+                fresh.discard()
+                raise
+        except OSError as exc:
+            self._error = exc
+            self._discard()
+            return
+        self._file.close()
+        self._file = fresh
 
     def abort(self) -> None:
         """Drop the message (transaction failed, client gone). Safe to call more than once."""
