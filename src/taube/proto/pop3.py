@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import sasl
-from .buffer import OVERFLOW, TOO_LONG
+from .buffer import TOO_LONG
 from .dotstuff import ContentEncoder
-from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData, ascii_upper
+from .common import NEED_DATA, Engine, LocalProtocolError, NeedData, ascii_upper
 from .pop3_events import (
     ApopLogin,
     AuthLookup,
@@ -170,7 +170,7 @@ class _Message:
     deleted: bool = False
 
 
-class POP3Connection(ByteSide):
+class POP3Connection(Engine):
     """One POP3 server connection's protocol state. See the module docstring."""
 
     def __init__(self, config: POP3Config) -> None:
@@ -187,8 +187,6 @@ class POP3Connection(ByteSide):
         self._auth: Exchange | None = None  # the SASL exchange under way
         self._mechanisms, self._plaintext_mechs = _classify_mechanisms(config)
         self._content: ContentEncoder | None = None
-        self._events: list[Event] = []
-        self._pending: Decision | None = None
         self._ok(f"taube ready {config.timestamp}")
 
     # --- the I/O side ----------------------------------------------------------------------
@@ -196,39 +194,23 @@ class POP3Connection(ByteSide):
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
+    decision_type = Decision
+    closed_type = Closed
+
     def next_event(self) -> Event | NeedData:
-        if self._pending is not None:
-            raise LocalProtocolError(f"{type(self._pending).__name__} has not been answered")
+        return super().next_event()  # type: ignore[no-any-return]
+
+    def _check_ready(self) -> None:
         if self.state is State.CONTENT:
             raise LocalProtocolError("the message content has not been ended (end_content())")
-        while not self._events:
-            if self.state is State.CLOSED:
-                return Closed(reason="closed")  # the session flushes the last reply, then closes
-            if self.state is State.TLS_HANDSHAKE:
-                break
-            line = self._lines.next_line()
-            if line is None:
-                break
-            if line is OVERFLOW:
-                self._overflow()
-            elif self.state is State.AUTH:
-                self._auth_response(line)
-            else:
-                self._command(line)
-        if self._events:
-            event = self._events.pop(0)
-            if isinstance(event, Decision):
-                self._pending = event
-            return event
-        if self._peer_closed:  # never an Update: RFC 1939 section 6 needs a QUIT
-            self.state = State.CLOSED
-            return Closed(reason="peer closed the connection")
-        return NEED_DATA
 
-    @property
-    def awaiting_decision(self) -> bool:
-        """True between a Decision event and its answer."""
-        return self._pending is not None
+    def _advance(self) -> bool:
+        if self.state is State.TLS_HANDSHAKE:
+            return False
+        return self._next_line(self.state is State.AUTH)
+
+    def _peer_gone(self) -> None:  # never an Update: RFC 1939 section 6 needs a QUIT
+        self.state = State.CLOSED
 
     @property
     def wants_content(self) -> bool:
@@ -338,13 +320,6 @@ class POP3Connection(ByteSide):
         self._close(text)
 
     # --- internals -------------------------------------------------------------------------
-    def _take_pending(self) -> Decision:
-        event = self._pending
-        if event is None:
-            raise LocalProtocolError("no decision is pending")
-        self._pending = None
-        return event
-
     def _send(self, data: bytes) -> None:
         self._out.append(data)
 
@@ -357,9 +332,6 @@ class POP3Connection(ByteSide):
         for line in lines:
             self._send(("." + line if line.startswith(".") else line).encode() + b"\r\n")
         self._send(b".\r\n")
-
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
 
     def _error(self, text: str) -> None:
         """Send ``-ERR text``; too many of them end the connection (without UPDATE)."""

@@ -75,8 +75,8 @@ from .address import (
     parse_rcpt_params,
     split_params,
 )
-from .buffer import OVERFLOW, TOO_LONG
-from .common import NEED_DATA, ByteSide, LocalProtocolError, NeedData, ascii_upper
+from .buffer import TOO_LONG
+from .common import NEED_DATA, Engine, LocalProtocolError, NeedData, ascii_upper
 from .dotstuff import DataDecoder
 from .replies import Reply
 from .sasl_exchange import Abandoned, Cause, Exchange, Outcome
@@ -218,7 +218,7 @@ _USAGE: Final = {
 }
 
 
-class SMTPConnection(ByteSide):
+class SMTPConnection(Engine):
     """One SMTP server connection's protocol state. See the module docstring."""
 
     def __init__(self, config: SMTPConfig) -> None:
@@ -234,8 +234,6 @@ class SMTPConnection(ByteSide):
         self.authenticated: str | None = None  # the SASL authcid after 235
         self._auth: Exchange | None = None  # the SASL exchange under way
         self._auth_initial: bytes | None = None  # AUTH's initial response, until AuthStart's answer
-        self._events: list[Event] = []
-        self._pending: Decision | None = None
         self._decoder: DataDecoder | None = None
         self._data_size = 0
         self._greeting_taken = False  # data_to_send() has returned the 220
@@ -259,41 +257,21 @@ class SMTPConnection(ByteSide):
         self._greeting_taken = True
         return super().data_to_send()
 
-    def next_event(self) -> Event | NeedData:
-        if self._pending is not None:
-            raise LocalProtocolError(f"{type(self._pending).__name__} has not been answered")
-        while not self._events:
-            if self.state is State.CLOSED:
-                return Closed(reason="closed")  # the session flushes the last reply, then closes
-            if self.state is State.DATA:
-                if not self._pump_data():
-                    break
-                continue
-            if self.state is State.TLS_HANDSHAKE:
-                break
-            line = self._lines.next_line()
-            if line is None:
-                break
-            if line is OVERFLOW:
-                self._overflow()
-            elif self.state is State.AUTH:
-                self._auth_response(line)
-            else:
-                self._command(line)
-        if self._events:
-            event = self._events.pop(0)
-            if isinstance(event, Decision):
-                self._pending = event
-            return event
-        if self._peer_closed:
-            self.state = State.CLOSED
-            return Closed(reason="peer closed the connection")
-        return NEED_DATA
+    decision_type = Decision
+    closed_type = Closed
 
-    @property
-    def awaiting_decision(self) -> bool:
-        """True between a Decision event and its accept()/reject()."""
-        return self._pending is not None
+    def next_event(self) -> Event | NeedData:
+        return super().next_event()  # type: ignore[no-any-return]
+
+    def _advance(self) -> bool:
+        if self.state is State.DATA:
+            return self._pump_data()
+        if self.state is State.TLS_HANDSHAKE:
+            return False
+        return self._next_line(self.state is State.AUTH)
+
+    def _peer_gone(self) -> None:
+        self.state = State.CLOSED
 
     # --- answers to decisions --------------------------------------------------------------
     def accept(self, reply: Reply | None = None) -> None:
@@ -395,18 +373,8 @@ class SMTPConnection(ByteSide):
         self._auth_step(self._auth.resolve(answer))
 
     # --- internals -------------------------------------------------------------------------
-    def _take_pending(self) -> Decision:
-        event = self._pending
-        if event is None:
-            raise LocalProtocolError("no decision is pending")
-        self._pending = None
-        return event
-
     def _send(self, reply: Reply) -> None:
         self._out.append(reply.encode())
-
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
 
     def _error(self, reply: Reply) -> None:
         """Send a negative reply; too many of them end the session (Postfix: hard_error_limit)."""
