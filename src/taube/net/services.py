@@ -3,20 +3,20 @@ replaced whole on reload, so a connection keeps the settings it started with."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ..config import Settings
-from ..delivery.reports import Reporter
 from ..directory.base import Directory
-from ..policy.pipeline import Pipeline
 from ..policy.relay import RelayPolicy
+from ..queue.bounce import RecipientReport, ReturnContent
 from ..queue.spool import Spool
 from ..sharedstate import SharedState
 from ..store.mailbox import MailboxFactory
 from .tls import TLSProvider
 
-__all__ = ["TLS_HANDSHAKE_TIMEOUT", "QueueControl", "Services"]
+__all__ = ["TLS_HANDSHAKE_TIMEOUT", "QueueControl", "Reports", "Services"]
 
 TLS_HANDSHAKE_TIMEOUT = 30.0  # STARTTLS/STLS and implicit TLS
 
@@ -35,6 +35,17 @@ class QueueControl(Protocol):
         ...
 
 
+class Reports(Protocol):
+    """Delivery status notifications (RFC 3464) the SMTP side sends itself: NOTIFY=SUCCESS for
+    local delivery. Blocking (file I/O and fsync): called in a worker thread."""
+
+    def send(self, *, to: str, queue_id: str, arrival: float, reports: Sequence[RecipientReport],
+             original: BinaryIO, return_content: ReturnContent, envid: str | None,
+             notice: str = "dsn") -> str | None:
+        """Build the report and commit it; its queue id, or None when ``to`` cannot receive it."""
+        ...
+
+
 @dataclass(slots=True)
 class Services:
     settings: Settings
@@ -45,6 +56,4 @@ class Services:
     tls: TLSProvider | None
     mailboxes: MailboxFactory  # the maildrops POP3 reads: user address -> mailbox
     runner: QueueControl | None = None  # the queue runner, when one runs in this process
-    reporter: Reporter | None = None  # delivery status notifications (local NOTIFY=SUCCESS)
-    # The inbound checks; None: the site's own rules alone (policy.local), built per session.
-    pipeline: Pipeline | None = None
+    reporter: Reports | None = None  # delivery status notifications (local NOTIFY=SUCCESS)
