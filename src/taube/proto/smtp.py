@@ -18,8 +18,10 @@ The rules:
 
 * Commands are handled strictly in order; while a decision is pending, no further input is
   parsed, so pipelined commands (RFC 2920) get their replies in order.
-* Every state change happens in one place, :meth:`SMTPConnection._dispatch`, from the table
-  :data:`ALLOWED`; a command out of order gets ``503 5.5.1`` from :func:`_out_of_sequence`.
+* Every state change happens in one place, :meth:`SMTPConnection._enter`, from the table
+  :data:`TRANSITIONS` (state, what happened) -> state. Which command is valid where is
+  :data:`ALLOWED`, checked in :meth:`SMTPConnection._dispatch`; a command out of order gets the
+  ``503 5.5.1`` (or ``554 5.5.1``) reply :data:`OUT_OF_SEQUENCE` names for it.
 * The engine answers what needs no policy itself (syntax, sequence, limits, NOOP, HELP, RSET,
   QUIT) and emits an informational event so the session can log or clean up.
 * Peer mistakes are replies, never exceptions; misuse of the API raises :class:`LocalProtocolError`.
@@ -183,23 +185,48 @@ ALLOWED: Final[dict[str, frozenset[State]]] = {
     # RFC 1985 asks for no particular state; a queue run is no business of a transaction.
     "ETRN": frozenset({State.GREETED}),
 }
+# What happens, by state, and the state it leads to. :meth:`SMTPConnection._enter` applies it and
+# is the only place that changes ``state``; a state of None stands for every state not named.
+# "mail", "rcpt", "data", "starttls", "hello": the session accepted that decision; "auth-step":
+# a challenge or a look-up; "reset": RSET, HELO/EHLO or a violation that drops the transaction.
+_S = State
+TRANSITIONS: Final[dict[tuple[State | None, str], State]] = {
+    (_S.CONNECTED, "hello"): _S.GREETED,
+    (_S.GREETED, "hello"): _S.GREETED,
+    (_S.GREETED, "mail"): _S.MAIL,
+    (_S.MAIL, "rcpt"): _S.RCPT,
+    (_S.RCPT, "rcpt"): _S.RCPT,
+    (_S.RCPT, "data"): _S.DATA,
+    (_S.DATA, "end-of-data"): _S.GREETED,
+    (_S.CONNECTED, "reset"): _S.CONNECTED,  # nothing to reset before HELO/EHLO
+    (None, "reset"): _S.GREETED,
+    (_S.GREETED, "starttls"): _S.TLS_HANDSHAKE,
+    (_S.TLS_HANDSHAKE, "tls-started"): _S.CONNECTED,  # RFC 3207 4.2: EHLO again
+    (_S.GREETED, "auth-step"): _S.AUTH,
+    (_S.AUTH, "auth-step"): _S.AUTH,
+    (_S.GREETED, "auth-done"): _S.GREETED,  # an initial response settled it at once
+    (_S.AUTH, "auth-done"): _S.GREETED,
+    (_S.CONNECTED, "quit"): _S.CLOSED,
+    (_S.GREETED, "quit"): _S.CLOSED,
+    (_S.MAIL, "quit"): _S.CLOSED,
+    (_S.RCPT, "quit"): _S.CLOSED,
+    (None, "close"): _S.CLOSED,  # 421, 554, 221 2.7.0 or close_with()
+    (None, "peer-closed"): _S.CLOSED,
+}
+# The reply to a command its state does not allow (ALLOWED), by state and command; before
+# HELO/EHLO every such command gets 503 5.5.1 "send HELO/EHLO first".
+OUT_OF_SEQUENCE: Final[dict[tuple[State, str], Reply]] = {
+    (_S.GREETED, "RCPT"): R.NEED_MAIL,
+    (_S.GREETED, "DATA"): R.NEED_MAIL,
+    (_S.MAIL, "MAIL"): R.NESTED_MAIL,
+    (_S.RCPT, "MAIL"): R.NESTED_MAIL,
+    (_S.MAIL, "DATA"): R.NO_VALID_RECIPIENTS,  # RFC 5321 3.3: 554 once every RCPT was refused
+    **{(state, verb): R.IN_TRANSACTION for state in (_S.MAIL, _S.RCPT)
+       for verb in ("STARTTLS", "AUTH", "ETRN")},  # RFC 3207 4, RFC 4954 4: not in a transaction
+}
 # Known to RFC 821/5321 or common, but not offered: 502 rather than 500 (RFC 5321 4.2.4).
 # ETRN is a real command that the configuration may switch off (then 502 as well).
 NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ATRN"})
-
-
-def _out_of_sequence(verb: str, state: State) -> Reply:
-    if state is State.CONNECTED:
-        return R.NEED_HELO
-    if verb in ("STARTTLS", "AUTH", "ETRN"):
-        return R.IN_TRANSACTION
-    if verb == "MAIL":
-        return R.NESTED_MAIL
-    if verb == "RCPT":
-        return R.NEED_MAIL
-    if verb == "DATA" and state is State.MAIL:
-        return R.NO_VALID_RECIPIENTS  # RFC 5321 3.3: 554 once every RCPT was refused
-    return R.NEED_MAIL if state is State.GREETED else R.NEED_RCPT
 
 
 _USAGE: Final = {
@@ -271,7 +298,14 @@ class SMTPConnection(Engine):
         return self._next_line(self.state is State.AUTH)
 
     def _peer_gone(self) -> None:
-        self.state = State.CLOSED
+        self._enter("peer-closed")
+
+    def _enter(self, step: str) -> None:
+        """The one place ``state`` changes: to what :data:`TRANSITIONS` says ``step`` leads."""
+        target = TRANSITIONS.get((self.state, step)) or TRANSITIONS.get((None, step))
+        if target is None:
+            raise LocalProtocolError(f"no transition for {step!r} in state {self.state.value}")
+        self.state = target
 
     # --- answers to decisions --------------------------------------------------------------
     def accept(self, reply: Reply | None = None) -> None:
@@ -281,15 +315,15 @@ class SMTPConnection(Engine):
             case Hello():
                 self._hello_accepted(event, reply)
             case MailFrom():
-                self.state = State.MAIL
+                self._enter("mail")
                 self.mail = event
                 self._send(reply or R.SENDER_OK)
             case RcptTo():
-                self.state = State.RCPT
+                self._enter("rcpt")
                 self.recipients += 1
                 self._send(reply or R.RECIPIENT_OK)
             case DataStart():
-                self.state = State.DATA
+                self._enter("data")
                 self._decoder = DataDecoder(normalize=self.config.normalize_bare_newlines,
                                             max_header_size=self.config.max_header_size)
                 self._data_size = 0
@@ -305,7 +339,7 @@ class SMTPConnection(Engine):
             case StartTLS():
                 self._send(reply or R.READY_FOR_TLS)
                 self._lines.clear()  # RFC 3207 5: pipelined plaintext is never executed
-                self.state = State.TLS_HANDSHAKE
+                self._enter("starttls")
             case AuthStart():
                 self._auth_begin(event)
             case AuthLookup():
@@ -331,7 +365,7 @@ class SMTPConnection(Engine):
 
     def _close(self, reply: Reply) -> None:
         self._send(reply)
-        self.state = State.CLOSED
+        self._enter("close")
 
     def _abort(self, reply: Reply, reason: str) -> None:
         """End the session at once with ``reply``: the open transaction is dropped and nothing
@@ -358,7 +392,7 @@ class SMTPConnection(Engine):
             raise LocalProtocolError("tls_started() without an accepted STARTTLS")
         self._lines.clear()
         self._events.clear()
-        self.state = State.CONNECTED
+        self._enter("tls-started")
         self.tls_active = True
         self.esmtp = False
         self.helo = ""
@@ -387,13 +421,12 @@ class SMTPConnection(Engine):
     def _reset_transaction(self) -> None:
         if self.state in (State.MAIL, State.RCPT):
             self._emit(Reset())
-        if self.state is not State.CONNECTED:
-            self.state = State.GREETED
+        self._enter("reset")
         self.recipients = 0
         self.mail = None
 
     def _end_transaction(self, reply: Reply) -> None:
-        self.state = State.GREETED
+        self._enter("end-of-data")
         self.recipients = 0
         self.mail = None
         self._decoder = None
@@ -465,7 +498,8 @@ class SMTPConnection(Engine):
         elif allowed is None:
             self._error(R.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED else R.UNRECOGNIZED)
         elif self.state not in allowed:
-            self._error(_out_of_sequence(verb, self.state))
+            self._error(R.NEED_HELO if self.state is State.CONNECTED
+                        else OUT_OF_SEQUENCE.get((self.state, verb), R.NEED_RCPT))
         else:
             getattr(self, f"_do_{verb.lower()}")(arg)
 
@@ -481,7 +515,7 @@ class SMTPConnection(Engine):
         self._do_helo(arg, esmtp=True)
 
     def _hello_accepted(self, event: Hello, reply: Reply | None) -> None:
-        self.state = State.GREETED
+        self._enter("hello")
         self.esmtp = event.esmtp
         self.helo = event.domain
         if reply is not None:
@@ -597,7 +631,7 @@ class SMTPConnection(Engine):
             self._error(R.syntax(_USAGE["QUIT"]))
             return
         self._send(Reply(code=221, enhanced="2.0.0", text=f"{self.config.hostname} Bye"))
-        self.state = State.CLOSED
+        self._enter("quit")
         self._emit(Closed(reason="quit"))
 
     def _do_help(self, arg: str) -> None:
@@ -685,10 +719,10 @@ class SMTPConnection(Engine):
     def _auth_step(self, step: Outcome) -> None:
         match step:
             case sasl.Challenge(data=data):
-                self.state = State.AUTH
+                self._enter("auth-step")
                 self._send(Reply(code=334, enhanced=None, text=base64.b64encode(data).decode()))
             case sasl.CheckPassword() | sasl.NeedSecret() | sasl.NeedScram():
-                self.state = State.AUTH
+                self._enter("auth-step")
                 self._emit(AuthLookup(request=step))
             case sasl.Success(authcid=user):
                 self._auth_finish(user, "")
@@ -702,7 +736,7 @@ class SMTPConnection(Engine):
 
     def _auth_finish(self, user: str | None, reason: str) -> None:
         assert self._auth is not None
-        self.state = State.GREETED
+        self._enter("auth-done")
         self.authenticated = user
         self._emit(AuthDone(mechanism=self._auth.name, user=user, reason=reason))
         self._auth = None
