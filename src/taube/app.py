@@ -54,7 +54,7 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         if tls is not None:
             tls.reload()
         runner, reporter = previous.runner, previous.reporter
-        if reporter is not None:
+        if isinstance(reporter, Reporter):  # the postmaster address follows the settings
             reporter.settings = settings
         if isinstance(runner, QueueRunner):
             runner.reconfigure(settings)
