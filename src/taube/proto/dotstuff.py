@@ -55,6 +55,7 @@ class DataDecoder:
     __slots__ = (
         "_pending",
         "_overlong",
+        "_dropped_cr",
         "_normalize",
         "_in_headers",
         "_after_crlf",
@@ -68,6 +69,7 @@ class DataDecoder:
     def __init__(self, *, normalize: bool = False, max_header_size: int | None = None) -> None:
         self._pending = b""  # the unfinished last line, at most MAX_TEXT_LINE octets
         self._overlong = False  # the unfinished line already exceeded the limit (start dropped)
+        self._dropped_cr = False  # the dropped part of that line held a bare CR
         self._normalize = normalize
         self._in_headers = True
         self._after_crlf = True  # the data starts at a line start, as if after a CRLF
@@ -92,10 +94,14 @@ class DataDecoder:
             start = nl + 1
             if self._overlong:
                 self._overlong = False
+                # The whole line decides, as if it had come in one read: a bare CR in its
+                # dropped part makes it no CRLF line end either (the next "." does not end).
+                proper = self._check_line_end(line) and not self._dropped_cr
+                self._dropped_cr = False
                 dropped += len(line)
                 if self._in_headers:
                     self._count_header(len(line))
-                self._after_crlf = self._check_line_end(line)  # content is refused anyway
+                self._after_crlf = proper  # its content is refused anyway
                 continue
             if line == b".\r\n" and self._after_crlf:
                 self._pending = b""
@@ -114,6 +120,7 @@ class DataDecoder:
             if self._in_headers:
                 self._count_header(len(tail) - 1)  # dropped now, so counted now
             if b"\r" in tail[:-1]:
+                self._dropped_cr = True
                 self.bare_newline = True
         else:
             self._pending = tail
