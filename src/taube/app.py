@@ -104,7 +104,10 @@ class App:
 
     def _pop3_factory(self, implicit_tls: bool) -> Callable[[Connection, str], POP3Session]:
         def factory(io: Connection, client_ip: str) -> POP3Session:
-            return POP3Session(self.services, io, client_ip, implicit_tls=implicit_tls)
+            services = self.services
+            s = services.settings
+            return POP3Session(services, io, client_ip, pop3=s.pop3, auth=s.auth, hostname=s.hostname,
+                               implicit_tls=implicit_tls)
         return factory
 
     def _pop3_limits(self, client_ip: str) -> tuple[int, int | None]:

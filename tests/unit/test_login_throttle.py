@@ -92,3 +92,14 @@ def test_the_state_clock_is_its_own_and_the_prior_count_is_taken_as_the_input_ar
     failures, wait = t.failed()
     assert failures == 1  # the old one has aged out of the state's window ...
     assert wait == pytest.approx(1.0)  # ... but counted for the penalty: 2 x 1 s from the arrival
+
+
+def test_the_auth_section_can_be_given_apart_from_the_services() -> None:
+    """A session hands the throttle the [auth] slice it was configured with."""
+    clock = Clock()
+    svc = services(max_failures=10, clock=clock)
+    strict = SimpleNamespace(failure_delay=1.0, failure_window=900.0, max_failures=1)
+    t = LoginThrottle(svc, "192.0.2.1", clock, auth=strict)  # type: ignore[arg-type]
+    t.input()
+    t.failed()
+    assert t.blocked() and not LoginThrottle(svc, "192.0.2.1", clock).blocked()

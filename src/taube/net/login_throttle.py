@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..config import AuthSettings
 from .auth_lookup import Request, resolve
 from .services import Services
 
@@ -40,8 +41,10 @@ class LoginThrottle:
     failures themselves are counted by the shared state on its own clock."""
 
     def __init__(self, services: Services, client_ip: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, auth: AuthSettings | None = None) -> None:
+        """``auth``: the ``[auth]`` section to apply (default: that of ``services.settings``)."""
         self.services = services
+        self.auth = auth if auth is not None else services.settings.auth
         self.client_ip = client_ip
         self._clock = clock
         self._input_at = clock()
@@ -53,13 +56,13 @@ class LoginThrottle:
         self._attempt = None
 
     def blocked(self) -> bool:
-        auth = self.services.settings.auth
+        auth = self.auth
         return self.services.state.auth_blocked(self.client_ip, auth.failure_window, auth.max_failures)
 
     def arrived(self) -> None:
         """Credentials from the last input are being checked (first call per input counts)."""
         if self._attempt is None:
-            auth = self.services.settings.auth
+            auth = self.auth
             # the failures within the window as it stood when the input arrived: the window
             # widened by the time since (a duration, so the shared state's clock may differ)
             since = max(0.0, self._clock() - self._input_at)
@@ -82,7 +85,7 @@ class LoginThrottle:
         self.arrived()
         attempt, self._attempt = self._attempt, None
         assert attempt is not None
-        auth = self.services.settings.auth
+        auth = self.auth
         now = self._clock()
         failures = self.services.state.auth_failed(self.client_ip, auth.failure_window)
         deadline = attempt.arrived + min(auth.failure_delay * (attempt.prior + 1), MAX_PENALTY)

@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Generator
 
+from ..config import AuthSettings, POP3Settings
 from ..proto import sasl
 from ..proto.pop3 import (
     NEED_DATA,
@@ -48,27 +49,30 @@ BLOCKED = "[SYS/TEMP] too many authentication failures, try again later"
 
 
 class POP3Session:
-    """Drive one POP3 connection to the end. ``run()`` never raises for anything the peer does."""
+    """Drive one POP3 connection to the end. ``run()`` never raises for anything the peer does.
 
-    def __init__(self, services: Services, io: Connection, client_ip: str, *,
-                 implicit_tls: bool = False) -> None:
+    Configured by the sections it owns, ``[pop3]`` and ``[auth]``, and the host name; from
+    ``services`` it takes the directory, the shared state, the maildrops and TLS."""
+
+    def __init__(self, services: Services, io: Connection, client_ip: str, *, pop3: POP3Settings,
+                 auth: AuthSettings, hostname: str, implicit_tls: bool = False) -> None:
         self.services = services
         self.io = io
         self.client_ip = client_ip
-        settings = services.settings
+        self.timeout = pop3.timeout
         self.conn = POP3Connection(POP3Config(
-            hostname=settings.hostname,
+            hostname=hostname,
             # RFC 1939 7: unique per greeting, "<process-ID.clock@hostname>"
-            timestamp=f"<{os.getpid()}.{secrets.randbelow(10**9)}.{int(time.time())}@{settings.hostname}>",
+            timestamp=f"<{os.getpid()}.{secrets.randbelow(10**9)}.{int(time.time())}@{hostname}>",
             tls_available=services.tls is not None and not implicit_tls,
             tls_active=implicit_tls,
-            sasl_mechanisms=tuple(settings.auth.mechanisms),
-            plaintext_requires_tls=settings.pop3.plaintext_requires_tls,
-            user_command=settings.pop3.user_command,
-            apop=settings.auth.legacy_secrets,
-            max_errors=settings.pop3.max_errors,
+            sasl_mechanisms=tuple(auth.mechanisms),
+            plaintext_requires_tls=pop3.plaintext_requires_tls,
+            user_command=pop3.user_command,
+            apop=auth.legacy_secrets,
+            max_errors=pop3.max_errors,
         ))
-        self.login = LoginThrottle(services, client_ip)
+        self.login = LoginThrottle(services, client_ip, auth=auth)
         self.mailbox: Mailbox | None = None
         self.locked: str | None = None
         self.stopping = False
@@ -112,7 +116,7 @@ class POP3Session:
 
     async def _read(self) -> bytes | None:
         try:
-            async with asyncio.timeout(self.services.settings.pop3.timeout):
+            async with asyncio.timeout(self.timeout):
                 return await self.io.read()
         except TimeoutError:
             self.conn.close_with("autologout timer expired")  # RFC 1939 3: nothing is deleted
