@@ -128,6 +128,28 @@ ALLOWED: Final[dict[str, frozenset[State]]] = {
     "UIDL": _TRANSACTION,
 }
 
+# What happens, by state, and the state it leads to. :meth:`POP3Connection._enter` applies it and
+# is the only place that changes ``state``; a state of None stands for every state not named.
+_S = State
+TRANSITIONS: Final[dict[tuple[State | None, str], State]] = {
+    (_S.AUTHORIZATION, "user"): _S.USER,  # USER accepted: PASS may follow
+    (_S.USER, "next-command"): _S.AUTHORIZATION,  # whatever comes next, PASS included
+    (_S.AUTHORIZATION, "starttls"): _S.TLS_HANDSHAKE,
+    (_S.TLS_HANDSHAKE, "tls-started"): _S.AUTHORIZATION,  # RFC 2595 section 4: start afresh
+    (_S.AUTHORIZATION, "auth-step"): _S.AUTH,  # a challenge or a look-up
+    (_S.AUTH, "auth-step"): _S.AUTH,
+    (_S.AUTHORIZATION, "verified"): _S.AUTHORIZATION,  # MailboxOpen is asked next
+    (_S.AUTH, "verified"): _S.AUTHORIZATION,
+    (_S.AUTHORIZATION, "login-failed"): _S.AUTHORIZATION,
+    (_S.AUTH, "login-failed"): _S.AUTHORIZATION,
+    (_S.AUTHORIZATION, "mailbox-open"): _S.TRANSACTION,
+    (_S.TRANSACTION, "retrieve"): _S.CONTENT,
+    (_S.CONTENT, "end-content"): _S.TRANSACTION,
+    (_S.TRANSACTION, "quit"): _S.UPDATE,
+    (None, "close"): _S.CLOSED,
+    (None, "peer-closed"): _S.CLOSED,
+}
+
 _USAGE: Final = {
     "USER": "USER name",
     "PASS": "PASS string",
@@ -182,7 +204,7 @@ class POP3Connection(Engine):
         self.tls_active = config.tls_active
         self.errors = 0
         self.user: str | None = None  # the user whose maildrop is open
-        self._user_arg: str | None = None  # USER given, PASS expected next
+        self._user_arg: str | None = None  # the name USER gave, while in State.USER
         self._messages: list[_Message] = []
         self._auth: Exchange | None = None  # the SASL exchange under way
         self._mechanisms, self._plaintext_mechs = _classify_mechanisms(config)
@@ -210,7 +232,14 @@ class POP3Connection(Engine):
         return self._next_line(self.state is State.AUTH)
 
     def _peer_gone(self) -> None:  # never an Update: RFC 1939 section 6 needs a QUIT
-        self.state = State.CLOSED
+        self._enter("peer-closed")
+
+    def _enter(self, step: str) -> None:
+        """The one place ``state`` changes: to what :data:`TRANSITIONS` says ``step`` leads."""
+        target = TRANSITIONS.get((self.state, step)) or TRANSITIONS.get((None, step))
+        if target is None:
+            raise LocalProtocolError(f"no transition for {step!r} in state {self.state.value}")
+        self.state = target
 
     @property
     def wants_content(self) -> bool:
@@ -231,7 +260,7 @@ class POP3Connection(Engine):
             case StartTLS():
                 self._ok("Begin TLS negotiation")
                 self._lines.clear()  # RFC 2595 section 4 / RFC 3207 5: no pipelined plaintext
-                self.state = State.TLS_HANDSHAKE
+                self._enter("starttls")
             case Retrieve():
                 self._retrieve_accepted(event)
             case Update():
@@ -271,7 +300,7 @@ class POP3Connection(Engine):
         assert isinstance(event, MailboxOpen)
         self._messages = messages
         self.user = event.user
-        self.state = State.TRANSACTION
+        self._enter("mailbox-open")
         owner = f"{event.user}'s" if _displayable(event.user) else "your"
         self._ok(f"{owner} maildrop has {self._summary()}")
 
@@ -295,7 +324,7 @@ class POP3Connection(Engine):
             raise LocalProtocolError("end_content() without an accepted Retrieve")
         self._out.append(self._content.finish())
         self._content = None
-        self.state = State.TRANSACTION
+        self._enter("end-content")
 
     def tls_started(self) -> None:
         """After the TLS handshake: a fresh AUTHORIZATION state, nothing said in plaintext kept
@@ -306,7 +335,7 @@ class POP3Connection(Engine):
         self._events.clear()
         self.tls_active = True
         self._user_arg = None
-        self.state = State.AUTHORIZATION
+        self._enter("tls-started")
 
     def close_with(self, text: str) -> None:
         """Stop with a final ``-ERR text`` (shutdown, the autologout timer of RFC 1939 section 3),
@@ -342,7 +371,7 @@ class POP3Connection(Engine):
             self._close("too many errors")
 
     def _close(self, reason: str) -> None:
-        self.state = State.CLOSED
+        self._enter("close")
         self._emit(Closed(reason=reason))
 
     def _overflow(self) -> None:
@@ -356,11 +385,11 @@ class POP3Connection(Engine):
 
     def _verified(self, user: str) -> None:
         """Credentials are good: ask the session to open the maildrop (RFC 1939 section 4)."""
-        self.state = State.AUTHORIZATION
+        self._enter("verified")
         self._emit(MailboxOpen(user=user))
 
     def _login_failed(self, user: str | None, reason: str, text: str) -> None:
-        self.state = State.AUTHORIZATION
+        self._enter("login-failed")
         self._emit(LoginFailed(user=user, reason=reason))
         self._error(text)
 
@@ -396,7 +425,10 @@ class POP3Connection(Engine):
 
     def _dispatch(self, verb: str, arg: str) -> None:
         """The one place where commands meet states (RFC 1939 sections 4-6)."""
-        user_arg, self._user_arg = self._user_arg, None  # PASS must follow USER directly
+        user_arg = None
+        if self.state is State.USER:  # PASS must follow USER directly: any command ends it
+            user_arg, self._user_arg = self._user_arg, None
+            self._enter("next-command")
         allowed = ALLOWED.get(verb)
         if allowed is None:
             self._error("unknown command")
@@ -428,6 +460,7 @@ class POP3Connection(Engine):
             self._syntax("USER")
         else:
             self._user_arg = arg
+            self._enter("user")
             self._ok("send PASS")
 
     def _do_pass(self, arg: str, user: str | None) -> None:
@@ -468,7 +501,7 @@ class POP3Connection(Engine):
             self._ok(f"{self.config.hostname} POP3 server signing off")
             self._close("quit")
         else:
-            self.state = State.UPDATE
+            self._enter("quit")
             self._emit(Update(deleted_uids=tuple(m.uid for m in self._messages if m.deleted)))
 
     # --- CAPA (RFC 2449 section 5 and 6) -------------------------------------------------------
@@ -482,7 +515,7 @@ class POP3Connection(Engine):
         """The CAPA lines for the current state: what a client may use now."""
         c = self.config
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
-        if self.state is State.AUTHORIZATION:
+        if self.state in (State.AUTHORIZATION, State.USER):
             if self._user_refusal() is None:
                 caps.append("USER")
             if mechanisms := self.usable_mechanisms():
@@ -529,10 +562,10 @@ class POP3Connection(Engine):
     def _auth_step(self, step: Outcome) -> None:
         match step:
             case sasl.Challenge(data=data):
-                self.state = State.AUTH
+                self._enter("auth-step")
                 self._send(b"+ " + base64.b64encode(data) + b"\r\n")
             case sasl.CheckPassword() | sasl.NeedSecret() | sasl.NeedScram():
-                self.state = State.AUTH
+                self._enter("auth-step")
                 self._emit(AuthLookup(request=step))
             case sasl.Success(authcid=user):
                 self._auth = None
@@ -608,7 +641,7 @@ class POP3Connection(Engine):
         else:
             self._ok("top of message follows")
         self._content = ContentEncoder(event.lines)
-        self.state = State.CONTENT
+        self._enter("retrieve")
 
     def _do_dele(self, arg: str) -> None:
         if not arg or " " in arg:

@@ -15,6 +15,7 @@ from . import sasl
 
 class State(enum.Enum):
     AUTHORIZATION = "authorization"  # RFC 1939 section 4: until the maildrop is open
+    USER = "user"  # AUTHORIZATION after an accepted USER: the next command may be PASS
     AUTH = "auth"  # inside a SASL exchange: lines are responses, not commands
     TLS_HANDSHAKE = "tls-handshake"  # +OK sent after STLS: nothing is read until tls_started()
     TRANSACTION = "transaction"  # RFC 1939 section 5: the maildrop is open and locked
