@@ -4,6 +4,7 @@ results collected per connection and per transaction; and the site's own rules a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 
 import pytest
@@ -188,3 +189,93 @@ def test_etrn_right_is_a_tempfail_for_untrusted_clients():
     verdict = run(Pipeline([local()]).etrn(Context(client_ip="192.0.2.1", argument="example.org")))
     assert verdict.action == "tempfail" and verdict.reply is not None and verdict.reply.code == 459
     assert run(Pipeline([local()]).etrn(Context(client_ip="127.0.0.1"))).action == "continue"
+
+
+# --- the session runs the pipeline ---------------------------------------------------------
+class FakeIO:
+    """The session's side of a connection: one client line per read."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = list(lines)
+        self.out = bytearray()
+
+    async def read(self) -> bytes:
+        return self.lines.pop(0) if self.lines else b""
+
+    async def send(self, data: bytes) -> None:
+        self.out += data
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def extra(self, name: str) -> None:
+        return None
+
+
+class Stamp(Check):
+    """What a future SPF/DKIM check does: refuse one recipient, stamp the message at data end."""
+
+    name = "stamp"
+
+    def __init__(self) -> None:
+        self.header: bytes | None = None
+
+    async def rcpt(self, ctx: Context) -> Verdict:
+        assert ctx.tx.rcpt is not None
+        if ctx.tx.rcpt.address.startswith("grey@"):
+            return Verdict.tempfail(Reply(code=451, enhanced="4.7.1", text="Greylisted, try later"), "greylisted")
+        return Verdict.cont(results={"stamp": "pass"})
+
+    async def data_end(self, ctx: Context) -> Verdict:
+        self.header = ctx.tx.header
+        assert ctx.tx.results == {"stamp": "pass"} and ctx.tx.recipients == ["alice@example.test"]
+        ctx.tx.prepend.append(b"Authentication-Results: mx.example.test; stamp=pass\r\n")
+        return Verdict.cont()
+
+
+def test_session_runs_the_pipeline_and_prepends_above_received(tmp_path) -> None:
+    from taube.config import Settings
+    from taube.directory.sqlite import SQLiteDirectory
+    from taube.net.services import Services
+    from taube.net.smtp_session import SMTPSession
+    from taube.queue.spool import Spool
+    from taube.sharedstate import LocalState
+    from taube.store.maildir import MaildirStore
+
+    settings = Settings(hostname="mx.example.test", data_dir=tmp_path, domains=["example.test"])
+    directory = SQLiteDirectory(tmp_path / "taube.db", settings.domains)
+    directory.add_user("alice@example.test", "secret")
+    relay = RelayPolicy(settings.networks())
+    stamp = Stamp()
+    fields = {f.name for f in dataclasses.fields(Services)}
+    extra = {"mailboxes": lambda user: None} if "mailboxes" in fields else {}  # POP3's, unused here
+    services = Services(settings=settings, directory=directory, relay=relay,
+                        spool=Spool(tmp_path, settings.hostname, MaildirStore(tmp_path / "mail")),
+                        state=LocalState(), tls=None, **extra)
+    services.pipeline = Pipeline([stamp, LocalPolicy(LocalRules.from_settings(settings), directory,
+                                                     relay, services.state)])
+    io = FakeIO([b"EHLO client.test\r\n", b"MAIL FROM:<s@sender.test>\r\n",
+                 b"RCPT TO:<grey@example.test>\r\n", b"RCPT TO:<nobody@example.test>\r\n",
+                 b"RCPT TO:<alice@example.test>\r\n", b"DATA\r\n",
+                 b"Subject: hi\r\n\r\nbody\r\n.\r\n", b"QUIT\r\n"])
+    asyncio.run(SMTPSession(services, io, "127.0.0.1").run())  # type: ignore[arg-type]
+    replies = io.out.decode()
+    assert "451 4.7.1 Greylisted, try later\r\n" in replies  # the first refusal wins
+    assert "550 5.1.1 <nobody@example.test>: Recipient address rejected" in replies
+    assert "250 2.0.0 Ok: queued as" in replies
+    assert stamp.header == b"Subject: hi\r\n"
+    (path,) = (tmp_path / "mail").glob("*/*/new/*")
+    stored = path.read_bytes()
+    assert stored.startswith(b"Return-Path: <s@sender.test>\r\n"
+                             b"Authentication-Results: mx.example.test; stamp=pass\r\nReceived: ")
+    assert stored.endswith(b"\r\nSubject: hi\r\n\r\nbody\r\n")
+    assert f",S={len(stored)}" in path.name

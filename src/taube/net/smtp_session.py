@@ -113,6 +113,8 @@ class _Transaction:
     # The start of the message, kept for a "delivered" report (RFC 3461 NOTIFY=SUCCESS to a
     # local recipient): the report returns the header section only.
     head: bytearray | None = None
+    head_start: int = 0  # where the message starts in ``head`` (after taube's Received)
+    report_delivered: bool = False  # a local recipient asked for NOTIFY=SUCCESS
 
     def keep_head(self, data: bytes) -> None:
         if self.head is not None and len(self.head) < REPORT_HEAD_MAX:
@@ -377,9 +379,12 @@ class SMTPSession:
         tx.spool_file = spool.open(tx.queue_id, tx.sender.path.address, _unique(tx.targets))
         received = self._received(tx)
         tx.spool_file.write(received)
-        if tx.sender.path.address and any(wants(t.notify, "SUCCESS") for t in tx.targets if t.kind == "local"):
+        tx.report_delivered = bool(tx.sender.path.address) and any(
+            wants(t.notify, "SUCCESS") for t in tx.targets if t.kind == "local")
+        if tx.report_delivered or self.pipeline.implements("data_end"):
             tx.head = bytearray()
             tx.keep_head(received)
+            tx.head_start = len(received)
         self.conn.accept()
 
     def _received(self, tx: _Transaction) -> bytes:
@@ -421,6 +426,8 @@ class SMTPSession:
     async def _end_of_data(self, event: EndOfData) -> None:
         tx = self.tx
         assert tx.sender is not None and tx.spool_file is not None
+        if not await self._data_end_checks():
+            return
         envelope = Envelope(
             queue_id=tx.queue_id,
             sender=tx.sender.path.address,
@@ -450,9 +457,31 @@ class SMTPSession:
         self.conn.accept(Reply(code=250, enhanced="2.0.0", text=f"Ok: queued as {tx.queue_id}"))
         if envelope.remote and self.services.runner is not None:
             self.services.runner.wake(envelope.queue_id)
-        if tx.head is not None:
+        if tx.report_delivered and tx.head is not None:
             self._report_local_delivery(envelope, bytes(tx.head))
         self._new_transaction()
+
+    async def _data_end_checks(self) -> bool:
+        """The pipeline's data_end stage, with the message's header section (its first
+        REPORT_HEAD_MAX octets at most); header lines the checks leave in ``ctx.tx.prepend`` go
+        above Received. False: refused, answered and logged, nothing stored."""
+        if not self.pipeline.implements("data_end"):
+            return True
+        tx, ctx = self.tx, self._context()
+        head = bytes(tx.head[tx.head_start:]) if tx.head is not None else b""
+        end = head.find(b"\r\n\r\n")
+        ctx.tx.header = head if end < 0 else head[:end + 2]
+        verdict = await self.pipeline.data_end(ctx)
+        if verdict.refused:
+            assert verdict.reply is not None
+            log.info("reject client=%s from=<%s> %s", self.client_ip, self._sender_text(),
+                     verdict.error())
+            self.conn.reject(verdict.reply)
+            self._new_transaction()
+            return False
+        if ctx.tx.prepend and tx.spool_file is not None:
+            tx.spool_file.prepend(b"".join(ctx.tx.prepend))
+        return True
 
     def _report_local_delivery(self, envelope: Envelope, head: bytes) -> None:
         """RFC 3461 section 5.2.2 / 6.2: NOTIFY=SUCCESS for a recipient delivered into a local

@@ -124,6 +124,9 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)  # the accepted RCPTs, as given
     rcpt: Recipient | None = None  # the one being decided (rcpt stage)
     header: bytes | None = None  # the message's header section (data_end stage)
+    # Complete CRLF header lines a data_end check adds (Authentication-Results, DKIM-Signature):
+    # stored above taube's Received, in this order.
+    prepend: list[bytes] = field(default_factory=list)
     results: dict[str, str] = field(default_factory=dict)
 
 
