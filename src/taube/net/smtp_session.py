@@ -1,5 +1,8 @@
-"""One SMTP connection: moves bytes between the socket and :mod:`taube.proto.smtp`, and turns
-the engine's decisions into calls on the directory, the relay policy and the spool.
+"""One SMTP connection: moves bytes between the socket and :mod:`taube.proto.smtp`, asks the
+policy pipeline (:mod:`taube.policy.pipeline`: who may send what to whom, VRFY/EXPN/ETRN rights)
+at each stage and answers the engine's decisions with its verdicts, and writes accepted messages
+to the spool. The session makes no policy decision of its own beyond the free-space reserve at
+MAIL and the AUTH throttle (:mod:`taube.net.login_throttle`, shared with POP3).
 
 There is no SMTP grammar here. Every wait has a deadline (RFC 5321 4.5.3.2), every transaction
 that does not end in ``250`` is aborted in the spool, and an unexpected exception becomes
