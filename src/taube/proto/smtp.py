@@ -62,26 +62,29 @@ What an abusive client gets (Postfix 3.9's answers, so that logs and clients rea
 from __future__ import annotations
 
 import base64
-import re
-from typing import Final
 
 from . import replies as R
 from . import sasl
-from .address import (
-    AddressError,
-    Path,
-    is_domain,
-    parse_mail_argument,
-    parse_mail_params,
-    parse_path,
-    parse_rcpt_params,
-    split_params,
-)
 from .buffer import TOO_LONG
 from .common import NEED_DATA, Engine, LocalProtocolError, NeedData, ascii_upper
 from .dotstuff import DataDecoder
 from .replies import Reply
 from .sasl_exchange import Abandoned, Cause, Exchange, Outcome
+from .smtp_commands import Commands
+from .smtp_rules import (
+    _ABANDONED,
+    _FORBIDDEN,
+    ALLOWED,
+    AUTH_LINE_MAX,
+    COMMAND_LINE_MAX,
+    HARD_LINE_MAX,
+    LAST_IN_GROUP,
+    MAX_RECEIVED_HEADERS,
+    NOT_IMPLEMENTED,
+    OUT_OF_SEQUENCE,
+    PARAM_LINE_MAX,
+    TRANSITIONS,
+)
 from .smtp_events import (
     AuthDone,
     AuthLookup,
@@ -107,6 +110,14 @@ from .smtp_events import (
 
 __all__ = [
     "NEED_DATA",
+    "ALLOWED",
+    "AUTH_LINE_MAX",
+    "COMMAND_LINE_MAX",
+    "HARD_LINE_MAX",
+    "LAST_IN_GROUP",
+    "OUT_OF_SEQUENCE",
+    "PARAM_LINE_MAX",
+    "TRANSITIONS",
     "Closed",
     "DataAborted",
     "DataChunk",
@@ -131,121 +142,7 @@ __all__ = [
     "Vrfy",
 ]
 
-# RFC 5321 4.5.3.1.4: command lines are at most 512 octets with CRLF. MAIL and RCPT may carry
-# ESMTP parameters that extensions allow to grow the line (RFC 1870 section 3, RFC 3461 4,
-# RFC 4954 5); 512 + 1024 covers every parameter we accept: the longest RCPT (a 256-octet
-# path, NOTIFY with all three values, a 500-character ORCPT) is about 800 octets, the longest
-# MAIL (SIZE, BODY, SMTPUTF8, RET, a 100-character ENVID and an AUTH=<xtext mailbox>) stays
-# below 1536. The buffer never holds more.
-COMMAND_LINE_MAX: Final = 512
-PARAM_LINE_MAX: Final = COMMAND_LINE_MAX + 1024
-# RFC 4954 section 4: AUTH lines (the command with an initial response, and each response) may
-# be up to 12288 octets.
-AUTH_LINE_MAX: Final = 12288
-# Input without a line end is skipped beyond the line limits above, but not forever: a client
-# that has sent this much without CRLF is not speaking SMTP, and waiting for its line end would
-# let it hold the connection for as long as it keeps sending. The buffer never holds it all.
-HARD_LINE_MAX: Final = 64 * 1024
-# RFC 2920 3.1: the reply to these changes what the client may say next, so a client must wait
-# for it; Postfix's smtpd_forbid_unauth_pipelining holds them to it. STARTTLS (RFC 3207 4.2)
-# and AUTH (RFC 4954 4) likewise. QUIT is not here: what follows it is ignored anyway.
-LAST_IN_GROUP: Final = frozenset({"EHLO", "HELO", "DATA", "STARTTLS", "AUTH"})
-# Postfix's smtpd_forbidden_commands (CONNECT GET POST and /^[^ ]+:/): a line like an HTTP
-# request or a mail header field is a client talking another protocol or a confused one; MAIL
-# FROM:<x> and RCPT TO:<x> have a space before their colon and never match.
-_FORBIDDEN: Final = re.compile(rb"(?:GET|POST|HEAD|PUT|CONNECT)(?:[ \t\r\n]|$)|[A-Za-z][A-Za-z0-9-]*:",
-                               re.IGNORECASE)
-# The reply to a SASL exchange the client side ended (RFC 4954 4: 501 for "*" and bad base64).
-_ABANDONED: Final = {
-    Cause.TOO_LONG: R.AUTH_LINE_TOO_LONG,
-    Cause.CANCELLED: R.AUTH_CANCELLED,
-    Cause.BAD_BASE64: R.CANNOT_DECODE,
-}
-# RFC 5321 6.3 leaves the hop limit to the server; "at least 100" is its advice.
-MAX_RECEIVED_HEADERS: Final = 100
-
-
-# --- the transition table ------------------------------------------------------------------
-_ANY_BUT_DATA = frozenset({State.CONNECTED, State.GREETED, State.MAIL, State.RCPT})
-ALLOWED: Final[dict[str, frozenset[State]]] = {
-    "HELO": _ANY_BUT_DATA,
-    "EHLO": _ANY_BUT_DATA,
-    "MAIL": frozenset({State.GREETED}),
-    "RCPT": frozenset({State.MAIL, State.RCPT}),
-    "DATA": frozenset({State.RCPT}),
-    "RSET": _ANY_BUT_DATA,
-    "NOOP": _ANY_BUT_DATA,
-    "QUIT": _ANY_BUT_DATA,
-    "HELP": _ANY_BUT_DATA,
-    "VRFY": _ANY_BUT_DATA,
-    "EXPN": _ANY_BUT_DATA,
-    # RFC 3207 4 and RFC 4954 4: after EHLO, never inside a mail transaction.
-    "STARTTLS": frozenset({State.GREETED}),
-    "AUTH": frozenset({State.GREETED}),
-    # RFC 1985 asks for no particular state; a queue run is no business of a transaction.
-    "ETRN": frozenset({State.GREETED}),
-}
-# What happens, by state, and the state it leads to. :meth:`SMTPConnection._enter` applies it and
-# is the only place that changes ``state``; a state of None stands for every state not named.
-# "mail", "rcpt", "data", "starttls", "hello": the session accepted that decision; "auth-step":
-# a challenge or a look-up; "reset": RSET, HELO/EHLO or a violation that drops the transaction.
-_S = State
-TRANSITIONS: Final[dict[tuple[State | None, str], State]] = {
-    (_S.CONNECTED, "hello"): _S.GREETED,
-    (_S.GREETED, "hello"): _S.GREETED,
-    (_S.GREETED, "mail"): _S.MAIL,
-    (_S.MAIL, "rcpt"): _S.RCPT,
-    (_S.RCPT, "rcpt"): _S.RCPT,
-    (_S.RCPT, "data"): _S.DATA,
-    (_S.DATA, "end-of-data"): _S.GREETED,
-    (_S.CONNECTED, "reset"): _S.CONNECTED,  # nothing to reset before HELO/EHLO
-    (None, "reset"): _S.GREETED,
-    (_S.GREETED, "starttls"): _S.TLS_HANDSHAKE,
-    (_S.TLS_HANDSHAKE, "tls-started"): _S.CONNECTED,  # RFC 3207 4.2: EHLO again
-    (_S.GREETED, "auth-step"): _S.AUTH,
-    (_S.AUTH, "auth-step"): _S.AUTH,
-    (_S.GREETED, "auth-done"): _S.GREETED,  # an initial response settled it at once
-    (_S.AUTH, "auth-done"): _S.GREETED,
-    (_S.CONNECTED, "quit"): _S.CLOSED,
-    (_S.GREETED, "quit"): _S.CLOSED,
-    (_S.MAIL, "quit"): _S.CLOSED,
-    (_S.RCPT, "quit"): _S.CLOSED,
-    (None, "close"): _S.CLOSED,  # 421, 554, 221 2.7.0 or close_with()
-    (None, "peer-closed"): _S.CLOSED,
-}
-# The reply to a command its state does not allow (ALLOWED), by state and command; before
-# HELO/EHLO every such command gets 503 5.5.1 "send HELO/EHLO first".
-OUT_OF_SEQUENCE: Final[dict[tuple[State, str], Reply]] = {
-    (_S.GREETED, "RCPT"): R.NEED_MAIL,
-    (_S.GREETED, "DATA"): R.NEED_MAIL,
-    (_S.MAIL, "MAIL"): R.NESTED_MAIL,
-    (_S.RCPT, "MAIL"): R.NESTED_MAIL,
-    (_S.MAIL, "DATA"): R.NO_VALID_RECIPIENTS,  # RFC 5321 3.3: 554 once every RCPT was refused
-    **{(state, verb): R.IN_TRANSACTION for state in (_S.MAIL, _S.RCPT)
-       for verb in ("STARTTLS", "AUTH", "ETRN")},  # RFC 3207 4, RFC 4954 4: not in a transaction
-}
-# Known to RFC 821/5321 or common, but not offered: 502 rather than 500 (RFC 5321 4.2.4).
-# ETRN is a real command that the configuration may switch off (then 502 as well).
-NOT_IMPLEMENTED: Final = frozenset({"SEND", "SOML", "SAML", "TURN", "BDAT", "ATRN"})
-
-
-_USAGE: Final = {
-    "HELO": "HELO hostname",
-    "EHLO": "EHLO hostname",
-    "MAIL": "MAIL FROM:<address>",
-    "RCPT": "RCPT TO:<address>",
-    "DATA": "DATA",
-    "RSET": "RSET",
-    "QUIT": "QUIT",
-    "VRFY": "VRFY address",
-    "EXPN": "EXPN mailing-list",
-    "STARTTLS": "STARTTLS",
-    "AUTH": "AUTH mechanism [initial-response]",
-    "ETRN": "ETRN [@|#]<domain>",
-}
-
-
-class SMTPConnection(Engine):
+class SMTPConnection(Commands, Engine):
     """One SMTP server connection's protocol state. See the module docstring."""
 
     def __init__(self, config: SMTPConfig) -> None:
@@ -503,209 +400,6 @@ class SMTPConnection(Engine):
         else:
             getattr(self, f"_do_{verb.lower()}")(arg)
 
-    def _do_helo(self, arg: str, esmtp: bool = False) -> None:
-        domain = arg.split(" ")[0] if arg else ""
-        if not domain:
-            self._error(R.syntax(_USAGE["EHLO" if esmtp else "HELO"]))
-            return
-        self._reset_transaction()
-        self._emit(Hello(esmtp=esmtp, domain=domain))
-
-    def _do_ehlo(self, arg: str) -> None:
-        self._do_helo(arg, esmtp=True)
-
-    def _hello_accepted(self, event: Hello, reply: Reply | None) -> None:
-        self._enter("hello")
-        self.esmtp = event.esmtp
-        self.helo = event.domain
-        if reply is not None:
-            self._send(reply)
-        elif event.esmtp:
-            self._send(Reply(code=250, enhanced=None, text=(self.config.hostname, *self.extensions())))
-        else:
-            self._send(Reply(code=250, enhanced=None, text=self.config.hostname))
-
-    def extensions(self) -> list[str]:
-        """The EHLO keywords, in Postfix's order."""
-        c = self.config
-        ext = ["PIPELINING", f"SIZE {c.max_message_size}"]
-        if c.vrfy:
-            ext.append("VRFY")
-        if c.etrn:
-            ext.append("ETRN")
-        if c.tls_available and not self.tls_active:
-            ext.append("STARTTLS")
-        mechanisms = self.offered_mechanisms()
-        if mechanisms:
-            ext.append("AUTH " + " ".join(mechanisms))
-            if c.auth_legacy_line:
-                ext.append("AUTH=" + " ".join(mechanisms))
-        ext += list(c.extra_extensions)
-        ext += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8"]
-        return ext
-
-    def offered_mechanisms(self) -> tuple[str, ...]:
-        c = self.config
-        return c.auth_mechanisms if self.tls_active or not c.auth_requires_tls else ()
-
-    def _do_mail(self, arg: str) -> None:
-        if self.config.auth_required and self.authenticated is None:
-            self._error(R.AUTH_REQUIRED)
-            return
-        parsed = self._path_and_params(arg, "FROM", "MAIL")
-        if parsed is None:
-            return
-        path_text, params = parsed
-        checked = parse_mail_params(params, max_message_size=self.config.max_message_size,
-                                    auth=bool(self.config.auth_mechanisms))
-        if isinstance(checked, Reply):
-            self._error(checked)
-            return
-        try:
-            path = parse_path(path_text, utf8=checked.smtputf8, allow_null=True)
-        except AddressError as e:
-            self._error(_address_reply(e, "5.1.7", "sender", checked.smtputf8))
-            return
-        self._emit(MailFrom(path=path, params=params, size=checked.size, body=checked.body,
-                            smtputf8=checked.smtputf8, ret=checked.ret, envid=checked.envid))
-
-    def _path_and_params(self, arg: str, keyword: str, verb: str) -> tuple[str, dict[str, str | None]] | None:
-        """Split a MAIL/RCPT argument; None (with the error sent) when it does not parse."""
-        try:
-            path_text, param_text = parse_mail_argument(arg, keyword)
-        except AddressError:
-            self._error(R.syntax(_USAGE[verb]))
-            return None
-        try:
-            params = split_params(param_text)
-        except AddressError as e:
-            self._error(R.bad_parameters(str(e)))  # a bad word or a parameter given twice
-            return None
-        if params and not self.esmtp:
-            self._error(R.UNSUPPORTED_PARAMETER)  # RFC 5321 4.1.1.2: parameters need EHLO
-            return None
-        return path_text, params
-
-    def _do_rcpt(self, arg: str) -> None:
-        parsed = self._path_and_params(arg, "TO", "RCPT")
-        if parsed is None:
-            return
-        path_text, params = parsed
-        checked = parse_rcpt_params(params)
-        if isinstance(checked, Reply):
-            self._error(checked)
-            return
-        notify, orcpt = checked
-        if self.recipients >= self.config.max_recipients:
-            self._error(R.TOO_MANY_RECIPIENTS)  # RFC 5321 4.5.3.1.10
-            return
-        try:
-            path = parse_path(path_text, utf8=self._smtputf8, allow_bare_postmaster=True)
-        except AddressError as e:
-            self._error(_address_reply(e, "5.1.3", "recipient", self._smtputf8))
-            return
-        self._emit(RcptTo(path=path, params=params, notify=notify, orcpt=orcpt))
-
-    @property
-    def _smtputf8(self) -> bool:
-        return self.mail is not None and self.mail.smtputf8
-
-    def _do_data(self, arg: str) -> None:
-        if arg:
-            self._error(R.syntax(_USAGE["DATA"]))
-            return
-        self._emit(DataStart())
-
-    def _do_rset(self, arg: str) -> None:
-        if arg:
-            self._error(R.syntax(_USAGE["RSET"]))
-            return
-        self._reset_transaction()
-        self._send(R.RESET_OK)
-
-    def _do_noop(self, arg: str) -> None:
-        self._send(R.NOOP_OK)  # RFC 5321 4.1.1.9: a parameter is allowed and ignored
-
-    def _do_quit(self, arg: str) -> None:
-        if arg:
-            self._error(R.syntax(_USAGE["QUIT"]))
-            return
-        self._send(Reply(code=221, enhanced="2.0.0", text=f"{self.config.hostname} Bye"))
-        self._enter("quit")
-        self._emit(Closed(reason="quit"))
-
-    def _do_help(self, arg: str) -> None:
-        self._send(Reply(code=214, enhanced="2.0.0", text=(
-            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN STARTTLS AUTH ETRN",
-            "See RFC 5321 for their syntax",
-        )))
-
-    def _do_vrfy(self, arg: str) -> None:
-        if not arg:
-            self._error(R.syntax(_USAGE["VRFY"]))
-            return
-        self._emit(Vrfy(argument=arg))
-
-    def _do_expn(self, arg: str) -> None:
-        if not arg:
-            self._error(R.syntax(_USAGE["EXPN"]))
-            return
-        self._emit(Expn(argument=arg))
-
-    def _do_etrn(self, arg: str) -> None:
-        """RFC 1985: ``ETRN example.org``, ``ETRN @example.org`` (and its subdomains) or
-        ``ETRN #queue``. Reached only when enabled and outside a transaction."""
-        if not arg or " " in arg:
-            self._error(R.ETRN_SYNTAX)
-        elif arg.startswith("#"):
-            name = arg[1:]
-            if not name or not name.isascii() or not name.isprintable():
-                self._error(R.ETRN_SYNTAX)
-            else:
-                self._emit(Etrn(domain=None, queue_name=name))
-        else:
-            subdomains = arg.startswith("@")
-            domain = arg[1:] if subdomains else arg
-            if not is_domain(domain):
-                self._error(R.ETRN_SYNTAX)
-            else:
-                self._emit(Etrn(domain=domain.lower(), subdomains=subdomains))
-
-    # --- STARTTLS (RFC 3207) and AUTH (RFC 4954) ---------------------------------------------
-    def _do_starttls(self, arg: str) -> None:
-        if arg:
-            self._error(R.syntax(_USAGE["STARTTLS"]))
-        elif self.tls_active:
-            self._error(R.TLS_ALREADY_ACTIVE)
-        elif not self.config.tls_available:
-            self._error(R.NOT_IMPLEMENTED)
-        else:
-            self._emit(StartTLS())
-
-    def _do_auth(self, arg: str) -> None:
-        name, _, initial_text = arg.partition(" ")
-        name = ascii_upper(name)
-        if not self.config.auth_mechanisms:
-            self._error(R.NOT_IMPLEMENTED)
-        elif not name:
-            self._error(R.syntax(_USAGE["AUTH"]))
-        elif self.authenticated is not None:
-            self._error(R.ALREADY_AUTHENTICATED)
-        elif not self.esmtp:
-            self._error(R.NEED_EHLO_FOR_AUTH)
-        elif name not in self.config.auth_mechanisms:
-            self._error(R.UNKNOWN_MECHANISM)
-        elif not self.offered_mechanisms():
-            self._error(R.ENCRYPTION_REQUIRED)
-        else:
-            text = initial_text.strip()
-            initial = sasl.decode_response(text) if text else None
-            if text and initial is None:
-                self._error(R.CANNOT_DECODE)
-                return
-            self._auth_initial = initial
-            self._emit(AuthStart(mechanism=name))
-
     @property
     def _mech(self) -> sasl.Mechanism | None:
         """The mechanism of the exchange under way (tests fix a CRAM-MD5 challenge through it)."""
@@ -787,9 +481,3 @@ class SMTPConnection(Engine):
         else:
             self._emit(DataAborted(reply=problem))
             self._end_transaction(problem)
-
-
-def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
-    if not utf8 and "SMTPUTF8" in str(error):
-        return Reply(code=553, enhanced="5.6.7", text=f"Error: non-ASCII {role} address needs SMTPUTF8 (RFC 6531)")
-    return Reply(code=501, enhanced=enhanced, text=f"Error: bad {role} address syntax: {error}")
