@@ -29,6 +29,8 @@ from .net.services import Services
 from .net.smtp_session import Mode, SMTPSession, postmaster_address
 from .net.tls import TLSProvider
 from .pidfile import remove_pid, write_pid
+from .policy.local import LocalPolicy, LocalRules
+from .policy.pipeline import Pipeline
 from .policy.relay import RelayPolicy
 from .proto import replies as R
 from .queue.spool import Spool
@@ -75,9 +77,12 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
             runner = RunnerProcess(settings, spool.queue)
         else:
             runner = QueueRunner.for_spool(settings, spool, reporter)
-    return Services(settings=settings, directory=directory, relay=RelayPolicy(settings.networks()),
+    relay = RelayPolicy(settings.networks())
+    # The inbound checks, in order (policy/pipeline.py); one pipeline for all SMTP sessions.
+    pipeline = Pipeline([LocalPolicy(LocalRules.from_settings(settings), directory, relay, state)])
+    return Services(settings=settings, directory=directory, relay=relay,
                     spool=spool, state=state, tls=tls, mailboxes=mailboxes, runner=runner,
-                    reporter=reporter)
+                    reporter=reporter, pipeline=pipeline)
 
 
 def maildir_mailboxes(maildirs: MaildirStore) -> MailboxFactory:
