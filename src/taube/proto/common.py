@@ -4,7 +4,7 @@ side (:class:`ByteSide`) and the run loop (:class:`Engine`) of SMTP and POP3 ali
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from .buffer import OVERFLOW, LineBuffer
 
@@ -70,11 +70,14 @@ class Engine(ByteSide):
     ``next_event()`` returns the oldest queued event; with none queued it lets the engine take
     one step on buffered input (:meth:`_advance`) until there is one or more input is needed.
     An engine supplies ``_advance`` (usually :meth:`_next_line` with its own handlers), the
-    event types ``decision_type`` and ``closed_type``, and :meth:`_peer_gone`.
+    event types ``decision_type`` and ``closed_type``, and its ``transitions`` table, which
+    :meth:`_enter` alone applies to ``state``.
     """
 
     decision_type: type = object
     closed_type: type = object
+    transitions: dict = {}  # (state or None, step) -> state  # noqa: RUF012
+    state: Any
 
     def __init__(self, line_limit: int, hard_limit: int, *, crlf_only: bool = False) -> None:
         super().__init__(line_limit, hard_limit, crlf_only=crlf_only)
@@ -127,7 +130,15 @@ class Engine(ByteSide):
 
     def _peer_gone(self) -> None:
         """The peer closed with no event queued: the engine is done."""
-        raise NotImplementedError
+        self._enter("peer-closed")
+
+    def _enter(self, step: str) -> None:
+        """The one place ``state`` changes: to what the engine's :attr:`transitions` table says
+        ``step`` leads to from the current state (a state of None there stands for any other)."""
+        target = self.transitions.get((self.state, step)) or self.transitions.get((None, step))
+        if target is None:
+            raise LocalProtocolError(f"no transition for {step!r} in state {self.state.value}")
+        self.state = target
 
     def _overflow(self) -> None:
         raise NotImplementedError

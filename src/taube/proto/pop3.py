@@ -142,6 +142,7 @@ class POP3Connection(Engine):
 
     decision_type = Decision
     closed_type = Closed
+    transitions = TRANSITIONS  # a closed peer is never an Update: RFC 1939 section 6 needs a QUIT
 
     def next_event(self) -> Event | NeedData:
         return super().next_event()  # type: ignore[no-any-return]
@@ -155,15 +156,6 @@ class POP3Connection(Engine):
             return False
         return self._next_line(self.state is State.AUTH)
 
-    def _peer_gone(self) -> None:  # never an Update: RFC 1939 section 6 needs a QUIT
-        self._enter("peer-closed")
-
-    def _enter(self, step: str) -> None:
-        """The one place ``state`` changes: to what :data:`TRANSITIONS` says ``step`` leads."""
-        target = TRANSITIONS.get((self.state, step)) or TRANSITIONS.get((None, step))
-        if target is None:
-            raise LocalProtocolError(f"no transition for {step!r} in state {self.state.value}")
-        self.state = target
 
     @property
     def wants_content(self) -> bool:

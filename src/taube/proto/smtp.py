@@ -183,6 +183,7 @@ class SMTPConnection(Commands, Engine):
 
     decision_type = Decision
     closed_type = Closed
+    transitions = TRANSITIONS
 
     def next_event(self) -> Event | NeedData:
         return super().next_event()  # type: ignore[no-any-return]
@@ -194,15 +195,6 @@ class SMTPConnection(Commands, Engine):
             return False
         return self._next_line(self.state is State.AUTH)
 
-    def _peer_gone(self) -> None:
-        self._enter("peer-closed")
-
-    def _enter(self, step: str) -> None:
-        """The one place ``state`` changes: to what :data:`TRANSITIONS` says ``step`` leads."""
-        target = TRANSITIONS.get((self.state, step)) or TRANSITIONS.get((None, step))
-        if target is None:
-            raise LocalProtocolError(f"no transition for {step!r} in state {self.state.value}")
-        self.state = target
 
     # --- answers to decisions --------------------------------------------------------------
     def accept(self, reply: Reply | None = None) -> None:
