@@ -9,6 +9,7 @@ from typing import BinaryIO, Protocol
 
 from ..config import Settings
 from ..directory.base import Directory
+from ..policy.pipeline import Pipeline
 from ..policy.relay import RelayPolicy
 from ..queue.bounce import RecipientReport, ReturnContent
 from ..queue.spool import Spool
@@ -57,3 +58,5 @@ class Services:
     mailboxes: MailboxFactory  # the maildrops POP3 reads: user address -> mailbox
     runner: QueueControl | None = None  # the queue runner, when one runs in this process
     reporter: Reports | None = None  # delivery status notifications (local NOTIFY=SUCCESS)
+    # The inbound checks; None: the site's own rules alone (policy.local), built per session.
+    pipeline: Pipeline | None = None
