@@ -14,6 +14,13 @@ How to drive it::
             conn.accept() or conn.reject(reply)   # exactly one answer before next_event()
         ...
 
+With ``SMTPConfig(connect_decision=True)`` the greeting waits for the session: the first
+next_event() is a :class:`Connect` decision, for connect-stage checks (DNSBL, per-client limits,
+pregreet). ``accept()`` queues the 220 (``accept(reply)`` another one); ``reject(reply)`` queues
+that reply (for example ``554 5.7.1``) instead of any greeting and closes. Bytes received while
+the decision is open are the client talking first: ``accept()`` then queues ``554 5.5.0`` and
+closes, as below. Off (the default), the constructor queues the 220 and no Connect is emitted.
+
 The rules:
 
 * Commands are handled strictly in order; while a decision is pending, no further input is
@@ -90,6 +97,7 @@ from .smtp_events import (
     AuthLookup,
     AuthStart,
     Closed,
+    Connect,
     DataAborted,
     DataChunk,
     DataStart,
@@ -119,6 +127,7 @@ __all__ = [
     "PARAM_LINE_MAX",
     "TRANSITIONS",
     "Closed",
+    "Connect",
     "DataAborted",
     "DataChunk",
     "DataStart",
@@ -161,7 +170,12 @@ class SMTPConnection(Commands, Engine):
         self._decoder: DataDecoder | None = None
         self._data_size = 0
         self._greeting_taken = False  # data_to_send() has returned the 220
-        self._send(Reply(code=220, enhanced=None, text=f"{config.hostname} {config.greeting_text}"))
+        self._greeting_queued = False
+        self._talked_first = False  # input arrived while the Connect decision was open
+        if config.connect_decision:
+            self._emit(Connect())
+        else:
+            self._greet(None)
 
     # --- the I/O side ----------------------------------------------------------------------
     @property
@@ -171,6 +185,9 @@ class SMTPConnection(Commands, Engine):
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side. Bytes before the
         greeting was taken by data_to_send() close the connection (see the module docstring)."""
+        if data and not self._greeting_queued and not self.closed:
+            self._talked_first = True  # judged when the Connect decision is answered
+            return
         if data and not self._greeting_taken and not self.closed:
             self._out.clear()  # the greeting is never sent
             self._abort(R.SYNCHRONIZATION, "input before the greeting")
@@ -178,8 +195,13 @@ class SMTPConnection(Commands, Engine):
         super().receive_data(data)
 
     def data_to_send(self) -> bytes:
-        self._greeting_taken = True
+        self._greeting_taken = self._greeting_queued
         return super().data_to_send()
+
+    def _greet(self, reply: Reply | None) -> None:
+        self._greeting_queued = True
+        self._send(reply or Reply(code=220, enhanced=None,
+                                  text=f"{self.config.hostname} {self.config.greeting_text}"))
 
     decision_type = Decision
     closed_type = Closed
@@ -201,6 +223,10 @@ class SMTPConnection(Commands, Engine):
         """Say yes to the pending decision (``reply`` replaces the default positive reply)."""
         event = self._take_pending()
         match event:
+            case Connect() if self._talked_first:  # the client spoke before the greeting
+                self._abort(R.SYNCHRONIZATION, "input before the greeting")
+            case Connect():
+                self._greet(reply)
             case Hello():
                 self._hello_accepted(event, reply)
             case MailFrom():
@@ -239,7 +265,11 @@ class SMTPConnection(Commands, Engine):
         if reply.is_positive:
             raise LocalProtocolError(f"reject() needs a negative reply, got {reply.code}")
         event = self._take_pending()
-        if isinstance(event, EndOfData):
+        if isinstance(event, Connect):
+            self._greeting_queued = True
+            self._close(reply)
+            self._emit(Closed(reason="refused at connect"))
+        elif isinstance(event, EndOfData):
             self._end_transaction(reply)
         elif isinstance(event, AuthLookup):
             raise LocalProtocolError("answer AuthLookup with auth_resolve()")

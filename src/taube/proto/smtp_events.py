@@ -38,6 +38,13 @@ class Decision(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Connect(Decision):
+    """Only with ``SMTPConfig(connect_decision=True)``, and first: may this client be greeted?
+    accept() queues the 220 greeting (``reply`` replaces it), reject(reply) queues that reply
+    (a ``554 5.7.1`` for a listed client, a ``421 4.7.0`` over a limit) and closes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Decision):
     esmtp: bool
     domain: str
@@ -187,3 +194,6 @@ class SMTPConfig:
     auth_required: bool = False  # submission (RFC 6409): MAIL needs AUTH first, else 530 5.7.0
     etrn: bool = False  # offer ETRN (RFC 1985); off: 502 5.5.1
     extra_extensions: tuple[str, ...] = ()  # further EHLO keywords from the session
+    # Emit a Connect decision before the greeting, so that a connect-stage check (DNSBL, limits,
+    # pregreet) can refuse with a 554 greeting. Off: the 220 is queued by the constructor.
+    connect_decision: bool = False
