@@ -76,7 +76,7 @@ class Engine(ByteSide):
 
     decision_type: type = object
     closed_type: type = object
-    transitions: dict = {}  # (state or None, step) -> state  # noqa: RUF012
+    transitions: dict = {}  # noqa: RUF012  # (state or None, step) -> state, set by each engine
     state: Any
 
     def __init__(self, line_limit: int, hard_limit: int, *, crlf_only: bool = False) -> None:
