@@ -149,6 +149,13 @@ class Engine(ByteSide):
     def _command(self, raw: bytes | object) -> None:
         raise NotImplementedError
 
+    @property
+    def _mech(self) -> object | None:
+        """The mechanism of the SASL exchange under way (tests fix a CRAM-MD5 challenge
+        through it); each engine keeps its exchange in ``_auth``."""
+        auth = getattr(self, "_auth", None)
+        return None if auth is None else auth.mechanism
+
     def _take_pending(self):  # type: ignore[no-untyped-def]
         event = self._pending
         if event is None:

@@ -470,11 +470,6 @@ class POP3Connection(Engine):
         self._auth = Exchange(name, hostname=self.config.hostname)  # only known names get here
         self._auth_step(self._auth.start(initial))
 
-    @property
-    def _mech(self) -> sasl.Mechanism | None:
-        """The mechanism of the exchange under way (tests fix a CRAM-MD5 challenge through it)."""
-        return None if self._auth is None else self._auth.mechanism
-
     def _auth_step(self, step: Outcome) -> None:
         match step:
             case sasl.Challenge(data=data):

@@ -422,11 +422,6 @@ class SMTPConnection(Commands, Engine):
         else:
             getattr(self, f"_do_{verb.lower()}")(arg)
 
-    @property
-    def _mech(self) -> sasl.Mechanism | None:
-        """The mechanism of the exchange under way (tests fix a CRAM-MD5 challenge through it)."""
-        return None if self._auth is None else self._auth.mechanism
-
     def _auth_begin(self, event: AuthStart) -> None:
         self._auth = Exchange(event.mechanism, hostname=self.config.hostname)
         initial, self._auth_initial = self._auth_initial, None
