@@ -279,3 +279,54 @@ def test_session_runs_the_pipeline_and_prepends_above_received(tmp_path) -> None
                              b"Authentication-Results: mx.example.test; stamp=pass\r\nReceived: ")
     assert stored.endswith(b"\r\nSubject: hi\r\n\r\nbody\r\n")
     assert f",S={len(stored)}" in path.name
+
+
+class Listed(Check):
+    """A DNSBL-like connect check."""
+
+    def __init__(self, listed: bool) -> None:
+        self.listed = listed
+
+    async def connect(self, ctx: Context) -> Verdict:
+        await asyncio.sleep(0)  # a DNS lookup
+        if self.listed:
+            return Verdict.reject(Reply(code=554, enhanced="5.7.1",
+                                        text=f"Service unavailable; client [{ctx.client_ip}] blocked"),
+                                  "listed in bl.example")
+        return Verdict.cont(results={"dnsbl": "pass"})
+
+
+def session_with(tmp_path, checks: list[Check], lines: list[bytes]) -> bytes:
+    from taube.config import Settings
+    from taube.directory.sqlite import SQLiteDirectory
+    from taube.net.services import Services
+    from taube.net.smtp_session import SMTPSession
+    from taube.queue.spool import Spool
+    from taube.sharedstate import LocalState
+    from taube.store.maildir import MaildirStore
+
+    settings = Settings(hostname="mx.example.test", data_dir=tmp_path, domains=["example.test"])
+    directory = SQLiteDirectory(tmp_path / "taube.db", settings.domains)
+    relay = RelayPolicy(settings.networks())
+    fields = {f.name for f in dataclasses.fields(Services)}
+    extra = {"mailboxes": lambda user: None} if "mailboxes" in fields else {}
+    services = Services(settings=settings, directory=directory, relay=relay,
+                        spool=Spool(tmp_path, settings.hostname, MaildirStore(tmp_path / "mail")),
+                        state=LocalState(), tls=None, **extra)
+    services.pipeline = Pipeline([*checks, LocalPolicy(LocalRules.from_settings(settings), directory,
+                                                       relay, services.state)])
+    io = FakeIO(lines)
+    asyncio.run(SMTPSession(services, io, "127.0.0.1").run())  # type: ignore[arg-type]
+    return bytes(io.out)
+
+
+def test_a_connect_refusal_replaces_the_greeting(tmp_path, caplog) -> None:
+    caplog.set_level("INFO", logger="taube.smtp")
+    out = session_with(tmp_path, [Listed(True)], [b"EHLO client.test\r\n"])
+    assert out == b"554 5.7.1 Service unavailable; client [127.0.0.1] blocked\r\n"
+    assert "reject client=127.0.0.1 554 5.7.1" in caplog.text and "(listed in bl.example)" in caplog.text
+
+
+def test_a_connect_check_that_continues_gets_the_usual_greeting(tmp_path) -> None:
+    out = session_with(tmp_path, [Listed(False)], [b"EHLO client.test\r\n", b"QUIT\r\n"])
+    assert out.startswith(b"220 mx.example.test ") and b"\r\n250" in out and out.endswith(b"221 2.0.0 mx.example.test Bye\r\n")

@@ -30,6 +30,7 @@ from ..proto.smtp import (
     AuthLookup,
     AuthStart,
     Closed,
+    Connect,
     DataAborted,
     DataChunk,
     DataStart,
@@ -138,10 +139,12 @@ class SMTPSession:
         self.io = io
         self.client_ip = client_ip
         self.mode = mode
-        self.conn = SMTPConnection(engine_config(services, mode))
+        self.pipeline = default_pipeline(services)
+        # With connect-stage checks the engine waits for their verdict before its greeting.
+        self.conn = SMTPConnection(dataclasses.replace(
+            engine_config(services, mode), connect_decision=self.pipeline.implements("connect")))
         self.tx = _Transaction()
         self.login = LoginThrottle(services, client_ip)
-        self.pipeline = default_pipeline(services)
         self.ctx = Context(client_ip=client_ip, mode=mode)  # what the checks see
         self.stopping = False  # set by the listener on shutdown
         self.committing = False  # a commit is running in a worker thread: do not cancel
@@ -167,9 +170,9 @@ class SMTPSession:
 
     async def _loop(self) -> None:
         conn = self.conn
-        if not await self._connect():
-            return
-        await self._greet_delay()
+        await self._connect()
+        if not conn.closed:
+            await self._greet_delay()
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
@@ -201,15 +204,26 @@ class SMTPSession:
             log.info("timeout client=%s state=%s", self.client_ip, self.conn.state.value)
             return None
 
-    async def _connect(self) -> bool:
-        """The pipeline's connect stage, before the greeting. The engine cannot yet send another
-        reply in place of its 220, so a refusal here closes the connection without a word
-        (logged); no check of today refuses at connect."""
-        verdict = await self.pipeline.connect(self._context())
+    async def _connect(self) -> None:
+        """The pipeline's connect stage, before the greeting (only when a check implements it:
+        the engine then starts with a Connect decision). A refusal is sent instead of the 220
+        and the engine closes; an error in a check is a 421."""
+        if not self.pipeline.implements("connect"):
+            return
+        event = self.conn.next_event()
+        assert isinstance(event, Connect), event
+        try:
+            verdict = await self.pipeline.connect(self._context())
+        except Exception:
+            log.exception("internal error client=%s event=Connect", self.client_ip)
+            self.conn.reject(R.closing(self.services.settings.hostname, "4.3.0", "Error: internal error"))
+            return
         if verdict.refused:
-            log.info("reject client=%s at connect: %s (%s)", self.client_ip, verdict.reply, verdict.reason)
-            return False
-        return True
+            assert verdict.reply is not None
+            log.info("reject client=%s %s", self.client_ip, verdict.error())
+            self.conn.reject(verdict.reply)
+        else:
+            self.conn.accept(verdict.reply)
 
     async def _greet_delay(self) -> None:
         """Postfix postscreen's pregreet test, on port 25 for clients outside trusted_networks:
