@@ -38,6 +38,7 @@ from taube.proto.smtp import (
     AuthLookup,
     AuthStart,
     Closed,
+    Connect,
     DataAborted,
     DataChunk,
     DataStart,
@@ -143,6 +144,8 @@ class CloseWith:
 QUEUED = Reply(code=250, enhanced="2.0.0", text="Ok: queued as 4ABCDEF")
 # For each decision: the yes first, then what net/smtp_session.py (or a policy check) may say.
 ANSWERS: dict[type[Decision], list[Accept | Reject | CloseWith]] = {
+    Connect: [Accept(), Reject(Reply(code=554, enhanced="5.7.1", text="Service unavailable; client host blocked")),
+              Reject(R.closing(HOST, "4.3.0", "Error: internal error"))],
     Hello: [Accept(), Reject(Reply(code=550, enhanced="5.7.1", text="<c>: Helo command rejected: Host not found"))],
     MailFrom: [Accept(), Reject(Reply(code=553, enhanced="5.7.1", text="<a@x>: Sender address rejected: not owned by user")),
                Reject(R.TRANSIENT_FAILURE), Reject(R.STORAGE_FULL)],
@@ -170,12 +173,20 @@ class Driver:
         self.conn = SMTPConnection(cfg)
         self.policy = policy
         self.check_memory = check_memory
-        greeting = self.conn.data_to_send()  # taken before any input, as the session does
-        assert [code for code, _ in replies(greeting)] == [220], greeting
         self.out = bytearray()
         self.events: list[object] = []  # every event but DataChunk; ("message", content) at the end
         self.content = bytearray()
         self.closed = False
+        if cfg.connect_decision:  # the connect-stage checks say whether to greet at all
+            event = self.conn.next_event()
+            assert isinstance(event, Connect), event
+            self.handle(event)
+        greeting = self.conn.data_to_send()  # taken before any input, as the session does
+        got = [code for code, _ in replies(greeting)]
+        if got != [220]:
+            assert len(got) == 1 and got[0] >= 400, greeting
+            assert isinstance(self.conn.next_event(), Closed), "refused at connect but still open"
+            self.closed = True
 
     def feed(self, data: bytes) -> bytes:
         """One read: ``data`` (``b""``: the peer closed) in, the replies it caused out."""
@@ -276,6 +287,7 @@ def configs(draw: st.DrawFn, strict: bool | None = None) -> SMTPConfig:
     auth = draw(st.booleans())
     return config(
         strict=draw(st.integers(0, 3)) == 3 if strict is None else strict,
+        connect_decision=draw(st.booleans()),
         normalize_bare_newlines=draw(st.booleans()),
         tls_available=tls == "available",
         tls_active=tls == "active",
@@ -586,6 +598,7 @@ def session_configs(draw: st.DrawFn, strict: bool) -> SMTPConfig:
     tls = draw(st.sampled_from(["none", "available", "active"]))
     return config(
         strict=strict,
+        connect_decision=draw(st.booleans()),
         normalize_bare_newlines=draw(st.booleans()),
         tls_available=tls == "available",
         tls_active=tls == "active",
