@@ -1,14 +1,17 @@
 """The site's own rules, as a :class:`~taube.policy.pipeline.Check`: who may send as whom, which
 recipients are taken (local users, postmaster, relaying), and who may use VRFY, EXPN and ETRN.
 
-Every directory lookup runs in a worker thread (``run_in_executor``): the directory is SQLite,
-and a lookup that waits on its lock or the disk must not stall the other connections.
+Every directory lookup runs in a worker thread: the directory is SQLite, and a lookup that
+waits on its lock or the disk must not stall the other connections. The threads are this
+module's own (:data:`LOOKUPS`), not the loop's default pool, whose threads may all be waiting
+on commits' fsyncs under load: a RCPT is never queued behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["LocalPolicy", "LocalRules", "owns_sender", "postmaster_for"]
 
 T = TypeVar("T")
+# Directory lookups of the SMTP sessions (see the module docstring): quick SQLite reads, a few
+# threads suffice; they never wait behind the commit threads' fsyncs.
+LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="taube-lookup")
 
 
 class _PostmasterSettings(Protocol):
@@ -92,7 +98,7 @@ class LocalPolicy(Check):
         self.state = state
 
     async def _lookup(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(LOOKUPS, fn, *args)
 
     def postmaster(self) -> str:
         return postmaster_for(self.rules, self.directory)
