@@ -57,10 +57,9 @@ class SharedState(Protocol):
     def pop_login(self, client: str) -> None:
         """Remember a successful POP3 login from ``client`` now (SMTP-after-POP)."""
 
-    def pop_login_within(self, client: str, *args: float, window: float | None = None) -> bool:
-        """True if ``client`` logged in over POP3 less than ``window`` seconds ago:
-        ``pop_login_within(client, window)``. The older form ``(client, now, window)`` is still
-        accepted and its ``now`` ignored (a caller's clock means nothing in another process)."""
+    def pop_login_within(self, client: str, window: float) -> bool:
+        """True if ``client`` logged in over POP3 less than ``window`` seconds ago (by the
+        state's own clock: a caller's clock means nothing in another process)."""
 
 
 # Addresses with recent failures that one process remembers; past it the stalest are forgotten
@@ -148,19 +147,6 @@ class LocalState:
         self._pop_logins.pop(client, None)  # re-insert: the dict stays oldest first
         self._pop_logins[client] = self._clock()
 
-    def pop_login_within(self, client: str, *args: float, window: float | None = None) -> bool:
-        window = _window(args, window)
+    def pop_login_within(self, client: str, window: float) -> bool:
         when = self._pop_logins.get(client)
         return when is not None and self._clock() - when < window
-
-
-def _window(args: tuple[float, ...], window: float | None) -> float:
-    """``window`` from ``(window,)``, the older ``(now, window)`` (``now`` ignored), or the
-    keyword."""
-    if window is None:
-        if not args or len(args) > 2:
-            raise TypeError("pop_login_within(client, window)")
-        return args[-1]
-    if len(args) > 1:
-        raise TypeError("pop_login_within(client, window)")
-    return window

@@ -85,18 +85,6 @@ def test_mailbox_lock_and_pop_window() -> None:
     assert not state.pop_login_within("192.0.2.2", 300)
 
 
-def test_pop_login_within_still_takes_the_older_form_and_ignores_its_now() -> None:
-    """``(client, now, window)``: a caller's monotonic ``now`` means nothing to the state."""
-    clock = Clock()
-    state = LocalState(clock)
-    state.pop_login("192.0.2.1")
-    clock.now += 10
-    assert state.pop_login_within("192.0.2.1", time.monotonic(), 300)
-    assert not state.pop_login_within("192.0.2.1", time.monotonic(), 5)
-    assert state.pop_login_within("192.0.2.1", 0.0, window=300)
-    with pytest.raises(TypeError):
-        state.pop_login_within("192.0.2.1")
-
 
 def test_exempt_client_has_only_the_total_limit() -> None:
     state = LocalState()

@@ -23,7 +23,6 @@ from typing import Literal
 
 from ..proto import replies as R
 from ..proto.replies import Reply, SMTPError
-from ..proto import sasl
 from ..proto.smtp import (
     NEED_DATA,
     AuthDone,

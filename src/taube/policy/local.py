@@ -10,7 +10,6 @@ on commits' fsyncs under load: a RCPT is never queued behind them.
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,7 +146,7 @@ class LocalPolicy(Check):
         """SMTP-after-POP (legacy): a POP3 login from this address within the window."""
         window = self.rules.smtp_after_pop
         return (window > 0 and self.state is not None
-                and self.state.pop_login_within(client_ip, time.monotonic(), window))
+                and self.state.pop_login_within(client_ip, window))
 
     # --- VRFY, EXPN, ETRN ------------------------------------------------------------------
     async def vrfy(self, ctx: Context) -> Verdict:
