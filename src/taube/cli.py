@@ -533,7 +533,7 @@ def _wait_for_attempts(store: QueueStore, ids: list[str], timeout: float) -> tup
 
 def _request(ctx_settings: Settings, store: QueueStore, request: dict[str, object], ids: list[str],
              wait: bool, timeout: float) -> None:
-    from .delivery.runner import write_request
+    from .delivery.requests import write_request
 
     write_request(ctx_settings.data_dir, request)
     if not _wake_server(ctx_settings.data_dir):

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -44,25 +42,19 @@ from typing import Literal
 from ..config import ConfigError, Settings, parse_listen, parse_next_hop
 from ..queue.bounce import RecipientReport, single_line
 from ..queue.spool import FINAL, PENDING, QueuedRecipient, QueueEntry, QueueStore, Spool
-from ..store import durable
 from ..store.durable import StorageError
 from .client import OutboundConnection, OutRecipient, SMTPClientError, TransactionResult
 from .dns import DNSFailure, MXHost, Resolver, is_ip_literal
 from .lock import RunnerLock, lock_path
 from .reports import NOTICE_PARAM, Reporter, original_recipient, wants
+from .requests import pending, request_path, write_request  # write_request: re-exported for the CLI
 
 __all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "hand_to_loop", "request_path",
            "write_request"]
 
 log = logging.getLogger("taube.delivery")
 
-REQUESTS = "requests"  # <data_dir>/queue/requests: flush/retry requests of the CLI
 LOCK_POLL = 1.0  # seconds between looks at the runner lock while another runner holds it
-
-
-def request_path(data_dir: Path) -> Path:
-    """Where ``taube queue flush/retry`` leave their requests for the running server."""
-    return data_dir / "queue" / REQUESTS
 
 
 # --- routing ---------------------------------------------------------------------------------
@@ -276,28 +268,20 @@ class QueueRunner:
             self._forced[queue_id] = current | addresses
 
     def _take_requests(self) -> None:
-        """Apply the CLI's request files (flush, retry), then remove them."""
-        try:
-            paths = sorted(self.requests.iterdir())
-        except FileNotFoundError:
-            return
-        for path in paths:
-            if path.suffix != ".json":
-                continue
+        """Apply the CLI's request files (flush, retry); they are removed as they are taken."""
+        for name, request in pending(self.requests):
+            action = request.get("action")
             try:
-                request = json.loads(path.read_bytes())
-                action = request.get("action")
                 if action == "flush":
-                    self.flush(request.get("domain"), subdomains=bool(request.get("subdomains")))
+                    domain = request.get("domain")
+                    self.flush(str(domain) if domain else None, subdomains=bool(request.get("subdomains")))
                 elif action == "retry":
                     if not self.retry(str(request.get("id"))):
                         log.info("retry %s: no such queue entry", request.get("id"))
                 else:
-                    log.warning("queue request %s: unknown action %r", path.name, action)
-            except (ValueError, AttributeError, OSError) as e:
-                log.warning("queue request %s ignored: %s", path.name, e)
-            with contextlib.suppress(OSError):
-                path.unlink()
+                    log.warning("queue request %s: unknown action %r", name, action)
+            except (ValueError, OSError) as e:
+                log.warning("queue request %s ignored: %s", name, e)
 
     # --- main loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -812,14 +796,3 @@ def _report(r: QueuedRecipient, action: Literal["failed", "delayed", "relayed"],
 
 def _relay(name: str, address: str, port: int) -> str:
     return f"{name}[{address}]:{port}"
-
-
-def write_request(data_dir: Path, request: dict[str, object]) -> Path:
-    """Leave a request for the runner (used by the CLI): written whole and fsync'd, then
-    renamed into place, so the runner never reads half a request (see store/durable.py)."""
-    directory = request_path(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"{time.time_ns()}-{os.getpid()}"
-    final = directory / f"{name}.json"
-    durable.replace_file(final, json.dumps(request).encode("utf-8"), staged=directory / f"{name}.tmp")
-    return final
