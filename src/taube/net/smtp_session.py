@@ -295,10 +295,7 @@ class SMTPSession:
                 case DataStart():
                     self._data_start()
                 case EndOfData():
-                    errors = self.conn.errors
                     await self._end_of_data(event)
-                    if self.conn.errors == errors:  # no exception, no error reply: a 250
-                        self._delivered()
                 case DataAborted():
                     log.info("rejected client=%s from=<%s> reason=%s", self.client_ip,
                              self._sender_text(), event.reply)
@@ -463,14 +460,14 @@ class SMTPSession:
             # 4.3.0 for any other storage failure (EIO, ...). One log line, no traceback.
             full = isinstance(e, StorageFullError)
             self._log_message(envelope, f"deferred (storage {'full' if full else 'error'}: {e})")
-            self.conn.reject(R.STORAGE_FULL if full else
-                             Reply(code=451, enhanced="4.3.0", text="Error: cannot store the message, please try again later"))
+            self.conn.reject(R.STORAGE_FULL if full else R.STORAGE_ERROR)
             self._new_transaction()
             return
         finally:
             self.committing = False
         self._log_message(envelope, "queued")
         self.conn.accept(Reply(code=250, enhanced="2.0.0", text=f"Ok: queued as {tx.queue_id}"))
+        self._delivered()
         if envelope.remote and self.services.runner is not None:
             self.services.runner.wake(envelope.queue_id)
         if tx.report_delivered and tx.head is not None:

@@ -153,6 +153,7 @@ ENCRYPTION_REQUIRED = Reply(code=538, enhanced="5.7.11", text="Encryption requir
 CANNOT_DECODE = Reply(code=501, enhanced="5.5.2", text="Error: cannot decode response")
 TRANSIENT_FAILURE = Reply(code=451, enhanced="4.3.0", text="Error: internal error, please try again later")
 STORAGE_FULL = Reply(code=452, enhanced="4.3.1", text="Error: insufficient system storage")
+STORAGE_ERROR = Reply(code=451, enhanced="4.3.0", text="Error: cannot store the message, please try again later")
 # RFC 3461 section 4 (DSN parameters): what each one must look like.
 BAD_RET = Reply(code=501, enhanced="5.5.4", text="Syntax: RET=FULL|HDRS (RFC 3461 4.3)")
 BAD_ENVID = Reply(code=501, enhanced="5.5.4", text="Syntax: ENVID=<xtext of printable ASCII, at most 100 characters> (RFC 3461 4.4)")
