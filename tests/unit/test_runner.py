@@ -301,9 +301,11 @@ def test_a_second_runner_waits_for_the_lock_then_takes_over(
         await _until(lambda: "waiting for" in caplog.text)
         assert not second.lock.held
         assert f"(pid {os.getpid()})" in caplog.text and str(lock_path(world.root)) in caplog.text
-        second.wake()  # a wake-up does not make it deliver
-        await asyncio.sleep(0)
-        assert not second.lock.held
+        second.wake()  # a wake-up does not make it take the lock or deliver
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            assert not second.lock.held
+            await asyncio.sleep(0.01)
         await world.runner.stop()
         await first_task
         await _until(lambda: second.lock.held, timeout=3 * LOCK_POLL)
@@ -315,13 +317,13 @@ def test_a_second_runner_waits_for_the_lock_then_takes_over(
         asyncio.run(main())
 
 
-def test_a_waiting_runner_stops_at_once(world: World) -> None:
+def test_a_waiting_runner_stops_at_once(world: World, caplog: pytest.LogCaptureFixture) -> None:
     holder = RunnerLock(lock_path(world.root))
     assert holder.try_acquire()
 
     async def main() -> None:
         task = asyncio.create_task(world.runner.run())
-        await asyncio.sleep(0.05)
+        await _until(lambda: "waiting for" in caplog.text)  # it is waiting for the lock now
         started = time.monotonic()
         await world.runner.stop()
         async with asyncio.timeout(LOCK_POLL / 2):
@@ -330,6 +332,7 @@ def test_a_waiting_runner_stops_at_once(world: World) -> None:
         assert not world.runner.lock.held
 
     try:
-        asyncio.run(main())
+        with caplog.at_level(logging.INFO, logger="taube.delivery"):
+            asyncio.run(main())
     finally:
         holder.release()
