@@ -47,10 +47,9 @@ from .client import OutboundConnection, OutRecipient, SMTPClientError, Transacti
 from .dns import DNSFailure, MXHost, Resolver, is_ip_literal
 from .lock import RunnerLock, lock_path
 from .reports import NOTICE_PARAM, Reporter, original_recipient, wants
-from .requests import pending, request_path, write_request  # write_request: re-exported for the CLI
+from .requests import pending, request_path
 
-__all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "hand_to_loop", "request_path",
-           "write_request"]
+__all__ = ["FINAL", "PENDING", "QueueRunner", "Route", "Router", "hand_to_loop", "request_path"]
 
 log = logging.getLogger("taube.delivery")
 

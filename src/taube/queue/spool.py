@@ -278,15 +278,12 @@ class QueueStore:
     def save(self, entry: QueueEntry) -> None:
         """Replace the envelope of ``entry`` atomically and durably (the queue runner's record of
         an attempt). FileNotFoundError if the entry is no longer queued (deleted meanwhile)."""
-        if not self.envelope_path(entry.queue_id).exists():
-            raise FileNotFoundError(self.envelope_path(entry.queue_id))
-        staged = self.stage(entry)
-        try:
-            durable.rename(staged, self.envelope_path(entry.queue_id))
-        except BaseException:
-            durable.unlink_all([staged])
-            raise
-        self._sync_envelopes()
+        target = self.envelope_path(entry.queue_id)
+        if not target.exists():
+            raise FileNotFoundError(target)
+        durable.replace_file(target, entry.to_json(), mode=_FILE_MODE, sync_directory=False,
+                             staged=self.envelopes / (entry.queue_id + _STAGED_SUFFIX))
+        self._sync_envelopes()  # grouped with concurrent commits' fsyncs of envelopes/
 
     def load(self, queue_id: str) -> QueueEntry:
         """The entry of ``queue_id``; FileNotFoundError if it is not (or no longer) queued."""
