@@ -44,8 +44,8 @@ class LineBuffer:
 
     __slots__ = ("_buf", "_scan", "_skipped", "_term", "hard_limit", "limit")
 
-    def __init__(self, limit: int, hard_limit: int | None = None, *, crlf_only: bool = False) -> None:
-        if hard_limit is not None and hard_limit < limit:
+    def __init__(self, limit: int, hard_limit: int, *, crlf_only: bool = False) -> None:
+        if hard_limit < limit:
             raise ValueError("hard_limit must not be below limit")
         self.limit = limit
         self.hard_limit = hard_limit
@@ -72,7 +72,7 @@ class LineBuffer:
         buf = self._buf
         i = buf.find(self._term, max(self._scan - len(self._term) + 1, 0))
         if i < 0:
-            if self.hard_limit is not None and self._skipped + len(buf) > self.hard_limit:
+            if self._skipped + len(buf) > self.hard_limit:
                 return self._overflow()
             if len(buf) > self.limit:
                 # keep a final CR: it may be the first half of a CR LF split across reads
@@ -83,7 +83,7 @@ class LineBuffer:
             return None
         end = i + len(self._term)
         total = self._skipped + end
-        if self.hard_limit is not None and total > self.hard_limit:
+        if total > self.hard_limit:
             return self._overflow()
         self._scan = 0
         self._skipped = 0
