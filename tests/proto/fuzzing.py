@@ -171,3 +171,19 @@ def fixed_sasl_randomness() -> Iterator[None]:
 
 SECRET = "correct horse battery staple"
 SCRAM_CREDENTIALS = sasl.scram_credentials(SECRET, salt=b"0123456789abcdef")
+
+
+# Characters Python upper-cases to ASCII letters: a verb spelled with one must never be a command.
+LOOKALIKES = {c: c.upper() for c in "\u00df\u0131\u017f\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"}
+
+
+def lookalike_spellings(word: str) -> list[str]:
+    """``word`` with one of its letters (or letter pairs) replaced by a non-ASCII character that
+    upper-cases to them."""
+    out = []
+    for char, upper in LOOKALIKES.items():
+        i = word.find(upper)
+        while i >= 0:
+            out.append(word[:i] + char + word[i + len(upper):])
+            i = word.find(upper, i + 1)
+    return out

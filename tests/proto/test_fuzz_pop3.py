@@ -43,6 +43,7 @@ from taube.proto.pop3 import (
     Update,
 )
 from tests.proto.fuzzing import (
+    lookalike_spellings,
     SCRAM_CREDENTIALS,
     SECRET,
     Policy,
@@ -536,19 +537,8 @@ def test_command_sequences_one_response_each(cfg: POP3Config, mailbox: list[Mess
 
 
 # --- 4b. only ASCII verbs are commands ----------------------------------------------------------------
-# As for SMTP (see test_fuzz_smtp.LOOKALIKES): RFC 1939 section 3, keywords are ASCII and
+# As for SMTP (see fuzzing.LOOKALIKES): RFC 1939 section 3, keywords are ASCII and
 # case-insensitive in ASCII; "ſTAT" or "PAß" must not be STAT or PASS.
-LOOKALIKES = {c: c.upper() for c in "\u00df\u0131\u017f\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"}
-
-
-def lookalike_spellings(word: str) -> list[str]:
-    out = []
-    for char, upper in LOOKALIKES.items():
-        i = word.find(upper)
-        while i >= 0:
-            out.append(word[:i] + char + word[i + len(upper):])
-            i = word.find(upper, i + 1)
-    return out
 
 
 LOOKALIKE_CASES = [

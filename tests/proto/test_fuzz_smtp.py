@@ -57,6 +57,7 @@ from taube.proto.smtp import (
     Vrfy,
 )
 from tests.proto.fuzzing import (
+    lookalike_spellings,
     SCRAM_CREDENTIALS,
     SECRET,
     Policy,
@@ -764,19 +765,6 @@ def test_command_sequences_one_reply_each(cfg: SMTPConfig, prefix: bytes, lines:
 # ligatures. RFC 5321 2.4 and 4.1.1: verbs and keywords are ASCII, case-insensitive in ASCII
 # (Postfix compares with strcasecmp); "MAıL" is not MAIL, or the engine and any filter in front
 # of it read the same line differently.
-LOOKALIKES = {c: c.upper() for c in "\u00df\u0131\u017f\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"}
-
-
-def lookalike_spellings(word: str) -> list[str]:
-    """``word`` with one of its letters (or letter pairs) replaced by a non-ASCII character that
-    upper-cases to them."""
-    out = []
-    for char, upper in LOOKALIKES.items():
-        i = word.find(upper)
-        while i >= 0:
-            out.append(word[:i] + char + word[i + len(upper):])
-            i = word.find(upper, i + 1)
-    return out
 
 
 _TLS_AUTH = {"tls_available": True, "auth_mechanisms": ("PLAIN",), "auth_requires_tls": False}
