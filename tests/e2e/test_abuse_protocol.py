@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mime import nested_mime as _nested_mime
 from tests.e2e.conftest import TaubeServer, wait_for
 from tests.e2e.rawsmtp import RawSMTP
 
@@ -246,10 +247,7 @@ def test_header_too_large_is_refused_and_nothing_is_stored(server: TaubeServer, 
 
 
 def nested_mime(depth: int) -> bytes:
-    head = b"From: <lb@trash.test>\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
-    opening = [b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth)]
-    closing = [b"\r\n--b%d--\r\n" % i for i in reversed(range(depth))]
-    return head + b"".join(opening) + b"Content-Type: text/plain\r\n\r\ndeep\r\n" + b"".join(closing)
+    return _nested_mime(depth, b"From: <lb@trash.test>\r\nSubject: deep\r\nMIME-Version: 1.0\r\n")
 
 
 def test_deeply_nested_mime_is_stored_and_retrieved_byte_for_byte(server: TaubeServer) -> None:

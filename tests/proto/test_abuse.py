@@ -40,6 +40,7 @@ from taube.proto.smtp import (
     SMTPConnection,
     State,
 )
+from tests.mime import nested_mime as _nested_mime
 from tests.proto.helpers import accept_all, codes, content
 
 STRICT = SMTPConfig(hostname="mx.test", strict_pipelining=True)
@@ -385,11 +386,7 @@ def test_header_section_limit(name: str, data: bytes, config: SMTPConfig, refuse
 
 
 def nested_mime(depth: int) -> bytes:
-    """A message whose body parts nest ``depth`` levels deep, each one multipart/mixed."""
-    head = b"From: <a@x.test>\r\nMIME-Version: 1.0\r\n"
-    opening = [b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth)]
-    closing = [b"\r\n--b%d--\r\n" % i for i in reversed(range(depth))]
-    return head + b"".join(opening) + b"Content-Type: text/plain\r\n\r\ndeep\r\n" + b"".join(closing)
+    return _nested_mime(depth, b"From: <a@x.test>\r\nMIME-Version: 1.0\r\n")
 
 
 def test_deeply_nested_mime_is_accepted_byte_for_byte() -> None:

@@ -8,15 +8,11 @@ import time
 import tracemalloc
 
 from taube.queue.bounce import RecipientReport, build_dsn
+from tests.mime import nested_mime
 
 NOW = 1_700_000_200.0
 
 
-def nested_mime(depth: int) -> bytes:
-    head = b"From: <a@example.org>\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
-    opening = [b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth)]
-    closing = [b"\r\n--b%d--\r\n" % i for i in reversed(range(depth))]
-    return head + b"".join(opening) + b"Content-Type: text/plain\r\n\r\ndeep\r\n" + b"".join(closing)
 
 
 def report(original: bytes, content: str = "full") -> tuple[bytes, float, int]:
