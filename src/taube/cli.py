@@ -64,6 +64,13 @@ def _directory(settings: Settings) -> SQLiteDirectory:
                            legacy_secrets=settings.auth.legacy_secrets)
 
 
+def _edit(config: Path | None, change: Callable[[SQLiteDirectory], object], done: str) -> None:
+    """Apply ``change`` to the directory of the configuration, then say ``done``."""
+    with _directory(load_settings(config)) as directory:
+        change(directory)
+    click.echo(done)
+
+
 def _read_password() -> str:
     """The new password: prompted twice without echo on a terminal, else the first line of
     standard input (its line end removed, everything else kept)."""
@@ -120,9 +127,8 @@ def user() -> None:
 @_config_option
 def user_add(address: str, config: Path | None) -> None:
     """Add a user; the password is read from standard input."""
-    with _directory(load_settings(config)) as directory:
-        directory.add_user(address, _read_password())
-    click.echo(f"user {address.lower()} added")
+    _edit(config, lambda directory: directory.add_user(address, _read_password()),
+          f"user {address.lower()} added")
 
 
 @user.command("del")
@@ -130,9 +136,7 @@ def user_add(address: str, config: Path | None) -> None:
 @_config_option
 def user_del(address: str, config: Path | None) -> None:
     """Remove a user (the Maildir stays on disk)."""
-    with _directory(load_settings(config)) as directory:
-        directory.del_user(address)
-    click.echo(f"user {address.lower()} removed")
+    _edit(config, lambda directory: directory.del_user(address), f"user {address.lower()} removed")
 
 
 @user.command("list")
@@ -150,9 +154,8 @@ def user_list(domain: str | None, config: Path | None) -> None:
 @_config_option
 def user_passwd(address: str, config: Path | None) -> None:
     """Set a user's password, read from standard input."""
-    with _directory(load_settings(config)) as directory:
-        directory.set_password(address, _read_password())
-    click.echo(f"password of {address.lower()} changed")
+    _edit(config, lambda directory: directory.set_password(address, _read_password()),
+          f"password of {address.lower()} changed")
 
 
 # -- domains ----------------------------------------------------------------------------------
@@ -167,9 +170,7 @@ def domain() -> None:
 @_config_option
 def domain_add(name: str, config: Path | None) -> None:
     """Add a local domain."""
-    with _directory(load_settings(config)) as directory:
-        directory.add_domain(name)
-    click.echo(f"domain {name.lower()} added")
+    _edit(config, lambda directory: directory.add_domain(name), f"domain {name.lower()} added")
 
 
 @domain.command("del")
@@ -177,9 +178,7 @@ def domain_add(name: str, config: Path | None) -> None:
 @_config_option
 def domain_del(name: str, config: Path | None) -> None:
     """Remove a local domain that has no users or aliases left."""
-    with _directory(load_settings(config)) as directory:
-        directory.del_domain(name)
-    click.echo(f"domain {name.lower()} removed")
+    _edit(config, lambda directory: directory.del_domain(name), f"domain {name.lower()} removed")
 
 
 @domain.command("list")
@@ -208,9 +207,7 @@ def alias() -> None:
 def alias_add(name: str, targets: tuple[str, ...], config: Path | None) -> None:
     """Add ALIAS (local@domain, or @domain for a catch-all) forwarding to the TARGETs."""
     addresses = [t.strip() for arg in targets for t in arg.split(",") if t.strip()]
-    with _directory(load_settings(config)) as directory:
-        directory.add_alias(name, addresses)
-    click.echo(f"alias {name.lower()} added")
+    _edit(config, lambda directory: directory.add_alias(name, addresses), f"alias {name.lower()} added")
 
 
 @alias.command("del")
@@ -218,9 +215,7 @@ def alias_add(name: str, targets: tuple[str, ...], config: Path | None) -> None:
 @_config_option
 def alias_del(name: str, config: Path | None) -> None:
     """Remove an alias."""
-    with _directory(load_settings(config)) as directory:
-        directory.del_alias(name)
-    click.echo(f"alias {name.lower()} removed")
+    _edit(config, lambda directory: directory.del_alias(name), f"alias {name.lower()} removed")
 
 
 @alias.command("list")
