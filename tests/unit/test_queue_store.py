@@ -150,3 +150,66 @@ def test_ids_include_damaged_envelopes(spool: Spool, queue: QueueStore) -> None:
     good = receive(spool, remote("far@remote.test"))
     (queue.envelopes / "0000damaged.json").write_bytes(b"{not json")
     assert queue.ids() == sorted([good, "0000damaged"])
+
+
+# -- the envelope file format ---------------------------------------------------------------------
+# Files exactly as the queue wrote them before the queue's records were restructured (byte for
+# byte, from QueueEntry.to_json and from a commit): a queue left by an older build must load into
+# the same entries, and what is written now must be the same JSON document (key order aside:
+# JSON objects are unordered, RFC 8259 section 4).
+
+WRITTEN_BY_A_RUNNER = (
+    '{"version":1,"queue_id":"0dKq3Vx8PZ1a2","sender":"jörg@bücher.test","recipients":[{"address":'
+    '"far@remote.test","original":"Far@Remote.test","status":"deferred","attempts":2,"last_error":'
+    '"451 4.3.0 try again later","next_attempt":1764807300.5,"last_attempt":1764806700.25,'
+    '"remote_mta":"mx.remote.test","notify":["FAILURE","DELAY"],"orcpt":"rfc822;far@remote.test",'
+    '"delay_warned":true},{"address":"done@remote.test","original":"done@remote.test","status":'
+    '"delivered","attempts":1,"last_error":null,"next_attempt":1764806400.123456,"last_attempt":'
+    '1764806401.0,"remote_mta":"mx.remote.test","notify":null,"orcpt":null,"delay_warned":false}],'
+    '"client_address":"2001:db8::25","helo":"client.example.org","received_at":1764806400.123456,'
+    '"size":1234,"body_offset":38,"params":{"BODY":"8BITMIME","SMTPUTF8":"","RET":"HDRS",'
+    '"ENVID":"QQ314159"}}'
+).encode()
+
+WRITTEN_BY_A_COMMIT = (
+    '{"version":1,"queue_id":"0dKq3Vx8PZ1a3","sender":"","recipients":[{"address":"far@remote.test",'
+    '"original":"Far@Remote.test","status":"queued","attempts":0,"last_error":null,"next_attempt":'
+    '1796533124.863148,"last_attempt":null,"remote_mta":null,"notify":["SUCCESS","FAILURE"],"orcpt":'
+    '"rfc822;Far@Remote.test","delay_warned":false}],"client_address":"192.0.2.1","helo":'
+    '"client.test","received_at":1700000000.5,"size":74,"body_offset":17,"params":{"RET":"FULL",'
+    '"ENVID":"abc+2Bdef"}}'
+).encode()
+
+
+@pytest.mark.parametrize("written, expected", [
+    (WRITTEN_BY_A_RUNNER, QueueEntry(
+        queue_id="0dKq3Vx8PZ1a2", sender="jörg@bücher.test", client_address="2001:db8::25",
+        helo="client.example.org", received_at=1764806400.123456, size=1234, body_offset=38,
+        params={"BODY": "8BITMIME", "SMTPUTF8": "", "RET": "HDRS", "ENVID": "QQ314159"},
+        recipients=(
+            QueuedRecipient(address="far@remote.test", original="Far@Remote.test",
+                            status="deferred", attempts=2, last_error="451 4.3.0 try again later",
+                            next_attempt=1764807300.5, last_attempt=1764806700.25,
+                            remote_mta="mx.remote.test", notify=["FAILURE", "DELAY"],
+                            orcpt="rfc822;far@remote.test", delay_warned=True),
+            QueuedRecipient(address="done@remote.test", original="done@remote.test",
+                            status="delivered", attempts=1, next_attempt=1764806400.123456,
+                            last_attempt=1764806401.0, remote_mta="mx.remote.test"),
+        ))),
+    (WRITTEN_BY_A_COMMIT, QueueEntry(
+        queue_id="0dKq3Vx8PZ1a3", sender="", client_address="192.0.2.1", helo="client.test",
+        received_at=1700000000.5, size=74, body_offset=17,
+        params={"RET": "FULL", "ENVID": "abc+2Bdef"},
+        recipients=(QueuedRecipient(address="far@remote.test", original="Far@Remote.test",
+                                    next_attempt=1796533124.863148, notify=["SUCCESS", "FAILURE"],
+                                    orcpt="rfc822;Far@Remote.test"),))),
+])
+def test_envelopes_in_the_existing_format_load_and_are_written_alike(
+        written: bytes, expected: QueueEntry, queue: QueueStore) -> None:
+    assert QueueEntry.from_json(written) == expected
+    assert json.loads(expected.to_json()) == json.loads(written)
+    # And through the store, as the runner and `taube queue` read it.
+    queue.envelope_path(expected.queue_id).write_bytes(written)
+    (queue.messages / expected.queue_id).write_bytes(b"Return-Path: <>\r\n")
+    assert queue.load(expected.queue_id) == expected
+    assert queue.list() == [expected]
