@@ -145,6 +145,12 @@ class SMTPSettings(_Section):
     etrn: Literal["trusted", "anyone", "off"] = "trusted"
     # Bare CR or LF inside DATA: "reject" (554 5.5.2) or "normalize" (turned into CRLF).
     bare_newline: Literal["reject", "normalize"] = "reject"
+    # Per client address and minute, counted across every process that serves SMTP (Postfix
+    # anvil: smtpd_client_connection_rate_limit, _message_rate_limit, _recipient_rate_limit).
+    # Clients in trusted_networks are exempt; 0 switches a limit off.
+    max_connection_rate: int = Field(0, ge=0)  # new connections; more get 421 4.7.0
+    max_message_rate: int = Field(0, ge=0)  # MAIL commands; more get 450 4.7.1
+    max_recipient_rate: int = Field(0, ge=0)  # RCPT commands; more get 450 4.7.1
 
 
 class ListenerSettings(_Section):
@@ -363,6 +369,36 @@ class DNSSettings(_Section):
     timeout: Duration = 10.0  # per lookup, all name servers and retries included
 
 
+def _zone(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a DNS list zone is a domain name")
+    zone = value.strip().rstrip(".").lower()
+    if not _DOMAIN_NAME.fullmatch(zone):
+        raise ValueError(f"{value!r} is not a domain name")
+    return zone
+
+
+Zone = Annotated[str, BeforeValidator(_zone)]
+
+
+class ChecksSettings(_Section):
+    """``[checks]``: mail authentication and inbound policy for clients outside
+    trusted_networks that have not authenticated. "tag" records the result in the
+    Authentication-Results header; "enforce" also refuses what fails."""
+
+    spf: Literal["off", "tag", "enforce"] = "off"  # RFC 7208; enforce: -all fail is 550 5.7.23
+    dkim: Literal["off", "tag"] = "off"  # RFC 6376: every DKIM-Signature verified
+    arc: Literal["off", "tag"] = "off"  # RFC 8617: the ARC chain verified
+    # RFC 7489; enforce: p=reject is 550 5.7.1 after DATA, p=quarantine delivered with
+    # "X-Taube-DMARC: quarantine".
+    dmarc: Literal["off", "tag", "enforce"] = "off"
+    dnsbl: list[Zone] = []  # DNS block lists: a listed client gets 554 5.7.1 at RCPT
+    dnswl: list[Zone] = []  # DNS allow lists: a listed client is never greylisted
+    greylist: bool = False
+    greylist_delay: Duration = 300.0  # a retry after this passes
+    greylist_expiry: Duration = 35 * 86400.0  # a triple not seen for this long is forgotten
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -389,6 +425,7 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     delivery: DeliverySettings = DeliverySettings()
     dns: DNSSettings = DNSSettings()
+    checks: ChecksSettings = ChecksSettings()
     log: LogSettings = LogSettings()
     # Where the settings came from (None: built-in defaults); not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
