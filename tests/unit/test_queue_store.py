@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taube.queue import spool as spool_module
+from taube.queue import store as store_module
 from taube.queue.spool import QueuedRecipient, QueueEntry, QueueStore, Spool
 from tests.unit.test_spool import BODY, local, make_spool, receive, remote
 
@@ -80,7 +80,7 @@ def test_remove_takes_envelope_then_data(spool: Spool, queue: QueueStore,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     queue_id = receive(spool, remote("far@remote.test"))
     events: list[str] = []
-    real_unlink, real_fsync_directory = os.unlink, spool_module.fsync_directory
+    real_unlink, real_fsync_directory = os.unlink, store_module.fsync_directory
 
     def unlink(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
         events.append(f"unlink {Path(path).parent.name}")
@@ -91,7 +91,7 @@ def test_remove_takes_envelope_then_data(spool: Spool, queue: QueueStore,
         real_fsync_directory(path)
 
     monkeypatch.setattr(os, "unlink", unlink)
-    monkeypatch.setattr(spool_module, "fsync_directory", fsync_directory)
+    monkeypatch.setattr(store_module, "fsync_directory", fsync_directory)
     queue.remove(queue_id)
     assert events == ["unlink envelopes", "fsync envelopes", "unlink messages"]
     assert queue.list() == [] and list(queue.messages.iterdir()) == []
@@ -102,7 +102,7 @@ def test_remove_after_delivery_skips_the_directory_fsync(spool: Spool, queue: Qu
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     queue_id = receive(spool, remote("far@remote.test"))
     synced: list[Path] = []
-    monkeypatch.setattr(spool_module, "fsync_directory", synced.append)
+    monkeypatch.setattr(store_module, "fsync_directory", synced.append)
     queue.remove(queue_id, durable=False)
     assert synced == []
     assert queue.list() == [] and list(queue.messages.iterdir()) == []

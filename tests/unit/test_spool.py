@@ -99,7 +99,7 @@ def test_queue_ids_are_short_unique_alphanumeric_and_sorted(spool: Spool) -> Non
 
 
 def test_queue_ids_differ_between_processes(spool: Spool) -> None:
-    code = "from taube.queue.spool import _QueueIds; print(_QueueIds().next())"
+    code = "from taube.queue.store import QueueIds; print(QueueIds().next())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     mine = spool.new_queue_id()
     assert other.stdout.strip()[-4:] != mine[-4:]  # the pid part
