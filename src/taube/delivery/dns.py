@@ -47,11 +47,11 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.exception
 import dns.name
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
 from taube.config import split_nameserver
+from taube.lookup import make_resolver
 
 __all__ = [
     "MAX_ADDRESSES_PER_HOST",
@@ -70,9 +70,6 @@ MAX_MX_HOSTS = 10
 
 MAX_ADDRESSES_PER_HOST = 5
 """At most this many addresses (IPv4 first, then IPv6) are used for one exchanger."""
-
-_MAX_PER_TRY = 5.0
-"""Longest wait for one answer from one server before retrying or asking the next one."""
 
 
 class DNSFailure(Exception):
@@ -242,31 +239,16 @@ class Resolver:
         self.timeout = float(timeout)
         self._rng = rng if rng is not None else random.Random()
         self._resolv_conf = resolv_conf
-        self._servers: list[dns.nameserver.Nameserver] = []
-        for entry in nameservers:
-            address, port = split_nameserver(entry)
-            self._servers.append(dns.nameserver.Do53Nameserver(address, port))
+        self._nameservers = tuple(nameservers)
+        for entry in self._nameservers:
+            split_nameserver(entry)  # a bad entry fails here, not at the first look-up
         self._resolver: dns.asyncresolver.Resolver | None = None
-        if self._servers:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = list(self._servers)
-            self._resolver = self._tune(resolver)
-
-    def _tune(self, resolver: dns.asyncresolver.Resolver) -> dns.asyncresolver.Resolver:
-        """Our timeouts, no search list, no cache, EDNS0 so that larger answers fit in UDP."""
-        resolver.lifetime = self.timeout
-        # Per try: a third of the whole, so that there is room for a retry or a second server,
-        # at least one second (less than the whole if the whole is shorter) and at most 5 s.
-        resolver.timeout = min(max(self.timeout / 3, min(1.0, self.timeout)), _MAX_PER_TRY)
-        resolver.search = []
-        resolver.use_search_by_default = False
-        resolver.use_edns(0, 0, 1232)
-        return resolver
 
     def _get_resolver(self, name: str, rdtype: str) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
             try:
-                resolver = dns.asyncresolver.Resolver(filename=self._resolv_conf, configure=True)
+                self._resolver = make_resolver(self._nameservers, self.timeout,
+                                               resolv_conf=self._resolv_conf)
             except dns.resolver.NoResolverConfiguration as exc:
                 raise TemporaryDNSError(
                     f"Name service error for name={name} type={rdtype}: "
@@ -274,7 +256,6 @@ class Resolver:
                     name=name,
                     rdtype=rdtype,
                 ) from None
-            self._resolver = self._tune(resolver)
         return self._resolver
 
     async def _query(
