@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from taube.queue import store as store_module
+from taube.queue.envelope import Arrival, Envelope
 from taube.queue.spool import QueuedRecipient, QueueEntry, QueueStore, Spool
 from tests.unit.test_spool import BODY, local, make_spool, receive, remote
 
@@ -213,3 +215,18 @@ def test_envelopes_in_the_existing_format_load_and_are_written_alike(
     (queue.messages / expected.queue_id).write_bytes(b"Return-Path: <>\r\n")
     assert queue.load(expected.queue_id) == expected
     assert queue.list() == [expected]
+
+
+def test_an_entry_carries_every_field_of_how_the_message_arrived() -> None:
+    """QueueEntry and Envelope share the Arrival fields; from_envelope copies each of them."""
+    arrived = dict(queue_id="0ABCdef", sender="from@sender.test", client_address="192.0.2.7",
+                   helo="client.test", received_at=1700000000.25, size=321,
+                   params={"RET": "HDRS", "ENVID": "x1"})
+    made = Envelope(**arrived, targets=(local("alice@example.test"), remote("far@remote.test")))
+    queued = QueueEntry.from_envelope(made, body_offset=35, now=1700000001.0)
+    assert {f.name: getattr(queued, f.name) for f in fields(Arrival)} == arrived
+    assert queued.params is not made.params  # the entry owns its parameters
+    assert queued.body_offset == 35
+    assert queued.recipients == (QueuedRecipient(address="far@remote.test",
+                                                 original="far@remote.test",
+                                                 next_attempt=1700000001.0),)

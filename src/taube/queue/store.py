@@ -23,13 +23,13 @@ import re
 import string
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
 
 from ..store import durable
 from ..store.durable import DirectorySyncs, fsync_directory
-from .envelope import Envelope
+from .envelope import Arrival, Envelope
 
 __all__ = [
     "FINAL",
@@ -117,18 +117,13 @@ class QueuedRecipient:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QueueEntry:
-    """One message in the outbound queue, as stored in ``envelopes/<id>.json``."""
+class QueueEntry(Arrival):
+    """One message in the outbound queue, as stored in ``envelopes/<id>.json``: how it arrived
+    (the fields of :class:`Arrival`, under their own names in the file) and the state of each
+    remote recipient."""
 
-    queue_id: str
-    sender: str  # "" for the null reverse-path <>
     recipients: tuple[QueuedRecipient, ...]
-    client_address: str
-    helo: str
-    received_at: float
-    size: int  # octets after the Return-Path line
     body_offset: int  # where the message starts in the data file: after Return-Path
-    params: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_envelope(cls, envelope: Envelope, body_offset: int, now: float) -> QueueEntry:
@@ -139,17 +134,11 @@ class QueueEntry:
                             orcpt=t.orcpt)
             for t in envelope.remote
         )
-        return cls(
-            queue_id=envelope.queue_id,
-            sender=envelope.sender,
-            recipients=recipients,
-            client_address=envelope.client_address,
-            helo=envelope.helo,
-            received_at=envelope.received_at,
-            size=envelope.size,
-            body_offset=body_offset,
-            params=dict(envelope.params),
-        )
+        # Every Arrival field by name, so that one added there is carried without a change
+        # here; params copied, the entry must not share the session's dict.
+        arrival = {f.name: getattr(envelope, f.name) for f in fields(Arrival)}
+        arrival["params"] = dict(envelope.params)
+        return cls(**arrival, recipients=recipients, body_offset=body_offset)
 
     def waiting_for(self, domain: str | None, subdomains: bool = False) -> set[str]:
         """The pending recipients in ``domain`` (lower case; None: any domain), with
