@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taube.cli import format_due, format_duration, format_size, shorten
+from taube.cli.queue import format_due, format_duration, format_size, shorten
 from taube.queue.envelope import Envelope, Target
 from taube.queue.spool import QueuedRecipient, QueueStore, Spool
 from taube.store.maildir import MaildirStore

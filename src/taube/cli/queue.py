@@ -1,236 +1,26 @@
-"""The ``taube`` command: run the server, manage domains, users and aliases, inspect the queue.
+"""``taube queue``: inspect the outbound queue, delete entries, ask for delivery now.
 
-Every command takes ``--config FILE`` (else ``$TAUBE_CONFIG``, else ``./taube.toml``, else the
-built-in defaults). Errors are one message on standard error: exit status 1 for a refused
-operation, 2 for a configuration that cannot be used (and for usage errors, as click does).
+Read-only except for ``delete``, and safe while the server runs: the queue store's files are only
+ever replaced by atomic renames, and QueueStore.remove takes the envelope away before the data.
+``flush`` and ``retry`` leave a request for the queue runner and wake the server with SIGUSR1,
+as ETRN does over SMTP (RFC 1985).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
-from .config import ConfigError, Settings, load_settings
-from .directory.base import DirectoryError
-from .directory.sqlite import SQLiteDirectory
+from ..config import Settings, load_settings
+from .common import Failure, config_option, console, print_rows
 
 if TYPE_CHECKING:
-    from .queue.spool import QueuedRecipient, QueueEntry, QueueStore
-
-__all__ = ["main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Failure(click.ClickException):
-    """A refused operation, shown as ``taube: <message>``; exit status 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"taube: {self.format_message()}", err=True)
-
-
-class _ConfigFailure(_Failure):
-    """A configuration that cannot be used; exit status 2."""
-
-    exit_code = 2
-
-
-class _Group(click.Group):
-    """The top-level group: turns the errors an administrator can cause into messages."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ConfigError as e:
-            raise _ConfigFailure(str(e)) from None
-        except DirectoryError as e:
-            raise _Failure(str(e)) from None
-
-
-def _config_option(command: F) -> F:
-    return click.option(
-        "--config", "config", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path),
-        help="Configuration file (default: $TAUBE_CONFIG, else ./taube.toml).",
-    )(command)
-
-
-def _directory(settings: Settings) -> SQLiteDirectory:
-    return SQLiteDirectory(settings.data_dir / "taube.db", settings.domains,
-                           legacy_secrets=settings.auth.legacy_secrets)
-
-
-def _edit(config: Path | None, change: Callable[[SQLiteDirectory], object], done: str) -> None:
-    """Apply ``change`` to the directory of the configuration, then say ``done``."""
-    with _directory(load_settings(config)) as directory:
-        change(directory)
-    click.echo(done)
-
-
-def _read_password() -> str:
-    """The new password: prompted twice without echo on a terminal, else the first line of
-    standard input (its line end removed, everything else kept)."""
-    if sys.stdin.isatty():
-        password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
-    else:
-        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-    if not password:
-        raise _Failure("empty password (give it on standard input, one line)")
-    return password
-
-
-def _print_rows(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """A table on a terminal; tab-separated lines without a header otherwise (for scripts)."""
-    if not sys.stdout.isatty():
-        for row in rows:
-            click.echo("\t".join(row))
-        return
-    from rich.console import Console  # only here: every command would pay for the import
-    from rich.table import Table
-
-    table = Table(*headers)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="taube")
-def main() -> None:
-    """taube: a mail server (SMTP in, Maildir delivery)."""
-
-
-@main.command()
-@_config_option
-@click.pass_context
-def serve(ctx: click.Context, config: Path | None) -> None:
-    """Run the server in the foreground; logs go to standard error."""
-    settings = load_settings(config)
-    from .app import serve as run_server  # the server's imports are not needed by the other commands
-
-    ctx.exit(run_server(settings))
-
-
-# -- users ------------------------------------------------------------------------------------
-
-@main.group()
-def user() -> None:
-    """Users: mailboxes that can receive mail and log in."""
-
-
-@user.command("add")
-@click.argument("address")
-@_config_option
-def user_add(address: str, config: Path | None) -> None:
-    """Add a user; the password is read from standard input."""
-    _edit(config, lambda directory: directory.add_user(address, _read_password()),
-          f"user {address.lower()} added")
-
-
-@user.command("del")
-@click.argument("address")
-@_config_option
-def user_del(address: str, config: Path | None) -> None:
-    """Remove a user (the Maildir stays on disk)."""
-    _edit(config, lambda directory: directory.del_user(address), f"user {address.lower()} removed")
-
-
-@user.command("list")
-@click.argument("domain", required=False)
-@_config_option
-def user_list(domain: str | None, config: Path | None) -> None:
-    """List users, all or those of DOMAIN."""
-    with _directory(load_settings(config)) as directory:
-        users = directory.list_users(domain)
-    _print_rows(["user"], ([u] for u in users))
-
-
-@user.command("passwd")
-@click.argument("address")
-@_config_option
-def user_passwd(address: str, config: Path | None) -> None:
-    """Set a user's password, read from standard input."""
-    _edit(config, lambda directory: directory.set_password(address, _read_password()),
-          f"password of {address.lower()} changed")
-
-
-# -- domains ----------------------------------------------------------------------------------
-
-@main.group()
-def domain() -> None:
-    """Local domains beyond those of the configuration file."""
-
-
-@domain.command("add")
-@click.argument("name")
-@_config_option
-def domain_add(name: str, config: Path | None) -> None:
-    """Add a local domain."""
-    _edit(config, lambda directory: directory.add_domain(name), f"domain {name.lower()} added")
-
-
-@domain.command("del")
-@click.argument("name")
-@_config_option
-def domain_del(name: str, config: Path | None) -> None:
-    """Remove a local domain that has no users or aliases left."""
-    _edit(config, lambda directory: directory.del_domain(name), f"domain {name.lower()} removed")
-
-
-@domain.command("list")
-@_config_option
-def domain_list(config: Path | None) -> None:
-    """List the local domains and where each is defined."""
-    settings = load_settings(config)
-    with _directory(settings) as directory:
-        domains = directory.list_domains()
-    configured = set(settings.domains)
-    _print_rows(["domain", "defined in"],
-                ([d, "configuration" if d in configured else "database"] for d in domains))
-
-
-# -- aliases ----------------------------------------------------------------------------------
-
-@main.group()
-def alias() -> None:
-    """Aliases: addresses that forward to other addresses, local or remote."""
-
-
-@alias.command("add")
-@click.argument("name", metavar="ALIAS")
-@click.argument("targets", metavar="TARGET[,TARGET...]", nargs=-1, required=True)
-@_config_option
-def alias_add(name: str, targets: tuple[str, ...], config: Path | None) -> None:
-    """Add ALIAS (local@domain, or @domain for a catch-all) forwarding to the TARGETs."""
-    addresses = [t.strip() for arg in targets for t in arg.split(",") if t.strip()]
-    _edit(config, lambda directory: directory.add_alias(name, addresses), f"alias {name.lower()} added")
-
-
-@alias.command("del")
-@click.argument("name", metavar="ALIAS")
-@_config_option
-def alias_del(name: str, config: Path | None) -> None:
-    """Remove an alias."""
-    _edit(config, lambda directory: directory.del_alias(name), f"alias {name.lower()} removed")
-
-
-@alias.command("list")
-@_config_option
-def alias_list(config: Path | None) -> None:
-    """List the aliases and their targets."""
-    with _directory(load_settings(config)) as directory:
-        aliases = directory.list_aliases()
-    _print_rows(["alias", "targets"], ([name, ",".join(targets)] for name, targets in aliases))
-
-
-
-# -- outbound queue ---------------------------------------------------------------------------
-# Read-only except for `delete`, and safe while the server runs: the queue store's files are only
-# ever replaced by atomic renames, and QueueStore.remove takes the envelope away before the data.
+    from ..queue.spool import QueuedRecipient, QueueEntry, QueueStore
 
 _ERROR_WIDTH = 50  # characters of the last error shown by `queue list`
 _PROGRESS_FROM = 100  # `queue delete --all` shows a progress bar from this many entries (on a TTY)
@@ -272,10 +62,9 @@ def shorten(text: str, width: int) -> str:
 
 def _queue_store(config: Path | None) -> QueueStore:
     # imported here: the spool pulls in the Maildir store, which the other commands do not need
-    from .queue.spool import QueueStore
+    from ..queue.spool import QueueStore
 
     return QueueStore(load_settings(config).data_dir)
-
 
 
 def _envelope_path(store: QueueStore, queue_id: str) -> Path:
@@ -285,7 +74,7 @@ def _envelope_path(store: QueueStore, queue_id: str) -> Path:
     except ValueError:
         path = None
     if path is None or not path.exists():
-        raise _Failure(f"no such queue entry: {queue_id}")
+        raise Failure(f"no such queue entry: {queue_id}")
     return path
 
 
@@ -295,14 +84,14 @@ def _load_entry(store: QueueStore, queue_id: str) -> QueueEntry:
     try:
         return store.load(queue_id)
     except FileNotFoundError:
-        raise _Failure(f"no such queue entry: {queue_id}") from None
+        raise Failure(f"no such queue entry: {queue_id}") from None
     except (ValueError, TypeError, KeyError) as e:
-        raise _Failure(f"unreadable queue entry {queue_id}: {e}") from None
+        raise Failure(f"unreadable queue entry {queue_id}: {e}") from None
 
 
 def _pending(entry: QueueEntry) -> list[QueuedRecipient]:
     """The recipients still to be delivered."""
-    from .queue.spool import FINAL
+    from ..queue.spool import FINAL
 
     return [r for r in entry.recipients if r.status not in FINAL]
 
@@ -373,13 +162,12 @@ def _read_headers(store: QueueStore, queue_id: str) -> str:
         with store.open_message(queue_id) as message:
             return _header_section(message)
     except FileNotFoundError:  # delivered or deleted since the envelope was read
-        raise _Failure(f"no such queue entry: {queue_id}") from None
+        raise Failure(f"no such queue entry: {queue_id}") from None
 
 
 def _print_queue_table(rows: Sequence[Sequence[str]]) -> None:
     """The rows of `queue list` as a table whose cells are wrapped, never cut: a queue id or an
     address is only useful whole."""
-    from rich.console import Console
     from rich.table import Table
 
     short = {"id", "age", "size"}  # kept on one line; the others fold
@@ -390,16 +178,16 @@ def _print_queue_table(rows: Sequence[Sequence[str]]) -> None:
     table.columns[0].min_width = max(len(row[0]) for row in rows)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console().print(table)
 
 
-@main.group()
+@click.group()
 def queue() -> None:
     """The outbound queue: messages waiting for remote delivery."""
 
 
 @queue.command("list")
-@_config_option
+@config_option
 def queue_list(config: Path | None) -> None:
     """List the queued messages, oldest first.
 
@@ -415,12 +203,12 @@ def queue_list(config: Path | None) -> None:
     if sys.stdout.isatty():
         _print_queue_table(rows)
     else:
-        _print_rows(_LIST_HEADERS, rows)
+        print_rows(_LIST_HEADERS, rows)
 
 
 @queue.command("show")
 @click.argument("queue_id", metavar="ID")
-@_config_option
+@config_option
 def queue_show(queue_id: str, config: Path | None) -> None:
     """Show the envelope and the message headers of queue entry ID."""
     store = _queue_store(config)
@@ -446,7 +234,7 @@ def _delete_all(store: QueueStore) -> int:
 @queue.command("delete")
 @click.argument("queue_id", metavar="[ID]", required=False)
 @click.option("--all", "everything", is_flag=True, help="Delete every queued message.")
-@_config_option
+@config_option
 @click.pass_context
 def queue_delete(ctx: click.Context, queue_id: str | None, everything: bool,
                  config: Path | None) -> None:
@@ -472,7 +260,7 @@ def _wake_server(data_dir: Path) -> bool:
     import os
     import signal
 
-    from .pidfile import running_pid
+    from ..pidfile import running_pid
 
     pid = running_pid(data_dir)
     if pid is None:
@@ -528,7 +316,7 @@ def _wait_for_attempts(store: QueueStore, ids: list[str], timeout: float) -> tup
 
 def _request(ctx_settings: Settings, store: QueueStore, request: dict[str, object], ids: list[str],
              wait: bool, timeout: float) -> None:
-    from .delivery.requests import write_request
+    from ..delivery.requests import write_request
 
     write_request(ctx_settings.data_dir, request)
     if not _wake_server(ctx_settings.data_dir):
@@ -553,7 +341,7 @@ _timeout_option = click.option("--timeout", type=click.FloatRange(min=0), defaul
 @click.argument("domain", required=False)
 @_wait_option
 @_timeout_option
-@_config_option
+@config_option
 def queue_flush(domain: str | None, wait: bool, timeout: float, config: Path | None) -> None:
     """Try every deferred message now, or only those for DOMAIN (and, as "@DOMAIN", its
     subdomains), as ETRN does."""
@@ -565,7 +353,7 @@ def queue_flush(domain: str | None, wait: bool, timeout: float, config: Path | N
             subdomains, domain = True, domain[1:]
         domain = domain.strip().lower().rstrip(".")
         if not domain:
-            raise _Failure("give a domain, e.g. example.org or @example.org")
+            raise Failure("give a domain, e.g. example.org or @example.org")
     ids = [entry.queue_id for entry in store.list() if entry.waiting_for(domain, subdomains)]
     if not ids:
         click.echo("no messages waiting" + (f" for {domain}" if domain else ""))
@@ -578,12 +366,12 @@ def queue_flush(domain: str | None, wait: bool, timeout: float, config: Path | N
 @click.argument("queue_id", metavar="ID")
 @_wait_option
 @_timeout_option
-@_config_option
+@config_option
 def queue_retry(queue_id: str, wait: bool, timeout: float, config: Path | None) -> None:
     """Try queue entry ID now, whatever its next attempt time."""
     settings = load_settings(config)
     store = _queue_store(config)
     entry = _load_entry(store, queue_id)
     if not _pending(entry):
-        raise _Failure(f"{queue_id}: no recipient is waiting for delivery")
+        raise Failure(f"{queue_id}: no recipient is waiting for delivery")
     _request(settings, store, {"action": "retry", "id": queue_id}, [queue_id], wait, timeout)
