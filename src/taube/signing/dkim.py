@@ -1,0 +1,302 @@
+"""DKIM signing of the mail we send (RFC 6376 section 5; rsa-sha256 per RFC 8301, ed25519-sha256
+per RFC 8463).
+
+Which key signs (the issue's rule): the domain of the ``From:`` header if we hold a key for it,
+else the envelope sender's domain when ``From:`` is none of ours. Each key (selector) of that
+domain adds one signature, so a domain with an RSA and an Ed25519 key is dual-signed as RFC 8463
+section 1 suggests: verifiers that do not know Ed25519 still find the RSA one.
+
+Every signature is ``c=relaxed/relaxed`` (it survives the whitespace and folding changes of
+relays, RFC 6376 section 3.4), covers the header fields RFC 6376 section 5.4.1 recommends that
+are present, and lists ``From`` once more than it occurs ("oversigning", section 8.15): a second
+``From:`` added on the way breaks the signature instead of being shown to the reader.
+
+The body is read from a binary file in chunks and hashed incrementally (:mod:`.canon`), so a big
+message costs no memory; dkimpy then builds and signs the header with that body hash
+(``DomainSigner.gen_header``: the header canonicalization, the ``b=`` computation and the
+folding are dkimpy's). Signing is CPU work: :meth:`Signer.sign_async` runs it in a worker
+thread so the event loop keeps serving other sessions.
+
+Keys are loaded once and kept; before each use the key files' identities (inode, mtime, size:
+one directory read and a stat per key) are compared, so a key added, replaced or deleted with
+``taube dkim`` is seen by the next message without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import functools
+import io
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import dkim
+import dkim.crypto
+import nacl.signing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from .canon import RelaxedBodyHash
+from .keys import DKIMKeyError, KeyInfo, KeyStore, StoredKey, normalize_domain
+
+__all__ = [
+    "CHUNK",
+    "MAX_HEADER",
+    "OVERSIGNED",
+    "SIGNED_HEADERS",
+    "Signature",
+    "Signer",
+    "SigningResult",
+]
+
+# RFC 6376 section 5.4.1's list, with the fields dkimpy adds to it (Sender, Message-ID, the MIME
+# fields, Resent-Sender/-Message-ID): whatever a reader sees or a filter acts on. Never Received,
+# Return-Path or other fields that relays legitimately add or change (section 5.4.1, last list).
+SIGNED_HEADERS: tuple[bytes, ...] = (
+    b"from", b"sender", b"reply-to", b"subject", b"date", b"message-id", b"to", b"cc",
+    b"mime-version", b"content-type", b"content-transfer-encoding", b"content-id",
+    b"content-description", b"resent-date", b"resent-from", b"resent-sender", b"resent-to",
+    b"resent-cc", b"resent-message-id", b"in-reply-to", b"references", b"list-id", b"list-help",
+    b"list-unsubscribe", b"list-subscribe", b"list-post", b"list-owner", b"list-archive",
+)
+# Listed once more than present (RFC 6376 section 8.15): the From: a reader sees is the signed one.
+OVERSIGNED: tuple[bytes, ...] = (b"from",)
+
+MAX_HEADER = 1024 * 1024  # the SMTP session refuses far smaller header sections already
+CHUNK = 1024 * 1024  # body read size: bounded memory for any message size
+
+_ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+_CANONICALIZATION = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+# Signing in worker threads: the RSA and Ed25519 arithmetic and the body hash are CPU work that
+# must not stall the event loop. Two threads: the machine has two cores and the queue runner
+# uses the other process.
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taube-dkim")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Signature:
+    """One ``DKIM-Signature`` made: ``header`` is the complete field, CRLF-terminated."""
+
+    domain: str
+    selector: str
+    algorithm: str  # "rsa-sha256" or "ed25519-sha256"
+    header: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningResult:
+    """What signing one message gave. ``domain``: the signing domain chosen (None: no key for
+    the From: domain nor the envelope sender's). ``errors``: for the log, one per key or
+    message problem that left a signature out (an unparsable header section, a broken key)."""
+
+    domain: str | None = None
+    signatures: tuple[Signature, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> bytes:
+        """Every signature's field, to prepend to the message (empty when none was made)."""
+        return b"".join(s.header for s in self.signatures)
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """A stored key in the form dkimpy signs with."""
+
+    info: KeyInfo
+    algorithm: bytes
+    private: Any  # dkimpy's RSA key dict, or a nacl SigningKey
+
+
+@dataclass(slots=True)
+class _Cached:
+    stamps: dict[str, tuple[int, int, int]]
+    keys: tuple[_Key, ...] = field(default_factory=tuple)
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+def _prepare(stored: StoredKey) -> _Key:
+    key = stored.private
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        # dkimpy signs Ed25519 with PyNaCl from the 32-octet seed (RFC 8032 section 5.1.5).
+        seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+        return _Key(stored.info, b"ed25519-sha256", nacl.signing.SigningKey(seed))
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())  # PKCS#1 RSAPrivateKey
+    return _Key(stored.info, b"rsa-sha256", dkim.crypto.parse_private_key(der))
+
+
+def signed_fields(names: Iterable[bytes]) -> tuple[bytes, ...]:
+    """The ``h=`` list for a header section with fields ``names`` (in order): each recommended
+    field as often as it occurs, then the oversigned ones once more (so ``from`` is always
+    there, as RFC 6376 section 5.4 requires, even for a message without From:)."""
+    present = [n.lower() for n in names if n.lower() in SIGNED_HEADERS]
+    return tuple(present) + OVERSIGNED
+
+
+def from_domains(fields: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The domains of the From: addresses, in order (RFC 5322 section 3.6.2 allows several);
+    a value that does not parse gives none."""
+    domains: list[str] = []
+    for name, value in fields:
+        if name.strip().lower() != b"from":
+            continue
+        text = value.decode("utf-8", "replace").replace("\r\n", "").replace("\n", "").strip()
+        try:
+            parsed = email.policy.default.header_factory("From", text)
+            addresses = parsed.addresses  # type: ignore[attr-defined]
+        except Exception:  # the stdlib parser's errors are not one type; unparsable means none
+            continue
+        domains.extend(a.domain for a in addresses if a.domain)
+    return domains
+
+
+def _normalized(domain: str) -> str | None:
+    try:
+        return normalize_domain(domain)
+    except DKIMKeyError:
+        return None
+
+
+class Signer:
+    """Signs outbound messages with the keys of a :class:`~taube.signing.keys.KeyStore`.
+
+    ``trusted(client_ip)``: whether a client is in trusted_networks (e.g.
+    ``RelayPolicy(settings.networks()).is_trusted``); with ``user`` it decides :meth:`applies`.
+    ``clock`` gives the ``t=`` time (RFC 6376 section 3.5). ``executor`` runs
+    :meth:`sign_async` (default: a small pool of this module's own). Thread-safe.
+    """
+
+    def __init__(self, keys: KeyStore, *, trusted: Callable[[str], bool] = lambda ip: False,
+                 clock: Callable[[], float] = time.time, executor: Executor | None = None,
+                 max_header: int = MAX_HEADER) -> None:
+        self.keys = keys
+        self._trusted = trusted
+        self._clock = clock
+        self._executor = executor or _POOL
+        self._max_header = max_header
+        self._lock = threading.Lock()
+        self._cache: dict[str, _Cached] = {}
+
+    def applies(self, *, client_ip: str, user: str | None) -> bool:
+        """Whether mail from this client is ours to sign: submitted by an authenticated user
+        or received from trusted_networks (never mail merely passing through)."""
+        return user is not None or self._trusted(client_ip)
+
+    def keys_for(self, domain: str) -> tuple[_Key, ...]:
+        """The keys of ``domain`` (normalized), from the cache unless a key file changed."""
+        stamps = self.keys.stamps(domain)
+        if not stamps:  # no key: nothing kept, so the cache holds only domains with keys
+            with self._lock:
+                self._cache.pop(domain, None)
+            return ()
+        with self._lock:
+            cached = self._cache.get(domain)
+            if cached is not None and cached.stamps == stamps:
+                return cached.keys
+        # Read outside the lock (file I/O); stamps taken before the read, so a change during
+        # it shows as a difference next time and the keys are read again.
+        loaded = tuple(_prepare(stored) for stored in self.keys.keys_for(domain))
+        with self._lock:
+            self._cache[domain] = _Cached(stamps, loaded)
+        return loaded
+
+    def choose(self, fields: list[tuple[bytes, bytes]], sender: str) -> tuple[str, tuple[_Key, ...]] | None:
+        """The signing domain and its keys: the first From: domain we hold a key for, else the
+        envelope sender's domain (``sender`` "" for the null sender); None if neither."""
+        candidates = from_domains(fields)
+        if "@" in sender:
+            candidates.append(sender.rpartition("@")[2])
+        for candidate in candidates:
+            domain = _normalized(candidate)
+            if domain is not None and (keys := self.keys_for(domain)):
+                return domain, keys
+        return None
+
+    def sign(self, message: BinaryIO, *, sender: str) -> SigningResult:
+        """Sign the message read from ``message`` (a binary file at the message's first
+        octet; CRLF line ends) as mail from ``sender``. Reads to the end of the file when a key
+        applies, else only the header section. Bad input (an unparsable or oversized header
+        section, a broken key) gives a result with ``errors``, never an exception; an OSError
+        reading the file is raised."""
+        try:
+            header = self._read_header(message)
+        except _HeaderTooLarge:
+            return SigningResult(errors=(f"header section larger than {self._max_header} octets: not signed",))
+        try:
+            fields = [(bytes(n), bytes(v)) for n, v in dkim.rfc822_parse(header)[0]]
+        except dkim.MessageFormatError as exc:
+            return SigningResult(errors=(f"header section not signable: {exc}",))
+        chosen = self.choose(fields, sender)
+        if chosen is None:
+            return SigningResult()
+        domain, keys = chosen
+        body = RelaxedBodyHash()  # SHA-256 for both algorithms (RFC 8463 section 3)
+        while chunk := message.read(CHUNK):
+            body.update(chunk)
+        bh = body.bh()
+        include = signed_fields(name for name, _ in fields)
+        now = int(self._clock())
+        signatures: list[Signature] = []
+        errors: list[str] = []
+        for key in keys:
+            try:
+                signatures.append(self._sign_header(header, key, domain, include, bh, now))
+            except (dkim.DKIMException, ValueError) as exc:
+                errors.append(f"{key.info.selector}._domainkey.{domain}: {exc}")
+        return SigningResult(domain=domain, signatures=tuple(signatures), errors=tuple(errors))
+
+    def sign_bytes(self, message: bytes, *, sender: str) -> SigningResult:
+        """:meth:`sign` for a message in memory."""
+        return self.sign(io.BytesIO(message), sender=sender)
+
+    async def sign_async(self, message: BinaryIO, *, sender: str) -> SigningResult:
+        """:meth:`sign` in a worker thread (the file must not be used meanwhile)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(self.sign, message, sender=sender))
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _read_header(self, message: BinaryIO) -> bytes:
+        """The header section without the empty line that ends it (all of a message that has
+        no body); the file is left at the body's first octet."""
+        header = bytearray()
+        while True:
+            line = message.readline(self._max_header + 1 - len(header))
+            if not line or line in (b"\r\n", b"\n"):
+                return bytes(header)
+            header += line
+            if len(header) > self._max_header:
+                raise _HeaderTooLarge
+
+    def _sign_header(self, header: bytes, key: _Key, domain: str, include: tuple[bytes, ...],
+                     bh: bytes, now: int) -> Signature:
+        signer = dkim.DKIM(header, signature_algorithm=key.algorithm, linesep=b"\r\n")
+        signer.hasher = dkim.HASH_ALGORITHMS[key.algorithm]  # as DKIM.sign sets it
+        selector = key.info.selector.encode("ascii")
+        # The tags of DKIM.sign, with our body hash (RFC 6376 section 3.5). b= is a placeholder
+        # that forces b= onto its own folded line, so that filling it in leaves the rest as hashed.
+        tags = [
+            (b"v", b"1"),
+            (b"a", key.algorithm),
+            (b"c", _CANONICALIZATION.to_c_value()),
+            (b"d", domain.encode("ascii")),
+            (b"s", selector),
+            (b"t", str(now).encode("ascii")),
+            (b"h", b" : ".join(include)),
+            (b"bh", bh),
+            (b"b", b"0" * 60),
+        ]
+        value = signer.gen_header(tags, include, _CANONICALIZATION, b"DKIM-Signature", key.private)
+        return Signature(domain=domain, selector=key.info.selector,
+                         algorithm=key.algorithm.decode("ascii"), header=b"DKIM-Signature: " + value)
