@@ -17,7 +17,8 @@ from taube.config import Settings
 from taube.delivery.dns import Resolver
 from taube.delivery.lock import RunnerLock, lock_path
 from taube.delivery.reports import NOTICE_PARAM, Reporter
-from taube.delivery.runner import LOCK_POLL, QueueRunner, _Outcome
+from taube.delivery.outcome import Outcome
+from taube.delivery.runner import LOCK_POLL, QueueRunner
 from taube.directory.sqlite import SQLiteDirectory
 from taube.queue.envelope import Envelope, Target
 from taube.queue.spool import Spool
@@ -61,9 +62,9 @@ class World:
 
     def attempt(self, queue_id: str, kind: str = "deferred", status: str = "4.4.1",
                 text: str = "connect to b.test: Connection refused", address: str = "bob@b.test") -> None:
-        outcome = _Outcome(kind=kind, status=status, text=text, diagnostic=None,  # type: ignore[arg-type]
+        outcome = Outcome(kind=kind, status=status, text=text, diagnostic=None,  # type: ignore[arg-type]
                            remote_mta=None, relay="none")
-        self.runner._apply(queue_id, {address: outcome}, False)
+        self.runner.bookkeeper.apply(queue_id, {address: outcome}, False)
 
     def recipient(self, queue_id: str, address: str = "bob@b.test"):
         return next(r for r in self.spool.queue.load(queue_id).recipients if r.address == address)
@@ -194,8 +195,8 @@ def test_flush_makes_recipients_due_by_domain(world: World) -> None:
 
 # -- reports that cannot be stored (a full disk or quota) ------------------------------------------
 
-def outcome(kind: str, status: str, text: str) -> _Outcome:
-    return _Outcome(kind=kind, status=status, text=text, diagnostic=None,  # type: ignore[arg-type]
+def outcome(kind: str, status: str, text: str) -> Outcome:
+    return Outcome(kind=kind, status=status, text=text, diagnostic=None,  # type: ignore[arg-type]
                     remote_mta="mx.b.test", relay="mx.b.test[192.0.2.1]:25")
 
 
@@ -206,7 +207,7 @@ SENT = outcome("sent", "2.0.0", "250 2.0.0 Ok")
 def test_a_bounce_that_cannot_be_stored_keeps_its_recipient_queued(world: World, faults: FaultyCalls) -> None:
     queue_id = world.queue(recipients=("bob@b.test", "carol@b.test"))
     faults.arm(fault="enospc", where="/mail/")  # the sender's Maildir cannot take the report
-    world.runner._apply(queue_id, {"bob@b.test": BOUNCED, "carol@b.test": SENT}, False)
+    world.runner.bookkeeper.apply(queue_id, {"bob@b.test": BOUNCED, "carol@b.test": SENT}, False)
     faults.disarm()
     bob, carol = world.recipient(queue_id), world.recipient(queue_id, "carol@b.test")
     assert bob.status == "deferred" and bob.attempts == 1 and bob.next_attempt == world.now + 300

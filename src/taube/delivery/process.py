@@ -27,12 +27,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import ConfigError, Settings, load_settings
-from ..queue.spool import QueueStore
+from ..queue.store import QueueStore
 from .runner import QueueRunner, hand_to_loop
 
 __all__ = ["MAX_LINE", "RunnerProcess", "count_pending", "main"]
@@ -44,6 +43,7 @@ RESTART_DELAY = 1.0  # seconds before a runner that died is started again
 STOP_TIMEOUT = 15.0  # seconds a runner has to stop before it is killed
 WRITE_BUFFER_LIMIT = 1 << 20  # octets of requests queued for the runner; beyond: dropped
 THREADS = 16
+SERVER_CHECK = 1.0  # seconds between looks at whether the server is still our parent
 
 
 def count_pending(store: QueueStore, domain: str | None, subdomains: bool) -> int:
@@ -161,7 +161,7 @@ class RunnerProcess:
 
 
 # --- the runner process ----------------------------------------------------------------------
-def build_runner(settings: Settings, server_alive: Callable[[], bool] | None = None) -> QueueRunner:
+def build_runner(settings: Settings) -> QueueRunner:
     """The queue runner with its own directory, spool and resolver for ``settings``."""
     from ..directory.sqlite import SQLiteDirectory
     from ..queue.spool import Spool
@@ -172,17 +172,14 @@ def build_runner(settings: Settings, server_alive: Callable[[], bool] | None = N
     directory = SQLiteDirectory(data / "taube.db", settings.domains,
                                 legacy_secrets=settings.auth.legacy_secrets)
     spool = Spool(data, settings.hostname, MaildirStore(data / "mail"))
-    return QueueRunner.for_spool(settings, spool, Reporter(spool, directory, settings),
-                                 server_alive=server_alive)
+    return QueueRunner.for_spool(settings, spool, Reporter(spool, directory, settings))
 
 
 async def _serve(settings: Settings, fd: int) -> int:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(THREADS, thread_name_prefix="taube-runner"))
-    # The server is our parent: once it is gone (killed while this process was stopped or slow
-    # to see the socket close) we are re-parented, and must not deliver any more (lock.py).
     server = os.getppid()
-    runner = build_runner(settings, server_alive=lambda: os.getppid() == server)
+    runner = build_runner(settings)
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -201,16 +198,27 @@ async def _serve(settings: Settings, fd: int) -> int:
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     task = asyncio.create_task(runner.run(), name="queue runner")
     requests = asyncio.create_task(_read_requests(reader, runner), name="runner requests")
+    watch = asyncio.create_task(_watch_server(server, runner), name="server watch")
     stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({requests, stopped, task}, return_when=asyncio.FIRST_COMPLETED)
-    if requests.done() and not stop.is_set():
+    await asyncio.wait({requests, watch, stopped, task}, return_when=asyncio.FIRST_COMPLETED)
+    if requests.done() and not stop.is_set() and not watch.done():
         log.info("queue runner: the server is gone; stopping")
     await runner.stop()
-    for pending in (task, requests, stopped):
+    for pending in (task, requests, watch, stopped):
         pending.cancel()
-    await asyncio.gather(task, requests, stopped, return_exceptions=True)
+    await asyncio.gather(task, requests, watch, stopped, return_exceptions=True)
     writer.close()
     return 0
+
+
+async def _watch_server(server: int, runner: QueueRunner) -> None:
+    """Stop ``runner`` once the server (our parent, process ``server``) is gone: we are then
+    re-parented. The closed socket says so too, but not to a runner that was stopped or busy
+    when it closed; a runner left behind must not deliver any more (lock.py)."""
+    while os.getppid() == server:
+        await asyncio.sleep(SERVER_CHECK)
+    log.info("queue runner: the server is gone; stopping")
+    await runner.stop()
 
 
 async def _read_requests(reader: asyncio.StreamReader, runner: QueueRunner) -> None:
