@@ -37,7 +37,7 @@ The pipeline knows nothing of sockets or of the SMTP engine: the session
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
@@ -128,6 +128,15 @@ class Transaction:
     # stored above taube's Received, in this order.
     prepend: list[bytes] = field(default_factory=list)
     results: dict[str, str] = field(default_factory=dict)
+    # Mail authentication (data_end): the whole message as received, header section and body,
+    # for the checks that verify signatures over it (DKIM, ARC); set by the session.
+    message: Callable[[], Awaitable[bytes]] | None = None
+    # Each authentication method's typed result by its name ("spf", "dkim", "arc", "dmarc"),
+    # for the checks after it and the Authentication-Results header.
+    auth: dict[str, object] = field(default_factory=dict)
+    # Header fields to leave out when the message is stored, as (start, end) octet offsets into
+    # ``header`` (forged Authentication-Results, RFC 8601 section 5).
+    drop: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

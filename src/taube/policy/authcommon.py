@@ -1,0 +1,244 @@
+"""What the mail authentication checks (:mod:`.spf`, :mod:`.dkim`, :mod:`.arc`, :mod:`.dmarc`,
+:mod:`.authresults`) share: who is exempt, the header section as fields with their octet
+ranges, the From: domain, domain name syntax, DKIM key records fetched ahead of the
+verification, and the worker threads that verify.
+
+dkimpy verifies synchronously and asks the DNS as it goes. Here the key records a message
+needs are fetched first, asynchronously and all at once, through the :class:`DNSClient` (its
+deadline, its cache); dkimpy then runs in one of this module's worker threads with a look-up
+function that only answers from what was fetched (:class:`KeyRecords`), so a slow DNS costs the
+one session that waits for it and never a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+from ..lookup import DNSClient, TempError
+from .pipeline import Context
+
+__all__ = ["CRYPTO", "MAX_FIELDS", "FromDomain", "HeaderField", "KeyRecords", "ascii_domain",
+           "complete_lines", "exempt", "fetch_keys", "from_domain", "header_fields", "key_name",
+           "message_bytes", "safe_token", "unfold"]
+
+log = logging.getLogger("taube.policy.auth")
+
+CRYPTO = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taube-verify")
+"""Signature verification (canonicalisation, hashing, RSA/Ed25519) is CPU work: two threads on
+a small machine, so a burst of signed mail never takes every core from the sessions."""
+
+MAX_FIELDS = 1000
+"""Header fields looked at in one message; a real header section has a few dozen (RFC 5322
+sets no limit, the session's max_header_size bounds the octets)."""
+
+_MESSAGE_KEY = "_message"  # where message_bytes keeps the message for the next check
+
+
+def exempt(ctx: Context, trusted: Callable[[str], bool]) -> bool:
+    """Clients in trusted_networks and authenticated clients are not checked: their mail is
+    ours to sign, not to verify."""
+    return bool(ctx.user) or trusted(ctx.client_ip)
+
+
+# -- the header section ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    """One header field as received: ``name`` as written (ASCII), ``value`` the octets after the
+    colon with any folding kept and without the final line end; ``start``/``end`` its octets in
+    the header section, its line end(s) included."""
+
+    name: str
+    value: bytes
+    start: int
+    end: int
+
+    def is_named(self, name: str) -> bool:
+        return self.name.lower() == name.lower()
+
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 3.6.8: printable, no colon
+
+
+def header_fields(header: bytes, limit: int = MAX_FIELDS) -> list[HeaderField]:
+    """The fields of a header section (RFC 5322 section 2.2), continuation lines (starting with
+    a space or tab, section 2.2.3) joined to their field. Lines that are no field (no colon, a
+    bad name) are skipped; a bare LF ends a line as CRLF does. At most ``limit`` fields."""
+    fields: list[HeaderField] = []
+    pos, size = 0, len(header)
+    while pos < size and len(fields) < limit:
+        end = _line_end(header, pos)
+        if header[pos:end] in (b"\r\n", b"\n"):
+            break  # the blank line: the body follows
+        while end < size and header[end:end + 1] in (b" ", b"\t"):
+            end = _line_end(header, end)
+        name, colon, value = header[pos:end].partition(b":")
+        name = name.rstrip(b" \t")  # RFC 5322 4.5.8: obsolete white space before the colon
+        if colon and _FIELD_NAME.fullmatch(name):
+            fields.append(HeaderField(name=name.decode("ascii"), value=_chomp(value),
+                                      start=pos, end=end))
+        pos = end
+    return fields
+
+
+def _line_end(data: bytes, pos: int) -> int:
+    newline = data.find(b"\n", pos)
+    return len(data) if newline < 0 else newline + 1
+
+
+def _chomp(value: bytes) -> bytes:
+    if value.endswith(b"\r\n"):
+        return value[:-2]
+    return value[:-1] if value.endswith(b"\n") else value
+
+
+def complete_lines(header: bytes) -> bytes:
+    """The header section up to its last line end: the session keeps a bounded prefix of the
+    message, which may end inside a line, and a parser must not take that part for a field."""
+    return header[:header.rfind(b"\n") + 1]
+
+
+def unfold(value: bytes) -> bytes:
+    """RFC 5322 section 2.2.3: unfolding removes the line ends before folding white space."""
+    return re.sub(rb"\r?\n(?=[ \t])", b"", value)
+
+
+# -- domain names ---------------------------------------------------------------------------
+
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+
+def ascii_domain(name: str) -> str | None:
+    """``name`` as a lower-case ASCII domain of at least two labels (U-labels converted to
+    A-labels, RFC 5890), or None when it is none: an address literal, a label longer than 63
+    octets or empty, more than 253 octets (RFC 1035 2.3.4). Underscores are allowed, as DNS
+    names (not host names) may carry them."""
+    text = name.strip().rstrip(".")
+    if not text or text.startswith("["):
+        return None
+    if not text.isascii():
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    text = text.lower()
+    labels = text.split(".")
+    if len(text) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(lb) for lb in labels):
+        return None
+    return text
+
+
+def safe_token(value: str) -> str | None:
+    """``value`` when it is a plain token (letters, digits, ``.``, ``_``, ``-``), such as a
+    domain or a selector, fit to be written into a header field unquoted; else None."""
+    return value if _TOKEN.fullmatch(value) else None
+
+
+@dataclass(frozen=True, slots=True)
+class FromDomain:
+    """The RFC5322.From domain (RFC 7489 section 3.1.1), or why there is none: ``status`` is
+    "ok" (``domain`` set), "missing" (no From: field) or "invalid" (several From: fields,
+    several addresses or none in it, or an address without a valid domain)."""
+
+    status: Literal["ok", "missing", "invalid"]
+    domain: str = ""
+    reason: str = ""
+
+
+def from_domain(fields: Iterable[HeaderField]) -> FromDomain:
+    """The author domain of RFC 7489 section 6.6.1: exactly one From: field with exactly one
+    address, whose domain is valid."""
+    found = [f for f in fields if f.is_named("From")]
+    if not found:
+        return FromDomain("missing", reason="no From: field")
+    if len(found) > 1:
+        return FromDomain("invalid", reason=f"{len(found)} From: fields")
+    text = unfold(found[0].value).decode("utf-8", "replace")
+    addresses = [addr for _, addr in email.utils.getaddresses([text]) if addr]
+    if len(addresses) != 1:
+        return FromDomain("invalid", reason=f"{len(addresses)} addresses in From:")
+    local, at, domain = addresses[0].rpartition("@")
+    checked = ascii_domain(domain) if at and local else None
+    if checked is None:
+        return FromDomain("invalid", reason="no valid domain in From:")
+    return FromDomain("ok", domain=checked)
+
+
+# -- key records ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class KeyRecords:
+    """The TXT records of DKIM key names (``selector._domainkey.domain``, RFC 6376 3.6.2.1)
+    fetched ahead of a verification: ``records`` by lower-case name (an empty tuple: no such
+    name or no TXT there), ``failed`` the names whose look-up failed temporarily."""
+
+    records: dict[str, tuple[bytes, ...]]
+    failed: frozenset[str] = frozenset()
+
+    def txt(self, name: bytes | str, timeout: float = 0.0) -> bytes | None:
+        """dkimpy's ``dnsfunc(name, timeout=...)``: the first TXT record of a fetched name
+        (RFC 6376 3.6.2.2 leaves several records undefined; dkimpy's own look-up takes the
+        first too), None for anything else. It never asks the DNS."""
+        key = _key_name(name)
+        found = self.records.get(key) if key is not None else None
+        return found[0] if found else None
+
+
+def _key_name(name: bytes | str) -> str | None:
+    if isinstance(name, bytes):
+        try:
+            name = name.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return name.strip().rstrip(".").lower()
+
+
+def key_name(selector: bytes, domain: bytes) -> str | None:
+    """``selector._domainkey.domain`` (RFC 6376 3.6.2.1) when both are plain ASCII names."""
+    try:
+        name = f"{selector.decode('ascii').strip()}._domainkey.{domain.decode('ascii').strip()}"
+    except UnicodeDecodeError:
+        return None
+    return _key_name(name) if ascii_domain(name) else None
+
+
+async def fetch_keys(dns: DNSClient, names: Iterable[str]) -> KeyRecords:
+    """The TXT records of every name, asked all at once; each look-up is bounded by the
+    client's deadline, so the whole is too."""
+    unique = list(dict.fromkeys(names))
+
+    async def one(name: str) -> tuple[bytes, ...] | None:
+        try:
+            answer = await dns.query(name, "TXT")
+        except TempError as exc:
+            log.info("DKIM key %s: %s", name, exc)
+            return None
+        return tuple(answer.texts())
+
+    answers = await asyncio.gather(*(one(n) for n in unique))
+    return KeyRecords(records={n: a for n, a in zip(unique, answers) if a is not None},
+                      failed=frozenset(n for n, a in zip(unique, answers) if a is None))
+
+
+# -- the message ----------------------------------------------------------------------------
+
+async def message_bytes(ctx: Context) -> bytes | None:
+    """The whole message from ``ctx.tx.message``, read once per transaction and kept for the
+    next check that needs it (DKIM, then ARC); None when the session gives none."""
+    kept = ctx.tx.auth.get(_MESSAGE_KEY)
+    if isinstance(kept, bytes):
+        return kept
+    if ctx.tx.message is None:
+        log.warning("no message to verify signatures over (ctx.tx.message is not set)")
+        return None
+    data = await ctx.tx.message()
+    ctx.tx.auth[_MESSAGE_KEY] = data
+    return data

@@ -1,0 +1,260 @@
+"""DMARC (RFC 7489) as a :class:`~taube.policy.pipeline.Check` at the end of DATA, after SPF and
+DKIM: is the author's domain (From:) authenticated, and what does its owner ask for when not?
+
+1. **The From: domain** (section 6.6.1): exactly one From: field with exactly one address. No
+   From: at all is **none** (there is nothing to evaluate); several fields or addresses, or an
+   address without a valid domain, are **permerror** (the message cannot be evaluated).
+2. **The policy record** (section 6.6.3): the TXT records at ``_dmarc.<From domain>`` that
+   start with ``v=DMARC1``; if there is none, those at ``_dmarc.<organizational domain>``, the
+   From: domain's registrable domain by the public suffix list (section 3.2; the list bundled
+   with ``publicsuffixlist``, never fetched). No record, several records, or a record without
+   a valid ``p=`` (or with an invalid ``sp=``) and no ``rua=`` is **none**: DMARC does not
+   apply. A look-up that times out or fails is **temperror**.
+3. **Alignment** (section 3.1): the SPF result counts if it is "pass" for a domain aligned
+   with the From: domain (``aspf``), a DKIM result if it is "pass" with a d= aligned with it
+   (``adkim``). Relaxed ("r", the default): both have the same organizational domain; strict
+   ("s"): they are equal. One aligned pass is **pass**; none is **fail**, unless an aligned
+   identifier could not be checked for a temporary reason (SPF or DKIM temperror), which makes
+   it **temperror**: our DNS trouble must never turn into a refusal.
+4. **Policy** (section 6.6.4): on fail, ``p=`` applies, or ``sp=`` when the From: domain is a
+   subdomain whose record was found at the organizational domain (section 6.3). ``pct=`` takes
+   that share of the failing mail (the random source is injectable); the rest gets the next
+   lower policy (reject becomes quarantine, quarantine becomes none).
+
+``[checks] dmarc = "tag"`` records the result (``ctx.tx.auth["dmarc"]``, a
+:class:`DMARCResult`). ``"enforce"`` also acts on it: a disposition of reject refuses the
+message after DATA with ``550 5.7.1`` (nothing is stored); quarantine delivers it with the
+header field ``X-Taube-DMARC: quarantine`` above the Received (in ``ctx.tx.prepend``), for
+mail filters (Sieve, procmail) to file it as junk. Only a fail is ever acted on. Clients in
+trusted_networks and authenticated clients are not checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import authres.dmarc
+from dkim.util import InvalidTagValueList, parse_tag_value
+from publicsuffixlist import PublicSuffixList
+
+from ..lookup import DNSClient, TempError
+from ..proto.replies import Reply
+from .authcommon import exempt, from_domain, header_fields, safe_token
+from .dkim import DKIMResult
+from .pipeline import CONTINUE, Check, Context, Verdict
+from .spf import SPFResult
+
+if TYPE_CHECKING:
+    from ..config import ChecksSettings
+
+__all__ = ["QUARANTINE_HEADER", "DMARCCheck", "DMARCRecord", "DMARCResult", "aligned", "discover",
+           "evaluate", "organizational_domain", "parse_record"]
+
+log = logging.getLogger("taube.policy.dmarc")
+
+Policy = Literal["none", "quarantine", "reject"]
+Alignment = Literal["r", "s"]
+Result = Literal["pass", "fail", "none", "temperror", "permerror"]
+
+QUARANTINE_HEADER = b"X-Taube-DMARC: quarantine\r\n"
+"""Put above the Received of a message whose DMARC disposition is quarantine (enforce mode)."""
+
+_POLICIES: dict[bytes, Policy] = {b"none": "none", b"quarantine": "quarantine", b"reject": "reject"}
+_LOWER: dict[Policy, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+_MAX_RECORDS = 10  # TXT records at one name looked at; more is no DMARC deployment
+
+
+@functools.cache
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()  # the bundled list: no network
+
+
+def organizational_domain(domain: str) -> str:
+    """RFC 7489 section 3.2: the public suffix plus one label; a domain that is itself a
+    public suffix is its own."""
+    return _psl().privatesuffix(domain.lower()) or domain.lower()
+
+
+def aligned(identifier: str, author: str, mode: Alignment) -> bool:
+    """Identifier alignment (RFC 7489 section 3.1): strict is equality, relaxed a shared
+    organizational domain."""
+    identifier, author = identifier.lower().rstrip("."), author.lower().rstrip(".")
+    if not identifier or not author:
+        return False
+    if mode == "s" or identifier == author:
+        return identifier == author
+    return organizational_domain(identifier) == organizational_domain(author)
+
+
+@dataclass(frozen=True, slots=True)
+class DMARCRecord:
+    """A policy record (RFC 7489 section 6.3) and ``domain``, the name it was found under
+    (without ``_dmarc.``)."""
+
+    domain: str
+    p: Policy
+    sp: Policy | None = None
+    pct: int = 100
+    adkim: Alignment = "r"
+    aspf: Alignment = "r"
+
+
+def parse_record(text: bytes, domain: str) -> DMARCRecord | None:
+    """The record, or None when it is none or invalid (section 6.6.3): v=DMARC1 must be the
+    first tag; a missing or unknown p=, or an unknown sp=, makes it invalid unless rua= names
+    a report address (then it reads as p=none). An invalid pct=, adkim= or aspf= takes the
+    default (section 6.3: 100, r, r)."""
+    try:
+        tags = parse_tag_value(text)
+    except InvalidTagValueList:
+        return None
+    if next(iter(tags), None) != b"v" or tags[b"v"] != b"DMARC1":
+        return None
+    p = _POLICIES.get(tags.get(b"p", b"").lower())
+    sp = _POLICIES.get(tags[b"sp"].lower()) if b"sp" in tags else None
+    if p is None or (b"sp" in tags and sp is None):
+        if b"mailto:" not in tags.get(b"rua", b"").lower():
+            return None
+        p, sp = "none", None
+    pct = tags.get(b"pct", b"100")
+    return DMARCRecord(
+        domain=domain, p=p, sp=sp,
+        pct=int(pct) if pct.isdigit() and int(pct) <= 100 else 100,
+        adkim="s" if tags.get(b"adkim", b"r").lower() == b"s" else "r",
+        aspf="s" if tags.get(b"aspf", b"r").lower() == b"s" else "r")
+
+
+async def _records(dns: DNSClient, domain: str) -> list[bytes]:
+    answer = await dns.query(f"_dmarc.{domain}", "TXT")
+    return [t for t in answer.texts()[:_MAX_RECORDS] if t.startswith(b"v=DMARC1")]
+
+
+async def discover(dns: DNSClient, author: str) -> tuple[DMARCRecord | None, str]:
+    """Policy discovery (section 6.6.3) for the From: domain ``author``: the record, or None
+    and why; raises :class:`TempError` when a look-up fails."""
+    where = author
+    found = await _records(dns, author)
+    if not found:
+        org = organizational_domain(author)
+        if org != author:
+            where, found = org, await _records(dns, org)
+    if not found:
+        return None, "no DMARC record"
+    if len(found) > 1:
+        return None, f"{len(found)} DMARC records at _dmarc.{where}"
+    record = parse_record(found[0], where)
+    return record, "" if record is not None else f"invalid DMARC record at _dmarc.{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class DMARCResult:
+    """The evaluation: ``policy`` is what the domain asks for a failing message (p or sp;
+    "none" without a record), ``disposition`` what is to be done with this one after pct
+    (only ever other than "none" for a fail), ``reason`` for the log."""
+
+    result: Result
+    from_domain: str = ""
+    policy: Policy = "none"
+    disposition: Policy = "none"
+    reason: str = ""
+    record: DMARCRecord | None = None
+
+    @property
+    def summary(self) -> str:
+        return (f"{self.result} header.from={self.from_domain or '-'} p={self.policy} "
+                f"dis={self.disposition}")
+
+    def authres(self) -> authres.dmarc.DMARCAuthenticationResult:
+        """The ``dmarc=`` clause of Authentication-Results (RFC 7489 section 11.2), the
+        requested policy and the disposition as a comment, as OpenDMARC writes them."""
+        comment = f"p={self.policy} dis={self.disposition}" if self.record is not None else None
+        return authres.dmarc.DMARCAuthenticationResult(
+            result=self.result, result_comment=comment, header_from=safe_token(self.from_domain))
+
+
+def evaluate(author: str, record: DMARCRecord, spf: SPFResult | None,
+             dkim: Sequence[DKIMResult], rng: Callable[[], float] = random.random) -> DMARCResult:
+    """Alignment, result and disposition for the From: domain ``author`` under ``record``
+    (sections 3.1, 4.2, 6.6.4); ``rng`` gives a number in [0, 1) for pct sampling."""
+    spf_pass = spf is not None and spf.result == "pass" and aligned(spf.domain, author, record.aspf)
+    dkim_pass = [r for r in dkim if r.result == "pass" and aligned(r.domain, author, record.adkim)]
+    policy = record.sp if record.sp is not None and record.domain != author else record.p
+    if spf_pass or dkim_pass:
+        how = "spf" if spf_pass else f"dkim d={dkim_pass[0].domain}"
+        return DMARCResult("pass", author, policy, "none", f"aligned {how}", record)
+    unsure = ((spf is not None and spf.result == "temperror"
+               and aligned(spf.domain, author, record.aspf))
+              or any(r.result == "temperror" and aligned(r.domain, author, record.adkim)
+                     for r in dkim))
+    if unsure:
+        return DMARCResult("temperror", author, policy, "none",
+                           "an aligned identifier could not be checked", record)
+    disposition = policy
+    if policy != "none" and record.pct < 100 and not rng() * 100 < record.pct:
+        disposition = _LOWER[policy]  # not sampled (section 6.6.4)
+    return DMARCResult("fail", author, policy, disposition, "no aligned pass", record)
+
+
+async def check(dns: DNSClient, header: bytes, spf: SPFResult | None, dkim: Sequence[DKIMResult],
+                rng: Callable[[], float] = random.random) -> DMARCResult:
+    """DMARC for a message's header section (see the module docstring). Never raises."""
+    author = from_domain(header_fields(header))
+    if author.status == "missing":
+        return DMARCResult("none", reason=author.reason)
+    if author.status == "invalid":
+        return DMARCResult("permerror", reason=author.reason)
+    try:
+        record, why = await discover(dns, author.domain)
+    except TempError as exc:
+        return DMARCResult("temperror", author.domain, reason=f"policy look-up: {exc}")
+    if record is None:
+        return DMARCResult("none", author.domain, reason=why)
+    return evaluate(author.domain, record, spf, dkim, rng)
+
+
+class DMARCCheck(Check):
+    """DMARC at data_end, after :class:`~taube.policy.spf.SPFCheck` and
+    :class:`~taube.policy.dkim.DKIMCheck` (see the module docstring); ``rng`` is the pct
+    sampling's random source.
+
+    Reads ``ctx.client_ip``, ``ctx.user``, ``ctx.tx.header``, ``ctx.tx.auth["spf"]`` and
+    ``ctx.tx.auth["dkim"]``; writes ``ctx.tx.auth["dmarc"]`` (a :class:`DMARCResult`), the
+    result ``"dmarc"`` for the log and, enforcing a quarantine, :data:`QUARANTINE_HEADER` to
+    ``ctx.tx.prepend``. Enforcing a reject, its verdict is a 550 reject."""
+
+    name = "dmarc"
+
+    def __init__(self, checks: ChecksSettings, dns: DNSClient, trusted: Callable[[str], bool],
+                 *, rng: Callable[[], float] = random.random) -> None:
+        self.active = checks.dmarc != "off"
+        self.enforce = checks.dmarc == "enforce"
+        self.dns = dns
+        self.trusted = trusted
+        self.rng = rng
+
+    async def data_end(self, ctx: Context) -> Verdict:
+        if not self.active or exempt(ctx, self.trusted):
+            return CONTINUE
+        spf, dkim = ctx.tx.auth.get("spf"), ctx.tx.auth.get("dkim")
+        dkim_results = ([r for r in dkim if isinstance(r, DKIMResult)]
+                        if isinstance(dkim, tuple) else [])
+        result = await check(self.dns, ctx.tx.header or b"",
+                             spf if isinstance(spf, SPFResult) else None, dkim_results, self.rng)
+        ctx.tx.auth["dmarc"] = result
+        results = {"dmarc": result.summary}
+        if not self.enforce:
+            return Verdict.cont(results=results)
+        if result.disposition == "reject":
+            reply = Reply(code=550, enhanced="5.7.1",
+                          text="Message rejected: it fails the DMARC policy of "
+                               f"{result.from_domain}")
+            return Verdict.reject(reply, reason=f"dmarc=fail p={result.policy} ({result.reason})",
+                                  results=results)
+        if result.disposition == "quarantine":
+            ctx.tx.prepend.append(QUARANTINE_HEADER)
+        return Verdict.cont(results=results)
