@@ -47,13 +47,11 @@ The rules:
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Sequence
 
 from . import sasl
-from .buffer import TOO_LONG
-from .dotstuff import ContentEncoder
 from .common import NEED_DATA, Engine, LocalProtocolError, NeedData, ascii_upper
+from .dotstuff import ContentEncoder
 from .pop3_events import (
     ApopLogin,
     AuthLookup,
@@ -90,7 +88,6 @@ from .pop3_rules import (
     HARD_LINE_MAX,
     TRANSITIONS,
 )
-from .sasl_exchange import Abandoned, Cause, Exchange, Outcome
 
 __all__ = [
     "NEED_DATA",
@@ -119,6 +116,18 @@ __all__ = [
 class POP3Connection(Engine):
     """One POP3 server connection's protocol state. See the module docstring."""
 
+    decision_type = Decision
+    closed_type = Closed
+    lookup_type = AuthLookup
+    transitions = TRANSITIONS  # a closed peer is never an Update: RFC 1939 section 6 needs a QUIT
+    allowed = ALLOWED
+    line_too_long = "line too long"
+    bad_characters = "bad characters in command"
+    verbatim_arguments = frozenset({"PASS"})  # RFC 1939 section 7: the password may hold spaces
+    auth_failed = _AUTH_FAILED
+    auth_malformed = "malformed SASL response"
+    auth_abandoned = _ABANDONED
+
     def __init__(self, config: POP3Config) -> None:
         super().__init__(AUTH_LINE_MAX, HARD_LINE_MAX)
         if not _TIMESTAMP.fullmatch(config.timestamp):
@@ -126,11 +135,9 @@ class POP3Connection(Engine):
         self.config = config
         self.state = State.AUTHORIZATION
         self.tls_active = config.tls_active
-        self.errors = 0
         self.user: str | None = None  # the user whose maildrop is open
         self._user_arg: str | None = None  # the name USER gave, while in State.USER
         self._messages: list[_Message] = []
-        self._auth: Exchange | None = None  # the SASL exchange under way
         self._mechanisms, self._plaintext_mechs = _classify_mechanisms(config)
         self._content: ContentEncoder | None = None
         self._ok(f"taube ready {config.timestamp}")
@@ -139,10 +146,6 @@ class POP3Connection(Engine):
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
-
-    decision_type = Decision
-    closed_type = Closed
-    transitions = TRANSITIONS  # a closed peer is never an Update: RFC 1939 section 6 needs a QUIT
 
     def next_event(self) -> Event | NeedData:
         return super().next_event()  # type: ignore[no-any-return]
@@ -183,7 +186,7 @@ class POP3Connection(Engine):
                 left = sum(not m.deleted for m in self._messages)
                 status = "maildrop empty" if not left else f"{_count(left, 'message')} left"
                 self._ok(f"{self.config.hostname} POP3 server signing off ({status})")
-                self._close("quit")
+                self._stop(None, "quit")
 
     def reject(self, text: str | None = None) -> None:
         """Say no to the pending decision: ``-ERR text``, by default the RFC 2449/3206 response
@@ -198,10 +201,10 @@ class POP3Connection(Engine):
         text = text or _REJECT_DEFAULTS[type(event)]
         match event:
             case Login() | ApopLogin():
-                self._login_failed(event.user, reason, text)
+                self._login_failed(event.user, reason)
+                self._error(text)
             case Update():
-                self._send(b"-ERR " + text.encode() + b"\r\n")
-                self._close("quit, deletion failed")
+                self._stop(text, "quit, deletion failed")
             case _:
                 self._error(text)
 
@@ -257,12 +260,11 @@ class POP3Connection(Engine):
         """Stop with a final ``-ERR text`` (shutdown, the autologout timer of RFC 1939 section 3),
         never entering UPDATE. While content is being sent, no reply is possible: just close."""
         _check_text(text)
-        if self.state is not State.CONTENT:
-            self._send(b"-ERR " + text.encode() + b"\r\n")
+        final = None if self.state is State.CONTENT else text
         self._pending = None
         self._content = None
         self._events.clear()
-        self._close(text)
+        self._stop(final, text)
 
     # --- internals -------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -278,36 +280,23 @@ class POP3Connection(Engine):
             self._send(("." + line if line.startswith(".") else line).encode() + b"\r\n")
         self._send(b".\r\n")
 
-    def _error(self, text: str) -> None:
-        """Send ``-ERR text``; too many of them end the connection (without UPDATE)."""
-        self._send(b"-ERR " + text.encode() + b"\r\n")
-        self.errors += 1
-        if self.errors >= self.config.max_errors and self.state is not State.CLOSED:
-            self._send(b"-ERR too many errors\r\n")
-            self._close("too many errors")
+    def _encode_error(self, error: str) -> bytes:
+        return b"-ERR " + error.encode() + b"\r\n"
 
-    def _close(self, reason: str) -> None:
-        self._enter("close")
-        self._emit(Closed(reason=reason))
-
-    def _overflow(self) -> None:
-        """Input without a line end beyond HARD_LINE_MAX: ``-ERR`` and close, never UPDATE."""
-        if self.state is State.AUTH and self._auth is not None:
-            user, self._auth = self._auth.user, None
-            self._emit(LoginFailed(user=user, reason=Exchange.abandon(Cause.OVERFLOW).reason))
-        self._send(b"-ERR line too long\r\n")
-        self._lines.clear()
-        self._close("line without end too long")
+    def _closing(self, why: str) -> str | None:
+        # The -ERR to a line without end already says why; after the last of too many errors, a
+        # second -ERR does. Either way the engine closes without UPDATE (RFC 1939 section 6).
+        return None if why == "line too long" else why
 
     def _verified(self, user: str) -> None:
         """Credentials are good: ask the session to open the maildrop (RFC 1939 section 4)."""
         self._enter("verified")
         self._emit(MailboxOpen(user=user))
 
-    def _login_failed(self, user: str | None, reason: str, text: str) -> None:
+    def _login_failed(self, user: str | None, reason: str) -> None:
+        """LoginFailed for the session; the caller sends the ``-ERR``."""
         self._enter("login-failed")
         self._emit(LoginFailed(user=user, reason=reason))
-        self._error(text)
 
     def _visible(self) -> list[tuple[int, _Message]]:
         """The messages not marked deleted, with their numbers (RFC 1939 section 5)."""
@@ -318,42 +307,29 @@ class POP3Connection(Engine):
         return f"{_count(len(visible), 'message')} ({sum(m.size for _, m in visible)} octets)"
 
     # --- commands --------------------------------------------------------------------------
-    def _command(self, raw: bytes | object) -> None:
-        if raw is TOO_LONG:
-            self._error("line too long")
-            return
-        assert isinstance(raw, bytes)
-        line = raw.rstrip(b"\r\n")
-        verb_bytes = line.split(b" ", 1)[0].upper()
-        if len(raw) > (AUTH_LINE_MAX if verb_bytes == b"AUTH" else COMMAND_LINE_MAX):
-            self._error("line too long")
-            return
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            text = "\x00"
-        if "\x00" in text or "\r" in text:
-            self._error("bad characters in command")
-            return
-        verb, _, arg = text.partition(" ")
-        verb = ascii_upper(verb)
-        self._dispatch(verb, arg if verb == "PASS" else arg.strip(" "))
+    def _screen(self, raw: bytes) -> bool:
+        """RFC 2449 section 4: the line limit, judged on the line as sent before it is read as
+        text (AUTH lines may be longer, RFC 5034 section 4)."""
+        verb = raw.rstrip(b"\r\n").split(b" ", 1)[0].upper()
+        if len(raw) > (AUTH_LINE_MAX if verb == b"AUTH" else COMMAND_LINE_MAX):
+            self._error(self.line_too_long)
+            return False
+        return True
 
     def _dispatch(self, verb: str, arg: str) -> None:
-        """The one place where commands meet states (RFC 1939 sections 4-6)."""
-        user_arg = None
-        if self.state is State.USER:  # PASS must follow USER directly: any command ends it
-            user_arg, self._user_arg = self._user_arg, None
+        """State.USER lasts one command: PASS must follow USER directly (RFC 1939 section 7),
+        and any command ends it; only a PASS right after it reads the name (``_user_arg``)."""
+        if self.state is State.USER:
             self._enter("next-command")
-        allowed = ALLOWED.get(verb)
-        if allowed is None:
-            self._error("unknown command")
-        elif self.state not in allowed:
-            self._error("log in first" if self.state is State.AUTHORIZATION else "already logged in")
-        elif verb == "PASS":
-            self._do_pass(arg, user_arg)
-        else:
-            getattr(self, f"_do_{verb.lower()}")(arg)
+        super()._dispatch(verb, arg)
+        if self.state is not State.USER:
+            self._user_arg = None
+
+    def _unknown(self, verb: str) -> str:
+        return "unknown command"
+
+    def _out_of_sequence(self, verb: str) -> str:
+        return "log in first" if self.state is State.AUTHORIZATION else "already logged in"
 
     def _syntax(self, verb: str) -> None:
         self._error(f"syntax: {_USAGE[verb]}")
@@ -379,8 +355,9 @@ class POP3Connection(Engine):
             self._enter("user")
             self._ok("send PASS")
 
-    def _do_pass(self, arg: str, user: str | None) -> None:
+    def _do_pass(self, arg: str) -> None:
         """RFC 1939 section 7: the argument is the rest of the line, spaces included."""
+        user = self._user_arg
         refusal = self._user_refusal()
         if refusal is not None:
             self._error(refusal)
@@ -415,7 +392,7 @@ class POP3Connection(Engine):
             self._syntax("QUIT")
         elif self.state is State.AUTHORIZATION:
             self._ok(f"{self.config.hostname} POP3 server signing off")
-            self._close("quit")
+            self._stop(None, "quit")
         else:
             self._enter("quit")
             self._emit(Update(deleted_uids=tuple(m.uid for m in self._messages if m.deleted)))
@@ -467,35 +444,19 @@ class POP3Connection(Engine):
         if initial_text and initial is None:
             self._error("bad base64 in the initial response")
             return
-        self._auth = Exchange(name, hostname=self.config.hostname)  # only known names get here
-        self._auth_step(self._auth.start(initial))
+        self._auth_start(name, initial)  # only known names get here
 
-    def _auth_step(self, step: Outcome) -> None:
-        match step:
-            case sasl.Challenge(data=data):
-                self._enter("auth-step")
-                self._send(b"+ " + base64.b64encode(data) + b"\r\n")
-            case sasl.CheckPassword() | sasl.NeedSecret() | sasl.NeedScram():
-                self._enter("auth-step")
-                self._emit(AuthLookup(request=step))
-            case sasl.Success(authcid=user):
-                self._auth = None
-                self._verified(user)
-            case sasl.Failure(reason=reason, malformed=malformed):
-                self._auth_failed(reason, "malformed SASL response" if malformed else _AUTH_FAILED)
-            case Abandoned(cause=cause, reason=reason):
-                self._auth_failed(reason, _ABANDONED[cause])
+    def _challenge(self, data: bytes) -> bytes:
+        return b"+ " + data + b"\r\n"  # RFC 5034 section 4
 
-    def _auth_failed(self, reason: str, text: str) -> None:
+    def _auth_end(self, user: str | None, reason: str) -> None:
+        """MailboxOpen on success; LoginFailed for the name the mechanism last saw otherwise."""
         assert self._auth is not None
-        user, self._auth = self._auth.user, None
-        self._login_failed(user, reason, text)
-
-    def _auth_response(self, raw: bytes | object) -> None:
-        """A client line inside the SASL exchange (RFC 5034 section 4)."""
-        assert self._auth is not None
-        line = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw
-        self._auth_step(self._auth.respond(line))
+        tried, self._auth = self._auth.user, None
+        if user is None:
+            self._login_failed(tried, reason)
+        else:
+            self._verified(user)
 
     # --- TRANSACTION state (RFC 1939 section 5 and 7) -----------------------------------------
     def _message(self, text: str) -> int | None:

@@ -68,15 +68,10 @@ What an abusive client gets (Postfix 3.9's answers, so that logs and clients rea
 
 from __future__ import annotations
 
-import base64
-
 from . import replies as R
-from . import sasl
-from .buffer import TOO_LONG
-from .common import NEED_DATA, Engine, LocalProtocolError, NeedData, ascii_upper
+from .common import NEED_DATA, Engine, LocalProtocolError, NeedData
 from .dotstuff import DataDecoder
 from .replies import Reply
-from .sasl_exchange import Abandoned, Cause, Exchange, Outcome
 from .smtp_commands import Commands
 from .smtp_rules import (
     _ABANDONED,
@@ -154,18 +149,27 @@ __all__ = [
 class SMTPConnection(Commands, Engine):
     """One SMTP server connection's protocol state. See the module docstring."""
 
+    decision_type = Decision
+    closed_type = Closed
+    lookup_type = AuthLookup
+    transitions = TRANSITIONS
+    allowed = ALLOWED
+    line_too_long = R.LINE_TOO_LONG
+    bad_characters = R.BAD_CHARACTERS
+    auth_failed = R.AUTH_FAILED
+    auth_malformed = R.CANNOT_DECODE
+    auth_abandoned = _ABANDONED
+
     def __init__(self, config: SMTPConfig) -> None:
         super().__init__(AUTH_LINE_MAX, HARD_LINE_MAX, crlf_only=not config.normalize_bare_newlines)
         self.config = config
         self.state = State.CONNECTED
         self.esmtp = False
         self.helo = ""
-        self.errors = 0
         self.recipients = 0
         self.mail: MailFrom | None = None  # the accepted MAIL of the open transaction
         self.tls_active = config.tls_active
         self.authenticated: str | None = None  # the SASL authcid after 235
-        self._auth: Exchange | None = None  # the SASL exchange under way
         self._auth_initial: bytes | None = None  # AUTH's initial response, until AuthStart's answer
         self._decoder: DataDecoder | None = None
         self._data_size = 0
@@ -202,10 +206,6 @@ class SMTPConnection(Commands, Engine):
         self._greeting_queued = True
         self._send(reply or Reply(code=220, enhanced=None,
                                   text=f"{self.config.hostname} {self.config.greeting_text}"))
-
-    decision_type = Decision
-    closed_type = Closed
-    transitions = TRANSITIONS
 
     def next_event(self) -> Event | NeedData:
         return super().next_event()  # type: ignore[no-any-return]
@@ -267,8 +267,7 @@ class SMTPConnection(Commands, Engine):
         event = self._take_pending()
         if isinstance(event, Connect):
             self._greeting_queued = True
-            self._close(reply)
-            self._emit(Closed(reason="refused at connect"))
+            self._stop(reply, "refused at connect")
         elif isinstance(event, EndOfData):
             self._end_transaction(reply)
         elif isinstance(event, AuthLookup):
@@ -280,29 +279,14 @@ class SMTPConnection(Commands, Engine):
         """Send a final reply (421 on shutdown or timeout) and stop."""
         self._pending = None
         self._events.clear()
-        self._close(reply)
-
-    def _close(self, reply: Reply) -> None:
         self._send(reply)
         self._enter("close")
 
-    def _abort(self, reply: Reply, reason: str) -> None:
-        """End the session at once with ``reply``: the open transaction is dropped and nothing
+    def _abort(self, final: Reply, reason: str) -> None:
+        """End the session at once with ``final``: the open transaction is dropped and nothing
         still buffered runs."""
         self._reset_transaction()
-        self._lines.clear()
-        self._close(reply)
-        self._emit(Closed(reason=reason))
-
-    def _overflow(self) -> None:
-        """Input without a line end beyond HARD_LINE_MAX: say why, then 421 and close now."""
-        if self.state is State.AUTH:
-            self._auth_finish(None, Exchange.abandon(Cause.OVERFLOW).reason)
-            self._send(R.AUTH_LINE_TOO_LONG)
-        else:
-            self._send(R.LINE_TOO_LONG)
-        self._abort(R.closing(self.config.hostname, "4.7.0", "Error: line too long"),
-                    "line without end too long")
+        super()._abort(final, reason)
 
     def tls_started(self) -> None:
         """After the TLS handshake: forget everything said in plaintext (RFC 3207 4.2); the
@@ -329,13 +313,12 @@ class SMTPConnection(Commands, Engine):
     def _send(self, reply: Reply) -> None:
         self._out.append(reply.encode())
 
-    def _error(self, reply: Reply) -> None:
-        """Send a negative reply; too many of them end the session (Postfix: hard_error_limit)."""
-        self._send(reply)
-        self.errors += 1
-        if self.errors >= self.config.max_errors and self.state is not State.CLOSED:
-            self._close(R.closing(self.config.hostname, "4.7.0", "Error: too many errors"))
-            self._emit(Closed(reason="too many errors"))
+    def _encode_error(self, error: Reply) -> bytes:
+        return error.encode()
+
+    def _closing(self, why: str) -> Reply:
+        """421 (RFC 5321 3.8), after the reply to the line that made the engine close."""
+        return R.closing(self.config.hostname, "4.7.0", f"Error: {why}")
 
     def _reset_transaction(self) -> None:
         if self.state in (State.MAIL, State.RCPT):
@@ -355,41 +338,11 @@ class SMTPConnection(Commands, Engine):
             self._error(reply)
 
     # --- commands --------------------------------------------------------------------------
-    def _command(self, raw: bytes | object) -> None:
-        if raw is TOO_LONG:
-            self._error(R.LINE_TOO_LONG)
-            return
-        assert isinstance(raw, bytes)
+    def _screen(self, raw: bytes) -> bool:
         if _FORBIDDEN.match(raw):  # before anything else: no reply to it but this one
             self._abort(R.FORBIDDEN_COMMAND, "HTTP request or header line as a command")
-            return
-        line = self._strip_line_end(raw)
-        if isinstance(line, Reply):
-            self._error(line)
-            return
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._error(R.BAD_CHARACTERS)
-            return
-        if "\x00" in text or "\r" in text:
-            self._error(R.BAD_CHARACTERS)
-            return
-        verb, _, arg = text.partition(" ")
-        verb = ascii_upper(verb)
-        if self._must_wait(verb) and len(self._lines):
-            self._abort(R.SYNCHRONIZATION, f"improper command pipelining after {verb[:16]!r}")
-            return
-        if verb == "AUTH":
-            limit = AUTH_LINE_MAX
-        elif verb in ("MAIL", "RCPT") and self.esmtp:
-            limit = PARAM_LINE_MAX
-        else:
-            limit = COMMAND_LINE_MAX
-        if len(raw) > limit:
-            self._error(R.LINE_TOO_LONG)
-            return
-        self._dispatch(verb, arg.strip(" "))
+            return False
+        return True
 
     def _strip_line_end(self, raw: bytes) -> bytes | Reply:
         """The line without its line end, or the 500 for a CRLF line that holds a bare LF or
@@ -403,6 +356,23 @@ class SMTPConnection(Commands, Engine):
             return R.BARE_CR_IN_COMMAND
         return line
 
+    def _admit(self, verb: str, raw: bytes) -> bool:
+        """RFC 2920 3.1 pipelining discipline (see the module docstring), then the line limit
+        of ``verb`` (RFC 5321 4.5.3.1.4, RFC 4954 4)."""
+        if self._must_wait(verb) and len(self._lines):
+            self._abort(R.SYNCHRONIZATION, f"improper command pipelining after {verb[:16]!r}")
+            return False
+        if verb == "AUTH":
+            limit = AUTH_LINE_MAX
+        elif verb in ("MAIL", "RCPT") and self.esmtp:
+            limit = PARAM_LINE_MAX
+        else:
+            limit = COMMAND_LINE_MAX
+        if len(raw) > limit:
+            self._error(R.LINE_TOO_LONG)
+            return False
+        return True
+
     def _must_wait(self, verb: str) -> bool:
         """Whether the client had to wait for our reply to ``verb`` before sending more (RFC
         2920 3.1): only with strict_pipelining, and not once authenticated (as Postfix)."""
@@ -410,57 +380,36 @@ class SMTPConnection(Commands, Engine):
             return False
         return not self.esmtp or verb in LAST_IN_GROUP  # no PIPELINING offered: every command
 
-    def _dispatch(self, verb: str, arg: str) -> None:
-        allowed = ALLOWED.get(verb)
+    def _states_allowing(self, verb: str) -> frozenset[State] | None:
         if verb == "ETRN" and not self.config.etrn:
-            self._error(R.NOT_IMPLEMENTED)  # switched off: as if we did not know it (any state)
-        elif allowed is None:
-            self._error(R.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED else R.UNRECOGNIZED)
-        elif self.state not in allowed:
-            self._error(R.NEED_HELO if self.state is State.CONNECTED
-                        else OUT_OF_SEQUENCE.get((self.state, verb), R.NEED_RCPT))
-        else:
-            getattr(self, f"_do_{verb.lower()}")(arg)
+            return None  # switched off: as if we did not know it (any state)
+        return ALLOWED.get(verb)
+
+    def _unknown(self, verb: str) -> Reply:
+        """502 for a command we know but do not offer (RFC 5321 4.2.4), else 500."""
+        return R.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED or verb == "ETRN" else R.UNRECOGNIZED
+
+    def _out_of_sequence(self, verb: str) -> Reply:
+        if self.state is State.CONNECTED:
+            return R.NEED_HELO
+        return OUT_OF_SEQUENCE.get((self.state, verb), R.NEED_RCPT)
 
     def _auth_begin(self, event: AuthStart) -> None:
-        self._auth = Exchange(event.mechanism, hostname=self.config.hostname)
         initial, self._auth_initial = self._auth_initial, None
-        self._auth_step(self._auth.start(initial))
+        self._auth_start(event.mechanism, initial)
 
-    def _auth_step(self, step: Outcome) -> None:
-        match step:
-            case sasl.Challenge(data=data):
-                self._enter("auth-step")
-                self._send(Reply(code=334, enhanced=None, text=base64.b64encode(data).decode()))
-            case sasl.CheckPassword() | sasl.NeedSecret() | sasl.NeedScram():
-                self._enter("auth-step")
-                self._emit(AuthLookup(request=step))
-            case sasl.Success(authcid=user):
-                self._auth_finish(user, "")
-                self._send(R.AUTH_OK)
-            case sasl.Failure(reason=reason, malformed=malformed):
-                self._auth_finish(None, reason)
-                self._error(R.CANNOT_DECODE if malformed else R.AUTH_FAILED)
-            case Abandoned(cause=cause, reason=reason):
-                self._auth_finish(None, reason)
-                self._error(_ABANDONED[cause])
+    def _challenge(self, data: bytes) -> bytes:
+        return Reply(code=334, enhanced=None, text=data.decode()).encode()
 
-    def _auth_finish(self, user: str | None, reason: str) -> None:
+    def _auth_end(self, user: str | None, reason: str) -> None:
+        """AuthDone for the session; 235 on success (RFC 4954 4)."""
         assert self._auth is not None
         self._enter("auth-done")
         self.authenticated = user
         self._emit(AuthDone(mechanism=self._auth.name, user=user, reason=reason))
         self._auth = None
-
-    def _auth_response(self, raw: bytes | object) -> None:
-        """A client line inside the SASL exchange (RFC 4954 4)."""
-        assert self._auth is not None
-        line = raw if raw is TOO_LONG else self._strip_line_end(raw)  # type: ignore[arg-type]
-        if isinstance(line, Reply):  # the 500 for a bare CR or LF, as for a command line
-            self._auth_finish(None, Exchange.abandon(Cause.BARE_NEWLINE).reason)
-            self._error(line)
-        else:
-            self._auth_step(self._auth.respond(line))
+        if user is not None:
+            self._send(R.AUTH_OK)
 
     # --- DATA ------------------------------------------------------------------------------
     def _pump_data(self) -> bool:
