@@ -14,6 +14,7 @@ from . import replies as R
 from . import sasl
 from .address import (
     AddressError,
+    Path,
     is_domain,
     parse_mail_argument,
     parse_mail_params,
@@ -111,13 +112,24 @@ class Commands:
         if isinstance(checked, Reply):
             self._error(checked)
             return
-        try:
-            path = parse_path(path_text, utf8=checked.smtputf8, allow_null=True)
-        except AddressError as e:
-            self._error(_address_reply(e, "5.1.7", "sender", checked.smtputf8))
+        path = self._path(path_text, "sender", "5.1.7", utf8=checked.smtputf8, allow_null=True)
+        if path is None:
             return
         self._emit(MailFrom(path=path, params=params, size=checked.size, body=checked.body,
                             smtputf8=checked.smtputf8, ret=checked.ret, envid=checked.envid))
+
+    def _path(self, text: str, role: str, enhanced: str, *, utf8: bool, **options: bool) -> Path | None:
+        """``text`` as the ``role``'s path (RFC 5321 4.1.2), or None once its error is sent:
+        553 5.6.7 for a non-ASCII address without SMTPUTF8 (RFC 6531 3.4), else 501 ``enhanced``."""
+        try:
+            return parse_path(text, utf8=utf8, **options)
+        except AddressError as e:
+            if not utf8 and "SMTPUTF8" in str(e):
+                self._error(Reply(code=553, enhanced="5.6.7",
+                                  text=f"Error: non-ASCII {role} address needs SMTPUTF8 (RFC 6531)"))
+            else:
+                self._error(Reply(code=501, enhanced=enhanced, text=f"Error: bad {role} address syntax: {e}"))
+            return None
 
     def _path_and_params(self, arg: str, keyword: str, verb: str) -> tuple[str, dict[str, str | None]] | None:
         """Split a MAIL/RCPT argument; None (with the error sent) when it does not parse."""
@@ -149,10 +161,8 @@ class Commands:
         if self.recipients >= self.config.max_recipients:
             self._error(R.TOO_MANY_RECIPIENTS)  # RFC 5321 4.5.3.1.10
             return
-        try:
-            path = parse_path(path_text, utf8=self._smtputf8, allow_bare_postmaster=True)
-        except AddressError as e:
-            self._error(_address_reply(e, "5.1.3", "recipient", self._smtputf8))
+        path = self._path(path_text, "recipient", "5.1.3", utf8=self._smtputf8, allow_bare_postmaster=True)
+        if path is None:
             return
         self._emit(RcptTo(path=path, params=params, notify=notify, orcpt=orcpt))
 
@@ -256,8 +266,3 @@ class Commands:
             self._auth_initial = initial
             self._emit(AuthStart(mechanism=name))
 
-
-def _address_reply(error: AddressError, enhanced: str, role: str, utf8: bool) -> Reply:
-    if not utf8 and "SMTPUTF8" in str(error):
-        return Reply(code=553, enhanced="5.6.7", text=f"Error: non-ASCII {role} address needs SMTPUTF8 (RFC 6531)")
-    return Reply(code=501, enhanced=enhanced, text=f"Error: bad {role} address syntax: {error}")
