@@ -21,23 +21,15 @@ from taube.policy.dnsbl import DNSLists
 from taube.policy.greylist import GREYLISTED, RETRY_WINDOW, Decision, Greylist, GreylistDB, client_network
 from taube.policy.pipeline import Context, Pipeline, Recipient, Verdict
 from taube.policy.relay import RelayPolicy
+from tests.clock import Clock
 from tests.dnsserver import DNSServer
 
 T = TypeVar("T")
 
 DELAY = 300.0
 EXPIRY = 35 * 86400.0
-START = 1_800_000_000.0  # wall-clock seconds
 CLIENT = "192.0.2.10"
 TRUSTED = RelayPolicy([ipaddress.ip_network("127.0.0.1/32")]).is_trusted
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -92,11 +84,12 @@ def test_first_attempt_early_retry_and_retry_after_the_delay(check: Greylist, cl
 
 def test_decisions_say_how_long_to_wait(tmp_path: Path, clock: Clock) -> None:
     db = GreylistDB(tmp_path / "g.db", delay=DELAY, expiry=EXPIRY, clock=clock)
-    assert db.check("192.0.2.0/24", "s@x", "r@y") == Decision("new", START, DELAY)
+    start = clock.now
+    assert db.check("192.0.2.0/24", "s@x", "r@y") == Decision("new", start, DELAY)
     clock.now += 100
-    assert db.check("192.0.2.0/24", "s@x", "r@y") == Decision("early", START, DELAY - 100)
+    assert db.check("192.0.2.0/24", "s@x", "r@y") == Decision("early", start, DELAY - 100)
     clock.now += 200
-    assert db.check("192.0.2.0/24", "s@x", "r@y") == Decision("passed", START, 0.0)
+    assert db.check("192.0.2.0/24", "s@x", "r@y") == Decision("passed", start, 0.0)
     db.close()
 
 

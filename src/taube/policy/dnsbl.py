@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ..lookup import DNSClient, TempError
 from ..proto.replies import Reply
 from .pipeline import Check, Context, Verdict
+from .relay import client_address
 
 __all__ = ["ERROR_CODES", "NOTE", "DNSLists", "ListLookup", "ListResult", "Listing",
            "dnswl_listed", "query_name"]
@@ -90,12 +91,9 @@ NOT_LISTED = ListResult()
 def query_name(client_ip: str, zone: str) -> str | None:
     """The name to look up for ``client_ip`` in ``zone`` (RFC 5782 sections 2.1 and 2.4); an
     IPv4-mapped IPv6 address is its IPv4 address. None for a string that is no IP address."""
-    try:
-        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
+    ip = client_address(client_ip)
+    if ip is None:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     # reverse_pointer is exactly the reversed octets (nibbles) under in-addr.arpa (ip6.arpa).
     reversed_ip = ip.reverse_pointer.rsplit(".", 2)[0]
     return f"{reversed_ip}.{zone}"

@@ -35,7 +35,6 @@ import asyncio
 import ipaddress
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,8 @@ from typing import Literal
 from ..proto.replies import Reply
 from .dnsbl import dnswl_listed
 from .pipeline import Check, Context, Verdict
+from .relay import client_address
+from .statedb import StateDB
 
 __all__ = ["BUSY_TIMEOUT", "GREYLISTED", "RETRY_WINDOW", "Decision", "Greylist", "GreylistDB",
            "client_network"]
@@ -91,12 +92,9 @@ CREATE INDEX IF NOT EXISTS triples_last_seen ON triples (last_seen);
 def client_network(client_ip: str) -> str:
     """The greylisting network of an address: IPv4 /24, IPv6 /64 (an IPv4-mapped address is
     its IPv4 address); anything else is kept as given."""
-    try:
-        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
+    ip = client_address(client_ip)
+    if ip is None:
         return client_ip[:MAX_FIELD]
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     prefix = 24 if ip.version == 4 else 64
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
@@ -116,32 +114,19 @@ class Decision:
         return self.outcome != "passed"
 
 
-class GreylistDB:
-    """The triples in SQLite (see the module docstring). Every method blocks: call it from a
-    worker thread. One connection per object, used by one thread at a time."""
+class GreylistDB(StateDB):
+    """The triples in SQLite (see the module docstring and :class:`StateDB`)."""
+
+    purge_interval = PURGE_INTERVAL
 
     def __init__(self, path: Path, *, delay: float, expiry: float,
                  clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
+        # NORMAL: a power loss may forget the last decisions, and a forgotten triple only means
+        # one more 451.
+        super().__init__(path, _SCHEMA, synchronous="NORMAL", busy_timeout=BUSY_TIMEOUT,
+                         clock=clock)
         self.delay = float(delay)
         self.expiry = float(expiry)
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._next_purge = 0.0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # NORMAL in WAL mode: a power loss may forget the last decisions, never corrupt the
-        # file; a forgotten triple only means one more 451.
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     def check(self, network: str, sender: str, recipient: str) -> Decision:
         """Record this attempt of the triple and decide (one transaction)."""
@@ -166,12 +151,7 @@ class GreylistDB:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            if now >= self._next_purge:
-                self._next_purge = now + PURGE_INTERVAL
-                try:
-                    self._purge(now)
-                except sqlite3.Error as exc:  # the decision stands; the next purge tries again
-                    log.warning("greylist database %s: purge failed: %s", self.path, exc)
+            self._purge_now_and_then(now)
         return decision
 
     def _decide(self, row: tuple[float, float, int] | None, now: float) -> Decision:
@@ -185,13 +165,8 @@ class GreylistDB:
                 return Decision("early", first_seen, self.delay - (now - first_seen))
         return Decision("new", now, self.delay)
 
-    def purge(self) -> int:
-        """Remove forgotten triples, at most :data:`PURGE_BATCH`; how many went."""
-        with self._lock:
-            return self._purge(self.clock())
-
     def _purge(self, now: float) -> int:
-        # Bounded: one batch per call, oldest first, through the last_seen index.
+        # Forgotten triples, at most PURGE_BATCH, oldest first through the last_seen index.
         cursor = self._db.execute(
             "DELETE FROM triples WHERE rowid IN (SELECT rowid FROM triples WHERE last_seen < ? "
             "AND (passed = 0 OR last_seen < ?) ORDER BY last_seen LIMIT ?)",
@@ -199,7 +174,7 @@ class GreylistDB:
         return cursor.rowcount
 
     def count(self) -> int:
-        """The triples stored (for tests and ``taube`` status)."""
+        """The triples stored."""
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM triples").fetchone()[0])
 

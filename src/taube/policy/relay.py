@@ -11,9 +11,21 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-__all__ = ["RelayPolicy"]
+__all__ = ["RelayPolicy", "client_address"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address as every policy sees it: without an IPv6 scope (``%eth0``), and
+    ``::ffff:192.0.2.1`` as 192.0.2.1; None for a string that is no address."""
+    try:
+        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 class RelayPolicy:
@@ -21,13 +33,8 @@ class RelayPolicy:
         self._networks = tuple(trusted_networks)
 
     def is_trusted(self, client_ip: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:192.0.2.1 is 192.0.2.1 for policy purposes
-        return any(ip in net for net in self._networks)
+        ip = client_address(client_ip)
+        return ip is not None and any(ip in net for net in self._networks)
 
     def may_relay(self, client_ip: str, *, authenticated: bool = False) -> bool:
         return authenticated or self.is_trusted(client_ip)
