@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..config import load_settings
-from .common import config_option, edit, open_directory, print_rows
+from .common import config_option, edit, list_directory, name_command
 
 
 @click.group()
@@ -25,18 +24,13 @@ def alias_add(name: str, targets: tuple[str, ...], config: Path | None) -> None:
     edit(config, lambda directory: directory.add_alias(name, addresses), f"alias {name.lower()} added")
 
 
-@alias.command("del")
-@click.argument("name", metavar="ALIAS")
-@config_option
-def alias_del(name: str, config: Path | None) -> None:
-    """Remove an alias."""
-    edit(config, lambda directory: directory.del_alias(name), f"alias {name.lower()} removed")
+name_command(alias, "del", argument="name", metavar="ALIAS", help="Remove an alias.",
+             change=lambda directory, name: directory.del_alias(name), done="alias {} removed")
 
 
 @alias.command("list")
 @config_option
 def alias_list(config: Path | None) -> None:
     """List the aliases and their targets."""
-    with open_directory(load_settings(config)) as directory:
-        aliases = directory.list_aliases()
-    print_rows(["alias", "targets"], ([name, ",".join(targets)] for name, targets in aliases))
+    list_directory(config, ["alias", "targets"], lambda directory, _: (
+        [name, ",".join(targets)] for name, targets in directory.list_aliases()))

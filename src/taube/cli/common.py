@@ -69,6 +69,30 @@ def edit(config: Path | None, change: Callable[[SQLiteDirectory], object], done:
     click.echo(done)
 
 
+def name_command(group: click.Group, name: str, *, argument: str, metavar: str | None = None,
+                 help: str, change: Callable[[SQLiteDirectory, str], object],
+                 done: str) -> None:
+    """Add ``GROUP NAME ARGUMENT [--config FILE]`` to ``group``: one change to the directory for
+    one name (an address, a domain, an alias), then ``done`` with the name in lower case, as the
+    directory keeps it, in place of its ``{}``."""
+
+    @group.command(name, help=help)
+    @click.argument(argument, metavar=metavar)
+    @config_option
+    def command(config: Path | None, **arguments: str) -> None:
+        value = arguments[argument]
+        edit(config, lambda directory: change(directory, value), done.format(value.lower()))
+
+
+def list_directory(config: Path | None, headers: Sequence[str],
+                   rows: Callable[[SQLiteDirectory, Settings], Iterable[Sequence[str]]]) -> None:
+    """Print the ``rows`` read from the directory of the configuration (see print_rows)."""
+    settings = load_settings(config)
+    with open_directory(settings) as directory:
+        table = list(rows(directory, settings))
+    print_rows(headers, table)
+
+
 def console() -> Console:
     """A rich console for standard output; rich is imported only here, on a terminal, since
     every command would otherwise pay for the import."""

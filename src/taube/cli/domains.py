@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..config import load_settings
-from .common import config_option, edit, open_directory, print_rows
+from .common import config_option, list_directory, name_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..directory.sqlite import SQLiteDirectory
 
 
 @click.group()
@@ -15,29 +20,23 @@ def domain() -> None:
     """Local domains beyond those of the configuration file."""
 
 
-@domain.command("add")
-@click.argument("name")
-@config_option
-def domain_add(name: str, config: Path | None) -> None:
-    """Add a local domain."""
-    edit(config, lambda directory: directory.add_domain(name), f"domain {name.lower()} added")
+name_command(domain, "add", argument="name", help="Add a local domain.",
+             change=lambda directory, name: directory.add_domain(name),
+             done="domain {} added")
+name_command(domain, "del", argument="name",
+             help="Remove a local domain that has no users or aliases left.",
+             change=lambda directory, name: directory.del_domain(name),
+             done="domain {} removed")
 
 
-@domain.command("del")
-@click.argument("name")
-@config_option
-def domain_del(name: str, config: Path | None) -> None:
-    """Remove a local domain that has no users or aliases left."""
-    edit(config, lambda directory: directory.del_domain(name), f"domain {name.lower()} removed")
+def _domain_rows(directory: SQLiteDirectory, settings: Settings) -> Iterator[list[str]]:
+    configured = set(settings.domains)
+    for d in directory.list_domains():
+        yield [d, "configuration" if d in configured else "database"]
 
 
 @domain.command("list")
 @config_option
 def domain_list(config: Path | None) -> None:
     """List the local domains and where each is defined."""
-    settings = load_settings(config)
-    with open_directory(settings) as directory:
-        domains = directory.list_domains()
-    configured = set(settings.domains)
-    print_rows(["domain", "defined in"],
-               ([d, "configuration" if d in configured else "database"] for d in domains))
+    list_directory(config, ["domain", "defined in"], _domain_rows)

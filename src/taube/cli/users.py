@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import load_settings
-from .common import Failure, config_option, edit, open_directory, print_rows
+from .common import Failure, config_option, list_directory, name_command
 
 
 @click.group()
@@ -28,21 +27,19 @@ def read_password() -> str:
     return password
 
 
-@user.command("add")
-@click.argument("address")
-@config_option
-def user_add(address: str, config: Path | None) -> None:
-    """Add a user; the password is read from standard input."""
-    edit(config, lambda directory: directory.add_user(address, read_password()),
-         f"user {address.lower()} added")
-
-
-@user.command("del")
-@click.argument("address")
-@config_option
-def user_del(address: str, config: Path | None) -> None:
-    """Remove a user (the Maildir stays on disk)."""
-    edit(config, lambda directory: directory.del_user(address), f"user {address.lower()} removed")
+# The password is read only once the directory is open: a configuration that cannot be used is
+# reported before anyone is asked to type a password.
+name_command(user, "add", argument="address",
+             help="Add a user; the password is read from standard input.",
+             change=lambda directory, address: directory.add_user(address, read_password()),
+             done="user {} added")
+name_command(user, "passwd", argument="address",
+             help="Set a user's password, read from standard input.",
+             change=lambda directory, address: directory.set_password(address, read_password()),
+             done="password of {} changed")
+name_command(user, "del", argument="address", help="Remove a user (the Maildir stays on disk).",
+             change=lambda directory, address: directory.del_user(address),
+             done="user {} removed")
 
 
 @user.command("list")
@@ -50,15 +47,4 @@ def user_del(address: str, config: Path | None) -> None:
 @config_option
 def user_list(domain: str | None, config: Path | None) -> None:
     """List users, all or those of DOMAIN."""
-    with open_directory(load_settings(config)) as directory:
-        users = directory.list_users(domain)
-    print_rows(["user"], ([u] for u in users))
-
-
-@user.command("passwd")
-@click.argument("address")
-@config_option
-def user_passwd(address: str, config: Path | None) -> None:
-    """Set a user's password, read from standard input."""
-    edit(config, lambda directory: directory.set_password(address, read_password()),
-         f"password of {address.lower()} changed")
+    list_directory(config, ["user"], lambda directory, _: ([u] for u in directory.list_users(domain)))
