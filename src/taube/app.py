@@ -26,10 +26,10 @@ from .net.connection import Connection
 from .net.listener import Listener
 from .net.pop3_session import POP3Session
 from .net.services import Services
-from .net.smtp_session import Mode, SMTPSession, postmaster_address
+from .net.smtp_session import Mode, SMTPSession
 from .net.tls import TLSProvider
 from .pidfile import remove_pid, write_pid
-from .policy.local import LocalPolicy, LocalRules
+from .policy.local import LocalPolicy, LocalRules, postmaster_for
 from .policy.pipeline import Pipeline
 from .policy.relay import RelayPolicy
 from .proto import replies as R
@@ -104,15 +104,18 @@ class App:
 
     def _session_factory(self, mode: Mode) -> Callable[[Connection, str], SMTPSession]:
         def factory(io: Connection, client_ip: str) -> SMTPSession:
-            return SMTPSession(self.services, io, client_ip, mode)
+            # the sections a session owns, as they are when it starts: [smtp] holds the limits
+            # of every SMTP service ([submission] and [smtps] only say where to listen)
+            s = self.settings
+            return SMTPSession(self.services, io, client_ip, smtp=s.smtp, auth=s.auth,
+                               hostname=s.hostname, mode=mode)
         return factory
 
     def _pop3_factory(self, implicit_tls: bool) -> Callable[[Connection, str], POP3Session]:
         def factory(io: Connection, client_ip: str) -> POP3Session:
-            services = self.services
-            s = services.settings
-            return POP3Session(services, io, client_ip, pop3=s.pop3, auth=s.auth, hostname=s.hostname,
-                               implicit_tls=implicit_tls)
+            s = self.settings
+            return POP3Session(self.services, io, client_ip, pop3=s.pop3, auth=s.auth,
+                               hostname=s.hostname, implicit_tls=implicit_tls)
         return factory
 
     def _pop3_limits(self, client_ip: str) -> tuple[int, int | None]:
@@ -201,7 +204,7 @@ class App:
         return 0
 
     def _check_postmaster(self) -> None:
-        address = postmaster_address(self.services)
+        address = postmaster_for(self.settings, self.services.directory)
         if resolve_recipient(self.services.directory, address).status != "ok":
             log.warning("postmaster %s is neither a user nor an alias: mail to postmaster will be "
                         "refused (RFC 5321 4.5.1 requires it); add one with `taube alias add`", address)

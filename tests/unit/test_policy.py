@@ -10,7 +10,7 @@ import ipaddress
 import pytest
 
 from taube.policy.local import LocalPolicy, LocalRules
-from taube.policy.pipeline import Check, Context, Pipeline, Recipient, Verdict
+from taube.policy.pipeline import Check, Context, Pipeline, Recipient, Transaction, Verdict
 from taube.policy.relay import RelayPolicy
 from taube.proto.replies import Reply
 
@@ -228,6 +228,7 @@ class Stamp(Check):
 
     def __init__(self) -> None:
         self.header: bytes | None = None
+        self.seen: Transaction | None = None
 
     async def rcpt(self, ctx: Context) -> Verdict:
         assert ctx.tx.rcpt is not None
@@ -237,48 +238,10 @@ class Stamp(Check):
 
     async def data_end(self, ctx: Context) -> Verdict:
         self.header = ctx.tx.header
-        assert ctx.tx.results == {"stamp": "pass"} and ctx.tx.recipients == ["alice@example.test"]
+        self.seen = dataclasses.replace(ctx.tx)
+        assert ctx.tx.results == {"stamp": "pass"}
         ctx.tx.prepend.append(b"Authentication-Results: mx.example.test; stamp=pass\r\n")
         return Verdict.cont()
-
-
-def test_session_runs_the_pipeline_and_prepends_above_received(tmp_path) -> None:
-    from taube.config import Settings
-    from taube.directory.sqlite import SQLiteDirectory
-    from taube.net.services import Services
-    from taube.net.smtp_session import SMTPSession
-    from taube.queue.spool import Spool
-    from taube.sharedstate import LocalState
-    from taube.store.maildir import MaildirStore
-
-    settings = Settings(hostname="mx.example.test", data_dir=tmp_path, domains=["example.test"])
-    directory = SQLiteDirectory(tmp_path / "taube.db", settings.domains)
-    directory.add_user("alice@example.test", "secret")
-    relay = RelayPolicy(settings.networks())
-    stamp = Stamp()
-    fields = {f.name for f in dataclasses.fields(Services)}
-    extra = {"mailboxes": lambda user: None} if "mailboxes" in fields else {}  # POP3's, unused here
-    services = Services(settings=settings, directory=directory, relay=relay,
-                        spool=Spool(tmp_path, settings.hostname, MaildirStore(tmp_path / "mail")),
-                        state=LocalState(), tls=None, **extra)
-    services.pipeline = Pipeline([stamp, LocalPolicy(LocalRules.from_settings(settings), directory,
-                                                     relay, services.state)])
-    io = FakeIO([b"EHLO client.test\r\n", b"MAIL FROM:<s@sender.test>\r\n",
-                 b"RCPT TO:<grey@example.test>\r\n", b"RCPT TO:<nobody@example.test>\r\n",
-                 b"RCPT TO:<alice@example.test>\r\n", b"DATA\r\n",
-                 b"Subject: hi\r\n\r\nbody\r\n.\r\n", b"QUIT\r\n"])
-    asyncio.run(SMTPSession(services, io, "127.0.0.1").run())  # type: ignore[arg-type]
-    replies = io.out.decode()
-    assert "451 4.7.1 Greylisted, try later\r\n" in replies  # the first refusal wins
-    assert "550 5.1.1 <nobody@example.test>: Recipient address rejected" in replies
-    assert "250 2.0.0 Ok: queued as" in replies
-    assert stamp.header == b"Subject: hi\r\n"
-    (path,) = (tmp_path / "mail").glob("*/*/new/*")
-    stored = path.read_bytes()
-    assert stored.startswith(b"Return-Path: <s@sender.test>\r\n"
-                             b"Authentication-Results: mx.example.test; stamp=pass\r\nReceived: ")
-    assert stored.endswith(b"\r\nSubject: hi\r\n\r\nbody\r\n")
-    assert f",S={len(stored)}" in path.name
 
 
 class Listed(Check):
@@ -296,7 +259,8 @@ class Listed(Check):
         return Verdict.cont(results={"dnsbl": "pass"})
 
 
-def session_with(tmp_path, checks: list[Check], lines: list[bytes]) -> bytes:
+def session_with(tmp_path, checks: list[Check], lines: list[bytes], users: tuple[str, ...] = ()) -> bytes:
+    """Run one SMTP session over ``lines`` with ``checks`` before the site's own rules."""
     from taube.config import Settings
     from taube.directory.sqlite import SQLiteDirectory
     from taube.net.services import Services
@@ -307,17 +271,63 @@ def session_with(tmp_path, checks: list[Check], lines: list[bytes]) -> bytes:
 
     settings = Settings(hostname="mx.example.test", data_dir=tmp_path, domains=["example.test"])
     directory = SQLiteDirectory(tmp_path / "taube.db", settings.domains)
+    for user in users:
+        directory.add_user(user, "secret")
     relay = RelayPolicy(settings.networks())
-    fields = {f.name for f in dataclasses.fields(Services)}
-    extra = {"mailboxes": lambda user: None} if "mailboxes" in fields else {}
+    state = LocalState()
+    pipeline = Pipeline([*checks, LocalPolicy(LocalRules.from_settings(settings), directory, relay, state)])
     services = Services(settings=settings, directory=directory, relay=relay,
                         spool=Spool(tmp_path, settings.hostname, MaildirStore(tmp_path / "mail")),
-                        state=LocalState(), tls=None, **extra)
-    services.pipeline = Pipeline([*checks, LocalPolicy(LocalRules.from_settings(settings), directory,
-                                                       relay, services.state)])
+                        state=state, tls=None, mailboxes=lambda user: None,  # POP3's, unused here
+                        pipeline=pipeline)
     io = FakeIO(lines)
-    asyncio.run(SMTPSession(services, io, "127.0.0.1").run())  # type: ignore[arg-type]
+    session = SMTPSession(services, io, "127.0.0.1",  # type: ignore[arg-type]
+                          smtp=settings.smtp, auth=settings.auth, hostname=settings.hostname)
+    asyncio.run(session.run())
     return bytes(io.out)
+
+
+def test_session_runs_the_pipeline_and_prepends_above_received(tmp_path) -> None:
+    stamp = Stamp()
+    out = session_with(tmp_path, [stamp], [
+        b"EHLO client.test\r\n", b"MAIL FROM:<s@sender.test>\r\n",
+        b"RCPT TO:<grey@example.test>\r\n", b"RCPT TO:<nobody@example.test>\r\n",
+        b"RCPT TO:<alice@example.test>\r\n", b"DATA\r\n",
+        b"Subject: hi\r\n\r\nbody\r\n.\r\n", b"QUIT\r\n"], users=("alice@example.test",))
+    replies = out.decode()
+    assert "451 4.7.1 Greylisted, try later\r\n" in replies  # the first refusal wins
+    assert "550 5.1.1 <nobody@example.test>: Recipient address rejected" in replies
+    assert "250 2.0.0 Ok: queued as" in replies
+    assert stamp.header == b"Subject: hi\r\n"
+    (path,) = (tmp_path / "mail").glob("*/*/new/*")
+    stored = path.read_bytes()
+    assert stored.startswith(b"Return-Path: <s@sender.test>\r\n"
+                             b"Authentication-Results: mx.example.test; stamp=pass\r\nReceived: ")
+    assert stored.endswith(b"\r\nSubject: hi\r\n\r\nbody\r\n")
+    assert b"\tfor <alice@example.test>; " in stored  # the one accepted recipient
+    assert f",S={len(stored)}" in path.name
+
+
+def test_the_checks_see_the_transaction_the_session_commits(tmp_path) -> None:
+    """One record of the transaction: what data_end sees (sender, accepted recipients with
+    their targets and RFC 3461 parameters, queue id) is what goes into the spool."""
+    stamp = Stamp()
+    out = session_with(tmp_path, [stamp], [
+        b"EHLO client.test\r\n", b"MAIL FROM:<s@sender.test> RET=hdrs ENVID=QQ+2Bx\r\n",
+        b"RCPT TO:<alice@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;a@x.test\r\n",
+        b"RCPT TO:<nobody@example.test>\r\n", b"RCPT TO:<ALICE@example.test>\r\n", b"DATA\r\n",
+        b"Subject: hi\r\n\r\nbody\r\n.\r\n", b"QUIT\r\n"], users=("alice@example.test",))
+    tx = stamp.seen
+    assert tx is not None and tx.sender == "s@sender.test"
+    assert tx.mail_params == {"RET": "HDRS", "ENVID": "QQ+x"}  # as the envelope keeps them
+    assert [r.address for r in tx.recipients] == ["alice@example.test", "ALICE@example.test"]
+    first = tx.recipients[0].targets
+    assert [(t.kind, t.address, t.notify, t.orcpt) for t in first] == [
+        ("local", "alice@example.test", ("SUCCESS", "DELAY"), "rfc822;a@x.test")]
+    assert tx.targets == tuple(first)  # two RCPTs, one final destination: one copy
+    assert tx.queue_id and f"queued as {tx.queue_id}" in out.decode()
+    (path,) = (tmp_path / "mail").glob("*/*/new/*")
+    assert b" for <" not in path.read_bytes().split(b"\r\n\r\n")[0]  # Received names no single recipient
 
 
 def test_a_connect_refusal_replaces_the_greeting(tmp_path, caplog) -> None:

@@ -20,10 +20,8 @@ from collections.abc import Generator
 from ..config import AuthSettings, POP3Settings
 from ..proto import sasl
 from ..proto.pop3 import (
-    NEED_DATA,
     ApopLogin,
     AuthLookup,
-    Closed,
     Event,
     Login,
     LoginFailed,
@@ -32,13 +30,12 @@ from ..proto.pop3 import (
     POP3Connection,
     Retrieve,
     StartTLS,
-    State,
     Update,
 )
 from ..store.mailbox import Mailbox
 from .connection import Connection
-from .login_throttle import LoginThrottle
-from .services import TLS_HANDSHAKE_TIMEOUT, Services
+from .services import Services
+from .session import EngineSession, Goodbye
 
 __all__ = ["POP3Session"]
 
@@ -48,17 +45,18 @@ SMALL_MESSAGE = 128 * 1024  # read on the event loop up to this size (see _retri
 BLOCKED = "[SYS/TEMP] too many authentication failures, try again later"
 
 
-class POP3Session:
-    """Drive one POP3 connection to the end. ``run()`` never raises for anything the peer does.
+class POP3Session(EngineSession[POP3Connection]):
+    """Drive one POP3 connection to the end (the loop, deadlines and close are
+    :class:`~taube.net.session.EngineSession`'s).
 
     Configured by the sections it owns, ``[pop3]`` and ``[auth]``, and the host name; from
     ``services`` it takes the directory, the shared state, the maildrops and TLS."""
 
+    log = log  # the module's logger, for the shared loop's lines too
+
     def __init__(self, services: Services, io: Connection, client_ip: str, *, pop3: POP3Settings,
                  auth: AuthSettings, hostname: str, implicit_tls: bool = False) -> None:
-        self.services = services
-        self.io = io
-        self.client_ip = client_ip
+        super().__init__(services, io, client_ip, auth=auth)
         self.timeout = pop3.timeout
         self.conn = POP3Connection(POP3Config(
             hostname=hostname,
@@ -72,59 +70,20 @@ class POP3Session:
             apop=auth.legacy_secrets,
             max_errors=pop3.max_errors,
         ))
-        self.login = LoginThrottle(services, client_ip, auth=auth)
         self.mailbox: Mailbox | None = None
         self.locked: str | None = None
-        self.stopping = False
-        self.committing = False  # the listener's drain: an UPDATE in progress is never cut
 
-    @property
-    def idle(self) -> bool:
-        return not self.committing
+    def _read_timeout(self) -> float:
+        return self.timeout  # RFC 1939 3: the autologout timer, restarted by every input
 
-    async def run(self) -> None:
-        try:
-            await self._loop()
-        except ConnectionError:
-            pass
-        except asyncio.CancelledError:
-            if not self.stopping:
-                raise
-            if self.conn.state is not State.CONTENT:
-                self.conn.close_with("server shutting down")
-                self.io.write(self.conn.data_to_send())
-        finally:
-            if self.locked is not None:
-                self.services.state.unlock_mailbox(self.locked)
-            self.io.close()
+    def _goodbye(self, why: Goodbye) -> None:
+        # RFC 1939 3: on the autologout timer nothing is deleted (no UPDATE without QUIT)
+        self.conn.close_with("autologout timer expired" if why == "timeout" else "server shutting down")
 
-    async def _loop(self) -> None:
-        while True:
-            event = self.conn.next_event()
-            if event is NEED_DATA:
-                await self._flush()
-                data = await self._read()
-                if data is None:
-                    return
-                self.login.input()
-                self.conn.receive_data(data)
-            elif isinstance(event, Closed):
-                await self._flush()
-                return
-            else:
-                await self._handle(event)
-
-    async def _read(self) -> bytes | None:
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await self.io.read()
-        except TimeoutError:
-            self.conn.close_with("autologout timer expired")  # RFC 1939 3: nothing is deleted
-            await self._flush()
-            return None
-
-    async def _flush(self) -> None:
-        await self.io.send(self.conn.data_to_send())
+    def _release(self) -> None:
+        if self.locked is not None:
+            self.services.state.unlock_mailbox(self.locked)
+            self.locked = None
 
     async def _handle(self, event: Event) -> None:
         match event:
@@ -139,7 +98,7 @@ class POP3Session:
             case MailboxOpen():
                 await self._open(event)
             case StartTLS():
-                await self._starttls()
+                await self._start_tls()
             case Retrieve():
                 await self._retrieve(event)
             case Update():
@@ -205,14 +164,6 @@ class POP3Session:
         self.login.succeeded()
         state.pop_login(self.client_ip)  # SMTP-after-POP
         log.info("login client=%s user=%s messages=%d", self.client_ip, user, len(listing))
-
-    async def _starttls(self) -> None:
-        tls = self.services.tls
-        assert tls is not None
-        self.conn.accept()
-        await self._flush()
-        await self.io.start_tls(tls.context, TLS_HANDSHAKE_TIMEOUT)
-        self.conn.tls_started()
 
     # --- transaction -----------------------------------------------------------------------
     async def _retrieve(self, event: Retrieve) -> None:

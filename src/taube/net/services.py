@@ -49,6 +49,9 @@ class Reports(Protocol):
 
 @dataclass(slots=True)
 class Services:
+    """What the sessions share. ``settings`` is the whole configuration these parts were built
+    for: ``app.py`` hands each session the sections it owns from it, the sessions never read it."""
+
     settings: Settings
     directory: Directory
     relay: RelayPolicy
@@ -56,7 +59,6 @@ class Services:
     state: SharedState
     tls: TLSProvider | None
     mailboxes: MailboxFactory  # the maildrops POP3 reads: user address -> mailbox
+    pipeline: Pipeline  # the inbound checks every SMTP session runs, in order
     runner: QueueControl | None = None  # the queue runner, when one runs in this process
     reporter: Reports | None = None  # delivery status notifications (local NOTIFY=SUCCESS)
-    # The inbound checks; None: the site's own rules alone (policy.local), built per session.
-    pipeline: Pipeline | None = None

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Literal
 from ..proto.replies import Reply, SMTPError
 
 if TYPE_CHECKING:
-    from ..queue.envelope import Target
+    from ..addressing import Target
 
 __all__ = ["STAGES", "Action", "Check", "Context", "Pipeline", "Recipient", "Stage", "Transaction",
            "Verdict"]
@@ -104,9 +104,10 @@ CONTINUE = Verdict()
 
 @dataclass(slots=True)
 class Recipient:
-    """The RCPT being decided: ``address`` as given, ``local``/``domain`` of its path (``domain``
-    empty for ``<postmaster>``). A check that resolves it sets ``targets``: where the message
-    goes for this recipient."""
+    """An RCPT: ``address`` as given, ``local``/``domain`` of its path (``domain`` empty for
+    ``<postmaster>``). A check that resolves it completes ``address`` and sets ``targets``:
+    where the message goes for this recipient. Once accepted, its targets also carry the RCPT's
+    RFC 3461 NOTIFY and ORCPT."""
 
     address: str
     local: str
@@ -116,13 +117,19 @@ class Recipient:
 
 @dataclass(slots=True)
 class Transaction:
-    """One mail transaction: from MAIL to the final reply, RSET or HELO/EHLO."""
+    """One mail transaction, from MAIL to the final reply, RSET or HELO/EHLO: the one record of
+    it. The checks read it and add to it (``prepend``, ``results``); the session fills in what
+    the client said and, at the end of DATA, builds the envelope from it."""
 
     sender: str | None = None  # "" for <>; None before MAIL was accepted
-    mail_params: Mapping[str, str | None] = field(default_factory=dict)
-    size: int | None = None  # MAIL SIZE=
-    recipients: list[str] = field(default_factory=list)  # the accepted RCPTs, as given
+    # MAIL's ESMTP parameters as the envelope keeps them: as given, except RET in upper case and
+    # ENVID decoded from xtext (RFC 3461 4.3, 4.4); a parameter without value maps to "".
+    mail_params: Mapping[str, str] = field(default_factory=dict)
+    size: int | None = None  # MAIL SIZE= (RFC 1870)
+    recipients: list[Recipient] = field(default_factory=list)  # the accepted RCPTs, in order
     rcpt: Recipient | None = None  # the one being decided (rcpt stage)
+    queue_id: str = ""  # given when DATA is accepted
+    received_at: float = 0.0  # when DATA was accepted (the date of the Received header)
     header: bytes | None = None  # the message's header section (data_end stage)
     # Complete CRLF header lines a data_end check adds (Authentication-Results, DKIM-Signature):
     # stored above taube's Received, in this order.
@@ -137,6 +144,24 @@ class Transaction:
     # Header fields to leave out when the message is stored, as (start, end) octet offsets into
     # ``header`` (forged Authentication-Results, RFC 8601 section 5).
     drop: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def smtputf8(self) -> bool:
+        """MAIL said SMTPUTF8 (RFC 6531): the addresses may be UTF-8."""
+        return "SMTPUTF8" in self.mail_params
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """Where the message goes: the accepted recipients' targets, one per final destination
+        even when two RCPTs (or aliases) lead to it."""
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for target in (t for r in self.recipients for t in r.targets):
+            key = (target.kind, target.address)
+            if key not in seen:
+                seen.add(key)
+                out.append(target)
+        return tuple(out)
 
 
 @dataclass(slots=True)
