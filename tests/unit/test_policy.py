@@ -299,6 +299,7 @@ def test_session_runs_the_pipeline_and_prepends_above_received(tmp_path) -> None
     assert "550 5.1.1 <nobody@example.test>: Recipient address rejected" in replies
     assert "250 2.0.0 Ok: queued as" in replies
     assert stamp.header == b"Subject: hi\r\n"
+    assert stamp.seen is not None and [r.address for r in stamp.seen.recipients] == ["alice@example.test"]
     (path,) = (tmp_path / "mail").glob("*/*/new/*")
     stored = path.read_bytes()
     assert stored.startswith(b"Return-Path: <s@sender.test>\r\n"
