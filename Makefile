@@ -19,6 +19,10 @@ run: $(VENV)/.installed
 	$(VENV)/bin/taube serve
 
 test: $(VENV)/.installed-test
+	@# Independent DKIM verifiers for the signing tests: Perl's Mail::DKIM and opendkim-testmsg.
+	@[ -x /usr/sbin/opendkim-testmsg ] && perl -MMail::DKIM::Verifier -e1 2>/dev/null \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		     libmail-dkim-perl opendkim-tools; }
 	$(PY) -m pytest -q
 
 # The engines' property tests with the long hypothesis profile (tests/conftest.py): FUZZ_EXAMPLES

@@ -86,9 +86,13 @@ class DNSServer:
         records: Mapping[str, Mapping[str, str | Sequence[str]]] | None = None,
         *,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.host = host
         self.port = 0
+        # 0: any free port. A fixed one (53) is for resolvers that cannot be given a port, such
+        # as the C library's, which tests point at this server through /etc/resolv.conf.
+        self._bind_port = port
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._zone: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
@@ -208,7 +212,7 @@ class DNSServer:
             udp = socket.socket(family, socket.SOCK_DGRAM)
             tcp = socket.socket(family, socket.SOCK_STREAM)
             try:
-                udp.bind((self.host, 0))
+                udp.bind((self.host, self._bind_port))
                 port = udp.getsockname()[1]
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 tcp.bind((self.host, port))

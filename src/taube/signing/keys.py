@@ -38,7 +38,7 @@ from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x448, x25519
 
 from ..store import durable
 
@@ -181,9 +181,8 @@ def _info(domain: str, selector: str, key: PrivateKey, path: Path) -> KeyInfo:
 
 
 def _algorithm_name(key: object) -> str:
-    for kind, name in ((ec.EllipticCurvePrivateKey, "an EC (ECDSA)"), (dsa.DSAPrivateKey, "a DSA"),
-                       (ed448.Ed448PrivateKey, "an Ed448"), (x25519.X25519PrivateKey, "an X25519"),
-                       (x448.X448PrivateKey, "an X448"), (dh.DHPrivateKey, "a Diffie-Hellman")):
+    for kind, name in ((ec.EllipticCurvePrivateKey, "an EC (ECDSA)"), (ed448.Ed448PrivateKey, "an Ed448"), (x25519.X25519PrivateKey, "an X25519"),
+                       (x448.X448PrivateKey, "an X448")):
         if isinstance(key, kind):
             return name
     return "another kind of"
