@@ -103,9 +103,9 @@ class App:
         return self.services.settings
 
     def _session_factory(self, mode: Mode) -> Callable[[Connection, str], SMTPSession]:
+        """Each session gets the sections it owns as they are when it starts: [smtp] holds the
+        limits of every SMTP service, [submission] and [smtps] only say where to listen."""
         def factory(io: Connection, client_ip: str) -> SMTPSession:
-            # the sections a session owns, as they are when it starts: [smtp] holds the limits
-            # of every SMTP service ([submission] and [smtps] only say where to listen)
             s = self.settings
             return SMTPSession(self.services, io, client_ip, smtp=s.smtp, auth=s.auth,
                                hostname=s.hostname, mode=mode)
@@ -113,9 +113,10 @@ class App:
 
     def _pop3_factory(self, implicit_tls: bool) -> Callable[[Connection, str], POP3Session]:
         def factory(io: Connection, client_ip: str) -> POP3Session:
-            s = self.settings
-            return POP3Session(self.services, io, client_ip, pop3=s.pop3, auth=s.auth,
-                               hostname=s.hostname, implicit_tls=implicit_tls)
+            services = self.services
+            s = services.settings
+            return POP3Session(services, io, client_ip, pop3=s.pop3, auth=s.auth, hostname=s.hostname,
+                               implicit_tls=implicit_tls)
         return factory
 
     def _pop3_limits(self, client_ip: str) -> tuple[int, int | None]:

@@ -54,7 +54,7 @@ from .services import Services
 from .session import EngineSession, Goodbye
 from .smtp_spooler import Spooler
 
-__all__ = ["Mode", "SMTPSession", "engine_config", "envelope_params"]
+__all__ = ["Mode", "SMTPSession", "engine_config"]
 
 log = logging.getLogger("taube.smtp")
 # "smtp": port-25 style; "submission": RFC 6409, AUTH before MAIL; "smtps": the same over
@@ -87,7 +87,7 @@ def engine_config(smtp: SMTPSettings, auth: AuthSettings, hostname: str, mode: M
     )
 
 
-def envelope_params(mail: MailFrom) -> dict[str, str]:
+def _envelope_params(mail: MailFrom) -> dict[str, str]:
     """The MAIL parameters as the transaction and the envelope keep them: as given, except RET
     in upper case and ENVID decoded from xtext (RFC 3461 4.3, 4.4)."""
     params = {k: v or "" for k, v in mail.params.items()}
@@ -284,7 +284,7 @@ class SMTPSession(EngineSession[SMTPConnection]):
     # --- the transaction -------------------------------------------------------------------
     async def _mail(self, event: MailFrom) -> None:
         tx = self._new_transaction()
-        tx.sender, tx.mail_params, tx.size = event.path.address, envelope_params(event), event.size
+        tx.sender, tx.mail_params, tx.size = event.path.address, _envelope_params(event), event.size
         try:
             reply = self._passed(await self.pipeline.mail(self._context()))
             reserve = self.smtp.min_free_space
