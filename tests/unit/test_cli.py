@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pty
 import select
-import subprocess
 import sys
 import time
 import types
@@ -17,27 +16,12 @@ from click.testing import CliRunner
 from taube.cli import main
 from taube.config import Settings
 from taube.directory import SQLiteDirectory
-
-TAUBE = [sys.executable, "-m", "taube"]
+from tests.unit.cli_helpers import TAUBE, run, write_config
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    """``<tmp>/etc/taube.toml`` with ``data_dir = "var"``: the data lives in ``<tmp>/etc/var``."""
-    path = tmp_path / "etc" / "taube.toml"
-    path.parent.mkdir()
-    path.write_text('hostname = "mail.example.test"\ndata_dir = "var"\ndomains = ["example.test"]\n')
-    return path
-
-
-def run(config: Path | None, *args: str, stdin: str = "", env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``taube ARGS --config CONFIG`` in another working directory (so relative paths must come
-    from the config file), without TAUBE_CONFIG unless ``env`` sets it."""
-    environment = {k: v for k, v in os.environ.items() if k != "TAUBE_CONFIG"} | (env or {})
-    command = [*TAUBE, *args, *(["--config", str(config)] if config else [])]
-    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=30,
-                          env=environment, cwd=cwd or Path("/"))
+    return write_config(tmp_path)
 
 
 def directory(config: Path) -> SQLiteDirectory:
@@ -145,9 +129,16 @@ def test_terminal_prompts_twice_without_echo_and_lists_a_table(config: Path) -> 
 
 # In-process from here on: the same code paths, without the start-up time of a process.
 
-def test_configuration_error_names_the_key(config: Path) -> None:
+@pytest.mark.parametrize("args", [
+    ["user", "list"],
+    # with an empty standard input: the configuration is checked before the password is read
+    ["user", "add", "bob@example.test"],
+    ["domain", "del", "example.test"],
+    ["queue", "list"],
+])
+def test_configuration_error_names_the_key(config: Path, args: list[str]) -> None:
     config.write_text('data_dir = "var"\n[smtp]\nmax_recipients = "many"\n')
-    result = CliRunner().invoke(main, ["user", "list", "--config", str(config)])
+    result = CliRunner().invoke(main, [*args, "--config", str(config)], input="")
     assert result.exit_code == 2
     assert result.stderr.startswith("taube: invalid configuration") and "smtp.max_recipients" in result.stderr
 

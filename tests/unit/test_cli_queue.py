@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,19 +13,15 @@ from taube.cli.queue import format_due, format_duration, format_size, shorten
 from taube.queue.envelope import Envelope, Target
 from taube.queue.spool import QueuedRecipient, QueueStore, Spool
 from taube.store.maildir import MaildirStore
+from tests.unit.cli_helpers import run, write_config
 
-TAUBE = [sys.executable, "-m", "taube"]
 HEADERS = b"Received: from client.test\r\nSubject: queued\r\n"
 BODY = HEADERS + b"\r\nBody: not a header\r\n"
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    """``<tmp>/etc/taube.toml`` with ``data_dir = "var"``: the data lives in ``<tmp>/etc/var``."""
-    path = tmp_path / "etc" / "taube.toml"
-    path.parent.mkdir()
-    path.write_text('hostname = "mail.example.test"\ndata_dir = "var"\ndomains = ["example.test"]\n')
-    return path
+    return write_config(tmp_path)
 
 
 def data_dir(config: Path) -> Path:
@@ -46,13 +40,6 @@ def enqueue(config: Path, sender: str, *recipients: str, received_at: float | No
                             received_at=time.time() if received_at is None else received_at,
                             size=spooled.size, params={"BODY": "8BITMIME"}))
     return queue_id
-
-
-def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``taube ARGS --config CONFIG`` as a separate process, from another directory."""
-    environment = {k: v for k, v in os.environ.items() if k != "TAUBE_CONFIG"}
-    return subprocess.run([*TAUBE, *args, "--config", str(config)], capture_output=True, text=True,
-                          timeout=30, env=environment, cwd=Path("/"), check=False)
 
 
 def queued_ids(config: Path) -> list[str]:
