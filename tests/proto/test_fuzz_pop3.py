@@ -43,19 +43,20 @@ from taube.proto.pop3 import (
     Update,
 )
 from tests.proto.fuzzing import (
-    lookalike_spellings,
-    SCRAM_CREDENTIALS,
     SECRET,
+    EngineDriver,
     Policy,
     answers,
+    assert_same,
     bytewise,
+    command_lines,
     cuts,
     examples,
     fixed_sasl_randomness,
+    fuzz_input,
     lines_of,
-    queued_events,
-    retained,
-    segments,
+    lookalike_spellings,
+    printable_text,
     split,
     verb_of,
 )
@@ -103,11 +104,7 @@ def responses(out: bytes, *, multiline: bool, continuation: bool) -> list[Respon
         if m.group(3) is not None:
             assert continuation, f"a SASL continuation where none may come: {line!r}"
         elif m.group(2) is not None:
-            try:
-                text = m.group(2).decode("utf-8")
-            except UnicodeDecodeError:
-                raise AssertionError(f"response text is not UTF-8: {line!r}") from None
-            assert text.replace("\t", " ").isprintable(), f"control characters in a response: {line!r}"
+            printable_text(m.group(2), line, "response")
         body = None
         if multiline and not result and m.group(1) == b"+OK":
             if out.startswith(b".\r\n", pos):
@@ -161,58 +158,29 @@ class Message:
     content: bytes
 
 
-class Driver:
+class Driver(EngineDriver):
     """Plays the session: the directory, one maildrop, content streamed in ``chunk``-octet
     pieces (flushed after each, as the session does); optionally checks the memory bounds."""
 
+    closed_type = Closed
+    tls_verb = "STLS"
+
     def __init__(self, cfg: POP3Config, policy: Policy, mailbox: Sequence[Message], chunk: int = 4096,
                  *, check_memory: bool = False) -> None:
-        self.conn = POP3Connection(cfg)
+        held_max = HELD_MAX + PER_MESSAGE * len(mailbox) + 3 * chunk
+        super().__init__(POP3Connection(cfg), held_max=held_max, line_max=AUTH_LINE_MAX, check_memory=check_memory)
         self.policy = policy
         self.mailbox = list(mailbox)
         self.chunk = chunk
-        self.check_memory = check_memory
-        self.held_max = HELD_MAX + PER_MESSAGE * len(self.mailbox) + 3 * chunk
         greeting = self.conn.data_to_send()
         assert [r.status for r in responses(greeting, multiline=False, continuation=False)] == [b"+OK"]
         assert TIMESTAMP.encode() in greeting
-        self.out = bytearray()
-        self.events: list[Event] = []
         self.retrieved: list[tuple[Retrieve, bytes]] = []  # what each accepted RETR/TOP sent
-        self.closed = False
 
-    def feed(self, data: bytes) -> bytes:
-        if self.closed:
-            held = retained(self.conn)
-            self.conn.receive_data(data)
-            assert isinstance(self.conn.next_event(), Closed)
-            assert self.conn.data_to_send() == b"", "output after Closed"
-            assert retained(self.conn) <= held, "input kept after Closed"
-            return b""
-        self.conn.receive_data(data)
-        if self.check_memory:
-            self.check_held(len(data))
-        produced = self.run()
-        if self.check_memory:
-            self.check_held(len(data) if self.closed else 0)  # see the SMTP driver
-        return produced
-
-    def run(self) -> bytes:
-        start = len(self.out)
-        while True:
-            event = self.conn.next_event()
-            if self.check_memory:
-                assert queued_events(self.conn) <= 8, "events pile up"
-            if event is NEED_DATA:
-                break
-            self.events.append(event)
-            if isinstance(event, Closed):
-                self.closed = True
-                break
-            if isinstance(event, Decision):
-                self.answer(event)
-        self.out += self.conn.data_to_send()
-        return bytes(self.out[start:])
+    def handle(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, Decision):
+            self.answer(event)
 
     def answer(self, event: Decision) -> None:
         conn, pick = self.conn, self.policy.pick
@@ -221,12 +189,7 @@ class Driver:
                 reason = pick([None, "", "[AUTH] too many failed logins, try again later"])
                 conn.accept() if reason is None else conn.reject(reason or None)
             case AuthLookup(request=request):
-                if isinstance(request, sasl.CheckPassword):
-                    conn.auth_resolve(pick([True, False]))
-                elif isinstance(request, sasl.NeedSecret):
-                    conn.auth_resolve(pick([SECRET, None]))
-                else:
-                    conn.auth_resolve(pick([SCRAM_CREDENTIALS, None]))
+                conn.auth_resolve(self.policy.lookup(request))
             case MailboxOpen():
                 refusal = pick([None, "[IN-USE] mailbox locked by another POP3 session",
                                 "[SYS/TEMP] cannot open the mailbox, try again later"])
@@ -267,12 +230,13 @@ class Driver:
         self.out += conn.data_to_send()
         self.retrieved.append((event, bytes(self.out[start:])))
 
-    def check_held(self, just_read: int) -> None:
-        held = retained(self.conn)
-        assert held <= self.held_max + just_read, f"the engine holds {held} octets after a read of {just_read}"
-        lines = getattr(self.conn, "_lines", None)
-        if lines is not None and not just_read:
-            assert len(lines) <= AUTH_LINE_MAX, f"line buffer holds {len(lines)} octets"
+    def difference(self, expected: EngineDriver) -> str:
+        """The output from the start of the line where it first differs."""
+        i = next((i for i, (x, y) in enumerate(zip(self.out, expected.out)) if x != y),
+                 min(len(self.out), len(expected.out)))
+        start = max(0, bytes(expected.out).rfind(b"\r\n", 0, i) + 2)
+        return (f"output differs at octet {i}: {bytes(self.out[start:i + 60])!r} "
+                f"instead of {bytes(expected.out[start:i + 60])!r}")
 
 
 # --- strategies ---------------------------------------------------------------------------------------
@@ -316,19 +280,7 @@ TOKENS = [
 ]
 RUNS = [b"A", b".", b"\r", b" ", b"\x00"]  # long runs without a line end
 LINE_RUNS = [b"LIST\r\n", b"\n", b"NOOP\r\n"]  # many lines
-
-
-def _run(unit: bytes, count: int) -> bytes:
-    return unit * count
-
-
-fuzz_bytes = st.one_of(
-    st.binary(max_size=1000),
-    st.lists(st.one_of(st.sampled_from(TOKENS), st.sampled_from(TOKENS), st.binary(max_size=16),
-                       st.builds(_run, st.sampled_from(RUNS), st.integers(1, 20000)),
-                       st.builds(_run, st.sampled_from(LINE_RUNS), st.integers(1, 300))),
-             max_size=40).map(b"".join),
-)
+fuzz_bytes = fuzz_input(TOKENS, RUNS, LINE_RUNS, binary_max=1000, run_max=20000, token_weight=2)
 LOGIN = f"USER {USER}\r\nPASS {SECRET}\r\n".encode()
 # Where the random input starts (the first is what hypothesis prefers): logged in, nowhere, in a
 # SASL exchange.
@@ -372,22 +324,8 @@ def play_lines(cfg: POP3Config, mailbox: list[Message], data: bytes, numbers: li
 def play_stream(cfg: POP3Config, mailbox: list[Message], data: bytes, numbers: list[int],
                 chunking: Callable[[bytes], list[bytes]], *, chunk: int = 4096) -> Driver:
     driver = Driver(cfg, Policy(numbers), mailbox, chunk)
-    for segment in segments(data, "STLS"):
-        for piece in chunking(segment):
-            driver.feed(piece)
-    driver.feed(b"")
+    driver.feed_stream(data, chunking)
     return driver
-
-
-def assert_same(got: Driver, expected: Driver) -> None:
-    """The same bytes out and the same events; a difference is shown where it starts."""
-    if got.out != expected.out:
-        i = next((i for i, (x, y) in enumerate(zip(got.out, expected.out)) if x != y),
-                 min(len(got.out), len(expected.out)))
-        start = max(0, bytes(expected.out).rfind(b"\r\n", 0, i) + 2)
-        raise AssertionError(f"output differs at octet {i}: {bytes(got.out[start:i + 60])!r} "
-                             f"instead of {bytes(expected.out[start:i + 60])!r}")
-    assert got.events == expected.events
 
 
 # --- 1 and 2: random bytes ----------------------------------------------------------------------------
@@ -429,13 +367,7 @@ def test_megabytes_without_line_end_stay_bounded(state: str, filler: bytes) -> N
     responses."""
     cfg = config(sasl_mechanisms=sasl.MECHANISMS, plaintext_requires_tls=False)
     driver = Driver(cfg, Policy([0]), [Message("uid-1", b"Subject: x\r\n\r\nhi\r\n")], check_memory=True)
-    driver.feed(MEGABYTES_PREFIXES[state])
-    before = len(driver.out)
-    read = (filler * (65536 // len(filler)))[:65536]
-    for _ in range(64):
-        driver.feed(read)
-    assert len(driver.out) - before <= 1024, bytes(driver.out[before:])
-    driver.feed(b"\r\nQUIT\r\n")
+    driver.feed_megabytes(MEGABYTES_PREFIXES[state], filler)
     assert driver.closed
 
 
@@ -513,19 +445,11 @@ RAW_LINES = ["*", "=", PLAIN_IR.decode(), base64.b64encode(USER.encode()).decode
 GOOD_LINES = [f"USER {USER}", f"PASS {SECRET}", f"APOP {USER} {APOP_DIGEST}", "AUTH PLAIN " + PLAIN_IR.decode(),
               "AUTH LOGIN", "AUTH", "STLS", "CAPA", "STAT", "LIST", "LIST 1", "UIDL", "UIDL 1", "RETR 1", "TOP 1 1",
               "DELE 1", "RSET", "NOOP", "QUIT"]
-commands = st.builds(lambda v, a: f"{v} {a}" if a else v, st.sampled_from(VERBS), st.sampled_from(ARGS))
-command_lines = st.lists(
-    st.one_of(
-        st.sampled_from(GOOD_LINES), st.sampled_from(GOOD_LINES), commands, commands,
-        st.sampled_from(RAW_LINES),
-        st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"), max_size=30),
-    ).map(lambda line: line.encode("utf-8") + b"\r\n"),
-    max_size=40,
-)
+random_command_lines = command_lines(GOOD_LINES, VERBS, ARGS, RAW_LINES)
 
 
 @examples(400)
-@given(cfg=configs(), mailbox=mailboxes(min_size=1), prefix=prefixes, lines=command_lines, numbers=answers,
+@given(cfg=configs(), mailbox=mailboxes(min_size=1), prefix=prefixes, lines=random_command_lines, numbers=answers,
        at=cuts)
 def test_command_sequences_one_response_each(cfg: POP3Config, mailbox: list[Message], prefix: bytes,
                                              lines: list[bytes], numbers: list[int], at: list[int]) -> None:

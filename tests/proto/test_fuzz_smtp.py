@@ -57,19 +57,20 @@ from taube.proto.smtp import (
     Vrfy,
 )
 from tests.proto.fuzzing import (
-    lookalike_spellings,
-    SCRAM_CREDENTIALS,
     SECRET,
+    EngineDriver,
     Policy,
     answers,
+    assert_same,
     bytewise,
+    command_lines,
     cuts,
     examples,
     fixed_sasl_randomness,
+    fuzz_input,
     lines_of,
-    queued_events,
-    retained,
-    segments,
+    lookalike_spellings,
+    printable_text,
     split,
 )
 
@@ -108,11 +109,7 @@ def replies(out: bytes) -> list[tuple[int, list[str]]]:
         assert m, f"not a reply line: {raw!r}"
         assert b"\r" not in raw and b"\n" not in raw, f"bare CR/LF in a reply: {raw!r}"
         assert len(raw) + 2 <= 512, f"reply line of {len(raw) + 2} octets (RFC 5321 4.5.3.1.5)"
-        try:
-            text = m.group(3).decode("utf-8")
-        except UnicodeDecodeError:
-            raise AssertionError(f"reply text is not UTF-8: {raw!r}") from None
-        assert text.replace("\t", " ").isprintable(), f"control characters in a reply: {raw!r}"
+        text = printable_text(m.group(3), raw, "reply")
         this = int(m.group(1))
         assert code is None or this == code, f"multi-line reply changes its code: {raw!r}"
         enhanced = ENHANCED.match(text)
@@ -166,18 +163,18 @@ ANSWERS: dict[type[Decision], list[Accept | Reject | CloseWith]] = {
 }
 
 
-class Driver:
+class Driver(EngineDriver):
     """Plays the session: answers every decision, runs to NEED_DATA or Closed after each read,
-    takes the output as the session does; optionally checks the memory bounds after each read."""
+    takes the output as the session does; optionally checks the memory bounds after each read.
+    ``events`` holds every event but DataChunk, and ``("message", content)`` after EndOfData."""
+
+    closed_type = Closed
+    tls_verb = "STARTTLS"
 
     def __init__(self, cfg: SMTPConfig, policy: Policy, *, check_memory: bool = False) -> None:
-        self.conn = SMTPConnection(cfg)
+        super().__init__(SMTPConnection(cfg), held_max=HELD_MAX, line_max=AUTH_LINE_MAX, check_memory=check_memory)
         self.policy = policy
-        self.check_memory = check_memory
-        self.out = bytearray()
-        self.events: list[object] = []  # every event but DataChunk; ("message", content) at the end
-        self.content = bytearray()
-        self.closed = False
+        self.content = bytearray()  # the DataChunks of the message under way
         if cfg.connect_decision:  # the connect-stage checks say whether to greet at all
             event = self.conn.next_event()
             assert isinstance(event, Connect), event
@@ -190,22 +187,9 @@ class Driver:
             self.closed = True
 
     def feed(self, data: bytes) -> bytes:
-        """One read: ``data`` (``b""``: the peer closed) in, the replies it caused out."""
-        if self.closed:  # the session has closed; nothing may come out any more
-            held = retained(self.conn)
-            self.conn.receive_data(data)
-            assert isinstance(self.conn.next_event(), Closed)
-            assert self.conn.data_to_send() == b"", "output after Closed"
-            assert retained(self.conn) <= held, "input kept after Closed"
-            return b""
-        self.conn.receive_data(data)
+        """One read, as :meth:`EngineDriver.feed`; the replies stay proportionate to the input."""
+        produced = super().feed(data)
         if self.check_memory:
-            self.check_held(len(data))
-        produced = self.run()
-        if self.check_memory:
-            # Once closed, the rest of the last read may stay behind (the session drops the
-            # engine then); it must not grow any more (checked above).
-            self.check_held(len(data) if self.closed else 0)
             assert len(produced) <= AMPLIFICATION * len(data) + SLACK, f"{len(produced)} octets for {len(data)}"
         return produced
 
@@ -216,22 +200,6 @@ class Driver:
             self.out += self.conn.data_to_send()
             assert isinstance(self.conn.next_event(), Closed)
             self.closed = True
-
-    def run(self) -> bytes:
-        start = len(self.out)
-        while True:
-            event = self.conn.next_event()
-            if self.check_memory:
-                assert queued_events(self.conn) <= 8, "events pile up"
-            if event is NEED_DATA:
-                break
-            if isinstance(event, Closed):
-                self.events.append(event)
-                self.closed = True
-                break
-            self.handle(event)
-        self.out += self.conn.data_to_send()
-        return bytes(self.out[start:])
 
     def handle(self, event: Event) -> None:
         if isinstance(event, DataChunk):
@@ -247,7 +215,7 @@ class Driver:
             return  # AuthDone, DataAborted, Reset: information only
         conn = self.conn
         if isinstance(event, AuthLookup):
-            conn.auth_resolve(self.lookup(event.request))
+            conn.auth_resolve(self.policy.lookup(event.request))
             return
         options = ANSWERS.get(type(event), [Accept()])  # a decision this driver does not know: yes
         match self.policy.pick(options):
@@ -261,23 +229,17 @@ class Driver:
             case CloseWith(reply=reply):
                 conn.close_with(reply)
 
-    def lookup(self, request: object) -> object:
-        """The directory's answer: right or wrong password, a secret or none, SCRAM or none."""
-        if isinstance(request, sasl.CheckPassword):
-            return self.policy.pick([True, False])
-        if isinstance(request, sasl.NeedSecret):
-            return self.policy.pick([SECRET, None])
-        return self.policy.pick([SCRAM_CREDENTIALS, None])
-
     def check_held(self, just_read: int) -> None:
-        held = retained(self.conn)
-        assert held <= HELD_MAX + just_read, f"the engine holds {held} octets after a read of {just_read}"
-        lines = getattr(self.conn, "_lines", None)
-        if lines is not None and not just_read:
-            assert len(lines) <= AUTH_LINE_MAX, f"line buffer holds {len(lines)} octets"
+        super().check_held(just_read)
         decoder = getattr(self.conn, "_decoder", None)
         pending = getattr(decoder, "_pending", b"")
         assert len(pending) <= MAX_TEXT_LINE, f"DATA decoder carries {len(pending)} octets"
+
+    def difference(self, expected: EngineDriver) -> str:
+        """The replies that differ."""
+        a, b = replies(bytes(self.out)), replies(bytes(expected.out))
+        i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return f"reply {i} differs: {a[i:i + 2]} instead of {b[i:i + 2]}"
 
 
 # --- configurations ------------------------------------------------------------------------------
@@ -326,22 +288,10 @@ TOKENS = [
 ]
 RUNS = [b"A", b".", b"\r", b" ", b"\x00", b"\xff"]  # long runs without a line end
 LINE_RUNS = [b"a\r\n", b"\n", b"\r\n", b"RCPT TO:<b@example.org>\r\n"]  # many lines
-
-
-def _run(unit: bytes, count: int) -> bytes:
-    return unit * count
-
-
 # How the random input ends: as it is, or with the end of a message (and more after it).
 ENDINGS = [b"", b"\r\n.\r\n", b"\r\n.\r\nMAIL FROM:<a@example.test>\r\n", b".\r\nQUIT\r\n", b"\r\n.\r\nDATA\r\n"]
 fuzz_bytes = st.tuples(
-    st.one_of(
-        st.binary(max_size=2000),
-        st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=16),
-                           st.builds(_run, st.sampled_from(RUNS), st.integers(1, 80000)),
-                           st.builds(_run, st.sampled_from(LINE_RUNS), st.integers(1, 300))),
-                 max_size=40).map(b"".join),
-    ),
+    fuzz_input(TOKENS, RUNS, LINE_RUNS, binary_max=2000, run_max=80000),
     st.sampled_from(ENDINGS),
 ).map(b"".join)
 EHLO, MAIL, RCPT = b"EHLO client.test\r\n", b"MAIL FROM:<a@example.test>\r\n", b"RCPT TO:<b@example.org>\r\n"
@@ -384,10 +334,7 @@ def play_stream(cfg: SMTPConfig, data: bytes, numbers: list[int],
     driver = Driver(cfg, Policy(numbers))
     for line in lines_of(prefix):
         driver.feed(line)
-    for segment in segments(data, "STARTTLS"):
-        for chunk in chunking(segment):
-            driver.feed(chunk)
-    driver.feed(b"")
+    driver.feed_stream(data, chunking)
     return driver
 
 
@@ -453,13 +400,7 @@ def test_megabytes_without_line_end_stay_bounded(state: str, filler: bytes, stri
     cfg = config(strict=strict, auth_mechanisms=sasl.MECHANISMS, auth_requires_tls=False,
                  normalize_bare_newlines=filler == b"\r")
     driver = Driver(cfg, Policy([0]), check_memory=True)
-    driver.feed(MEGABYTES_PREFIXES[state])
-    before = len(driver.out)
-    read = (filler * (65536 // len(filler)))[:65536]
-    for _ in range(64):
-        driver.feed(read)
-    assert len(driver.out) - before <= 1024, bytes(driver.out[before:])
-    driver.feed(b"\r\nQUIT\r\n")
+    driver.feed_megabytes(MEGABYTES_PREFIXES[state], filler)
     replies(bytes(driver.out))
 
 
@@ -653,15 +594,6 @@ def play_polite(cfg: SMTPConfig, items: Sequence[Item], numbers: list[int],
     return driver
 
 
-def assert_same(got: Driver, expected: Driver) -> None:
-    """The same bytes out and the same events; a difference is shown as the replies that differ."""
-    if got.out != expected.out:
-        a, b = replies(bytes(got.out)), replies(bytes(expected.out))
-        i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        raise AssertionError(f"reply {i} differs: {a[i:i + 2]} instead of {b[i:i + 2]}")
-    assert got.events == expected.events
-
-
 @examples(400)
 @given(case=valid_sessions(strict=False), numbers=answers, at=cuts)
 def test_valid_session_pipelined_same_replies_however_split(
@@ -711,19 +643,11 @@ GOOD_LINES = ["EHLO client.test", "HELO client.test", "MAIL FROM:<a@example.test
               "RSET", "NOOP", "QUIT", "HELP", "VRFY alice", "EXPN staff", "ETRN example.test", "STARTTLS",
               "AUTH PLAIN " + PLAIN_IR.decode(), "AUTH LOGIN", "YWxpY2U=", "AUTH CRAM-MD5",
               "AUTH SCRAM-SHA-256", "*"]
-commands = st.builds(lambda v, a: f"{v} {a}" if a else v, st.sampled_from(VERBS), st.sampled_from(ARGS))
-command_lines = st.lists(
-    st.one_of(
-        st.sampled_from(GOOD_LINES), st.sampled_from(GOOD_LINES), commands, commands,
-        st.sampled_from(RAW_LINES),
-        st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"), max_size=30),
-    ).map(lambda line: line.encode("utf-8") + b"\r\n"),
-    max_size=40,
-)
+random_command_lines = command_lines(GOOD_LINES, VERBS, ARGS, RAW_LINES)
 
 
 @examples(400)
-@given(cfg=configs(), prefix=prefixes, lines=command_lines, numbers=answers, at=cuts)
+@given(cfg=configs(), prefix=prefixes, lines=random_command_lines, numbers=answers, at=cuts)
 def test_command_sequences_one_reply_each(cfg: SMTPConfig, prefix: bytes, lines: list[bytes],
                                           numbers: list[int], at: list[int]) -> None:
     """Property 4: each command line (the client waiting for its reply) gets exactly one reply,
