@@ -195,7 +195,8 @@ def evaluate(author: str, record: DMARCRecord, spf: SPFResult | None,
         return DMARCResult("temperror", author, policy, "none",
                            "an aligned identifier could not be checked", record)
     disposition = policy
-    if policy != "none" and record.pct < 100 and not rng() * 100 < record.pct:
+    sampled = record.pct == 100 or (record.pct > 0 and rng() * 100 < record.pct)
+    if policy != "none" and not sampled:
         disposition = _LOWER[policy]  # not sampled (section 6.6.4)
     return DMARCResult("fail", author, policy, disposition, "no aligned pass", record)
 
