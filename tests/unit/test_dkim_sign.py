@@ -17,7 +17,8 @@ import dkim
 import dkim.util
 import pytest
 
-from taube.signing.dkim import CHUNK, Signer, SigningResult
+from taube.signing import keys as keys_module
+from taube.signing.dkim import CHUNK, MAX_FROM, Signer, SigningResult
 from taube.signing.keys import KeyStore
 
 NOW = 1_700_000_000  # t= comes from the injected clock
@@ -268,6 +269,35 @@ def test_a_malformed_header_section_gives_an_error_not_an_exception(store: KeySt
     result = signer.sign_bytes(message(*STANDARD, "this line is no header field"), sender="alice@example.org")
     assert result.signatures == ()
     assert len(result.errors) == 1 and result.errors[0].startswith("header section not signable")
+
+
+def test_a_header_section_starting_with_a_continuation_line(store: KeyStore, signer: Signer) -> None:
+    store.generate("example.org", "s1", kind="ed25519")
+    result = signer.sign_bytes(b" folded\r\n" + message(*STANDARD), sender="alice@example.org")
+    assert result.signatures == ()
+    assert result.errors == ("header section not signable: it starts with a continuation line",)
+
+
+def test_an_overlong_from_is_not_parsed(store: KeyStore, signer: Signer) -> None:
+    store.generate("example.org", "s1", kind="ed25519")
+    crowd = ", ".join(f"user{i}@elsewhere.example" for i in range(400))
+    data = message(f"From: {crowd}, alice@example.org", "Subject: x")
+    assert len(crowd) > MAX_FROM
+    assert sign(signer, data, sender="").signatures == ()  # the From: is no candidate
+    assert sign(signer, data, sender="alice@example.org").domain == "example.org"
+
+
+def test_an_unreadable_key_directory_means_no_key(store: KeyStore, signer: Signer,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    store.generate("example.org", "s1", kind="ed25519")
+
+    def denied(path: object) -> list[str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(keys_module.os, "listdir", denied)
+    assert sign(signer, message(*STANDARD)).signatures == ()
+    assert "Permission denied" in caplog.text
 
 
 def test_an_unparsable_from_falls_back_to_the_envelope_sender(store: KeyStore, signer: Signer) -> None:

@@ -28,6 +28,7 @@ import asyncio
 import email.policy
 import functools
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +47,7 @@ from .keys import DKIMKeyError, KeyInfo, KeyStore, StoredKey, normalize_domain
 
 __all__ = [
     "CHUNK",
+    "MAX_FROM",
     "MAX_HEADER",
     "OVERSIGNED",
     "SIGNED_HEADERS",
@@ -53,6 +55,8 @@ __all__ = [
     "Signer",
     "SigningResult",
 ]
+
+log = logging.getLogger(__name__)
 
 # RFC 6376 section 5.4.1's list, with the fields dkimpy adds to it (Sender, Message-ID, the MIME
 # fields, Resent-Sender/-Message-ID): whatever a reader sees or a filter acts on. Never Received,
@@ -69,6 +73,9 @@ OVERSIGNED: tuple[bytes, ...] = (b"from",)
 
 MAX_HEADER = 1024 * 1024  # the SMTP session refuses far smaller header sections already
 CHUNK = 1024 * 1024  # body read size: bounded memory for any message size
+# The stdlib's address parser is slow on some pathological input; a real From: is one line of
+# at most 998 octets (RFC 5322 2.1.1), a few folded lines with several addresses at most.
+MAX_FROM = 8192
 
 _ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
 _CANONICALIZATION = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
@@ -146,10 +153,10 @@ def signed_fields(names: Iterable[bytes]) -> tuple[bytes, ...]:
 
 def from_domains(fields: Iterable[tuple[bytes, bytes]]) -> list[str]:
     """The domains of the From: addresses, in order (RFC 5322 section 3.6.2 allows several);
-    a value that does not parse gives none."""
+    a value that does not parse, or is longer than :data:`MAX_FROM`, gives none."""
     domains: list[str] = []
     for name, value in fields:
-        if name.strip().lower() != b"from":
+        if name.strip().lower() != b"from" or len(value) > MAX_FROM:
             continue
         text = value.decode("utf-8", "replace").replace("\r\n", "").replace("\n", "").strip()
         try:
@@ -195,7 +202,11 @@ class Signer:
 
     def keys_for(self, domain: str) -> tuple[_Key, ...]:
         """The keys of ``domain`` (normalized), from the cache unless a key file changed."""
-        stamps = self.keys.stamps(domain)
+        try:
+            stamps = self.keys.stamps(domain)
+        except DKIMKeyError as exc:  # the domain's key directory cannot be read
+            log.warning("dkim: %s", exc)
+            return ()
         if not stamps:  # no key: nothing kept, so the cache holds only domains with keys
             with self._lock:
                 self._cache.pop(domain, None)
@@ -206,10 +217,22 @@ class Signer:
                 return cached.keys
         # Read outside the lock (file I/O); stamps taken before the read, so a change during
         # it shows as a difference next time and the keys are read again.
-        loaded = tuple(_prepare(stored) for stored in self.keys.keys_for(domain))
+        loaded: list[_Key] = []
+        for stored in self._stored(domain):
+            try:
+                loaded.append(_prepare(stored))
+            except (ValueError, dkim.crypto.UnparsableKeyError) as exc:  # cryptography read it, dkimpy not
+                log.warning("dkim: %s: %s", stored.info.path, exc)
         with self._lock:
-            self._cache[domain] = _Cached(stamps, loaded)
-        return loaded
+            self._cache[domain] = _Cached(stamps, tuple(loaded))
+        return tuple(loaded)
+
+    def _stored(self, domain: str) -> list[StoredKey]:
+        try:
+            return self.keys.keys_for(domain)
+        except DKIMKeyError as exc:
+            log.warning("dkim: %s", exc)
+            return []
 
     def choose(self, fields: list[tuple[bytes, bytes]], sender: str) -> tuple[str, tuple[_Key, ...]] | None:
         """The signing domain and its keys: the first From: domain we hold a key for, else the
@@ -233,6 +256,8 @@ class Signer:
             header = self._read_header(message)
         except _HeaderTooLarge:
             return SigningResult(errors=(f"header section larger than {self._max_header} octets: not signed",))
+        if header[:1] in (b" ", b"\t"):  # dkimpy's parser fails on it with an IndexError
+            return SigningResult(errors=("header section not signable: it starts with a continuation line",))
         try:
             fields = [(bytes(n), bytes(v)) for n, v in dkim.rfc822_parse(header)[0]]
         except dkim.MessageFormatError as exc:
