@@ -86,7 +86,7 @@ def _chain(header: bytes) -> tuple[int, list[str]] | str:
     fields, newest first; or why the chain cannot be read."""
     try:
         fields, _ = dkim.rfc822_parse(complete_lines(header))
-    except dkim.MessageFormatError as exc:
+    except (dkim.MessageFormatError, IndexError) as exc:  # IndexError: a first line folded
         return f"the header section cannot be read: {exc}"[:200]
     seals: list[tuple[int, bytes]] = []
     highest = 0

@@ -162,7 +162,10 @@ def from_domain(fields: Iterable[HeaderField]) -> FromDomain:
     if len(found) > 1:
         return FromDomain("invalid", reason=f"{len(found)} From: fields")
     text = unfold(found[0].value).decode("utf-8", "replace")
-    addresses = [addr for _, addr in email.utils.getaddresses([text]) if addr]
+    try:
+        addresses = [addr for _, addr in email.utils.getaddresses([text]) if addr]
+    except Exception:  # the parser's own trouble with a hostile field: no author to be found
+        return FromDomain("invalid", reason="From: cannot be parsed")
     if len(addresses) != 1:
         return FromDomain("invalid", reason=f"{len(addresses)} addresses in From:")
     local, at, domain = addresses[0].rpartition("@")

@@ -114,7 +114,7 @@ def signatures(header: bytes) -> list[_Signature]:
     index is dkimpy's), the first :data:`MAX_SIGNATURES`."""
     try:
         fields, _ = dkim.rfc822_parse(complete_lines(header))
-    except dkim.MessageFormatError as exc:
+    except (dkim.MessageFormatError, IndexError) as exc:  # IndexError: a first line folded
         if not _SIGNATURE.search(header):
             return []
         bad = DKIMResult("neutral", reason=f"the header section cannot be read: {exc}"[:200])
@@ -174,7 +174,7 @@ def _verify_in_thread(message: bytes, pending: list[_Signature],
     results = []
     try:
         verifier = dkim.DKIM(message, minkey=_MIN_KEY_BITS)
-    except dkim.DKIMException as exc:
+    except (dkim.DKIMException, IndexError) as exc:
         return [DKIMResult("neutral", s.domain, s.selector, s.algorithm,
                            f"the message cannot be read: {exc}"[:200]) for s in pending]
     for sig in pending:
