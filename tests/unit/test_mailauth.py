@@ -89,6 +89,7 @@ def test_authenticated_mail_passes_with_one_field(server: DNSServer, key: Key) -
     assert outcome.replies == ["continue", "continue", "continue"]
     assert outcome.results() == ["spf=pass", "dkim=pass", "arc=none", "dmarc=pass"]
     assert outcome.header().authserv_id == HOSTNAME
+    assert set(outcome.ctx.tx.auth) == {"spf", "dkim", "arc", "dmarc"}  # the message let go
     assert without(data, outcome.ctx.tx.drop) == data.replace(FORGED, b"")
 
 

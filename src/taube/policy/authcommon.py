@@ -26,7 +26,7 @@ from .pipeline import Context
 
 __all__ = ["CRYPTO", "MAX_FIELDS", "FromDomain", "HeaderField", "KeyRecords", "ascii_domain",
            "complete_lines", "exempt", "fetch_keys", "from_domain", "header_fields", "key_name",
-           "message_bytes", "safe_token", "unfold"]
+           "message_bytes", "release_message", "safe_token", "unfold"]
 
 log = logging.getLogger("taube.policy.auth")
 
@@ -245,3 +245,9 @@ async def message_bytes(ctx: Context) -> bytes | None:
     data = await ctx.tx.message()
     ctx.tx.auth[_MESSAGE_KEY] = data
     return data
+
+
+def release_message(ctx: Context) -> None:
+    """Forget the message :func:`message_bytes` kept, once no check needs it any more: it is
+    not held while the session commits."""
+    ctx.tx.auth.pop(_MESSAGE_KEY, None)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import authres
 
-from .authcommon import exempt, header_fields, unfold
+from .authcommon import exempt, header_fields, release_message, unfold
 from .pipeline import CONTINUE, Check, Context, Verdict
 
 if TYPE_CHECKING:
@@ -148,6 +148,7 @@ class AuthResultsCheck(Check):
         return out
 
     async def data_end(self, ctx: Context) -> Verdict:
+        release_message(ctx)  # the last of the authentication checks
         if self.trusted(ctx.client_ip):
             return CONTINUE
         if ctx.tx.header:
