@@ -18,18 +18,15 @@ from taube.proto.dotstuff import DataDecoder
 from taube.proto.pop3 import POP3Config, POP3Connection
 from taube.proto.pop3 import Closed as POP3Closed
 from taube.proto.pop3 import Decision as POP3Decision
-from taube.proto.pop3 import NEED_DATA as POP3_NEED_DATA
 from taube.proto.smtp import (
     AUTH_LINE_MAX,
     HARD_LINE_MAX,
     NEED_DATA,
     AuthDone,
-    AuthLookup,
     Closed,
     DataAborted,
     DataChunk,
     DataStart,
-    Decision,
     EndOfData,
     Event,
     Hello,
@@ -41,7 +38,7 @@ from taube.proto.smtp import (
     State,
 )
 from tests.mime import nested_mime as _nested_mime
-from tests.proto.helpers import accept_all, codes, content
+from tests.proto.helpers import accept_all, codes, content, reads, run_engine, session
 
 STRICT = SMTPConfig(hostname="mx.test", strict_pipelining=True)
 LENIENT = SMTPConfig(hostname="mx.test", strict_pipelining=False)
@@ -62,36 +59,14 @@ SYNC = "554 5.5.0"
 
 def run(chunks: bytes | Iterable[bytes], config: SMTPConfig = STRICT, *, bytewise: bool = False,
         answer=accept_all) -> tuple[bytes, list[Event], SMTPConnection]:
-    """Like helpers.drive, with AuthLookup answered (any PLAIN/LOGIN password ``geheim`` is
-    right), and the connection returned for a look at its state."""
-    conn = SMTPConnection(config)
-    conn.data_to_send()
-    parts = [chunks] if isinstance(chunks, bytes) else list(chunks)
-    if bytewise:
-        parts = [bytes([b]) for part in parts for b in part]
-    feed = iter(parts)
-    out = bytearray()
-    events: list[Event] = []
-    while True:
-        event = conn.next_event()
-        if event is NEED_DATA:
-            out += conn.data_to_send()
-            conn.receive_data(next(feed, b""))
-            continue
-        events.append(event)
-        if isinstance(event, Closed):
-            out += conn.data_to_send()
-            return bytes(out), events, conn
-        if isinstance(event, AuthLookup):
-            request = event.request
-            assert isinstance(request, sasl.CheckPassword)
-            conn.auth_resolve(request.password == PASSWORD.decode())
-        elif isinstance(event, Decision):
-            reply = answer(event)
-            if reply is None or reply.is_positive:
-                conn.accept(reply)
-            else:
-                conn.reject(reply)
+    """helpers.session, with AuthLookup answered (any PLAIN/LOGIN password ``geheim`` is
+    right)."""
+    return session(chunks, config=config, answer=answer, lookup=check_password, bytewise=bytewise)
+
+
+def check_password(request: object) -> bool:
+    assert isinstance(request, sasl.CheckPassword)
+    return request.password == PASSWORD.decode()
 
 
 def types(events: list[Event]) -> list[type]:
@@ -454,25 +429,11 @@ def pop3(data: bytes, *, bytewise: bool = False, close: bool = True) -> tuple[by
     conn = POP3Connection(POP3Config(hostname="pop.test", timestamp="<1.2@pop.test>", sasl_mechanisms=("PLAIN",),
                                      plaintext_requires_tls=False))
     conn.data_to_send()
-    parts = [bytes([b]) for b in data] if bytewise else [data]
-    if close:
-        parts.append(b"")
-    feed = iter(parts)
-    out, events = bytearray(), []
-    while True:
-        event = conn.next_event()
-        if event is POP3_NEED_DATA:
-            out += conn.data_to_send()
-            chunk = next(feed, None)
-            if chunk is None:
-                return bytes(out), events
-            conn.receive_data(chunk)
-            continue
-        events.append(event)
-        if isinstance(event, POP3Closed):
-            out += conn.data_to_send()
-            return bytes(out), events
-        assert not isinstance(event, POP3Decision), event
+    return run_engine(conn, reads(data, bytewise), no_decision, close=close)
+
+
+def no_decision(event: object) -> None:
+    assert not isinstance(event, POP3Decision), event
 
 
 POP3_LONG = [

@@ -35,6 +35,7 @@ from taube.proto.pop3 import (
     State,
     Update,
 )
+from tests.proto.helpers import reads, run_engine
 
 SEED_USER = "benutzer@zeitform.de"
 SEED_PASSWORD = "geheimes_passwort"
@@ -73,21 +74,14 @@ class Server:
 
     def run(self, conn: POP3Connection, data: bytes, *, bytewise: bool = False) -> bytes:
         """Feed ``data`` (then EOF), answer every decision; return what the server sent."""
-        chunks = [bytes([b]) for b in data] if bytewise else [data]
-        feed = iter(chunks)
-        out = bytearray(conn.data_to_send())
-        while True:
-            event = conn.next_event()
-            if event is NEED_DATA:
-                out += conn.data_to_send()
-                conn.receive_data(next(feed, b""))
-                continue
-            self.events.append(event)
-            if isinstance(event, Closed):
-                return bytes(out + conn.data_to_send())
-            if isinstance(event, Decision):
-                self.answer(conn, event)
-                out += conn.data_to_send()
+        greeting = conn.data_to_send()
+        out, events = run_engine(conn, reads(data, bytewise), lambda event: self.handle(conn, event))
+        self.events += events
+        return greeting + out
+
+    def handle(self, conn: POP3Connection, event: Event) -> None:
+        if isinstance(event, Decision):
+            self.answer(conn, event)
 
     def answer(self, conn: POP3Connection, event: Decision) -> None:
         match event:

@@ -18,7 +18,7 @@ from taube.proto.smtp import (
     SMTPConfig,
     SMTPConnection,
 )
-from tests.proto.helpers import accept_all, codes, content, drive
+from tests.proto.helpers import codes, content, drive, refusing
 
 EHLO = b"EHLO client.test\r\n"
 ENVELOPE = EHLO + b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
@@ -145,11 +145,7 @@ def test_pipelined_replies_in_one_flush() -> None:
 
 
 def test_rejected_rcpt_then_data_is_554() -> None:
-    def refuse_rcpt(event):
-        if isinstance(event, RcptTo):
-            return Reply(code=550, enhanced="5.1.1", text="unknown")
-        return accept_all(event)
-
+    refuse_rcpt = refusing(RcptTo, Reply(code=550, enhanced="5.1.1", text="unknown"))
     out, _ = drive(ENVELOPE + b"QUIT\r\n", answer=refuse_rcpt)
     assert codes(out) == ["250", "250 2.1.0", "550 5.1.1", "554 5.5.1", "221 2.0.0"]
 
@@ -188,11 +184,7 @@ def test_peer_close_mid_data() -> None:
 
 
 def test_end_of_data_reject_resets_transaction() -> None:
-    def refuse_end(event):
-        if isinstance(event, EndOfData):
-            return Reply(code=452, enhanced="4.3.1", text="full")
-        return accept_all(event)
-
+    refuse_end = refusing(EndOfData, Reply(code=452, enhanced="4.3.1", text="full"))
     out, _ = drive(ENVELOPE + b"x\r\n.\r\nRCPT TO:<b@y>\r\nQUIT\r\n", answer=refuse_end)
     assert codes(out)[-3:] == ["452 4.3.1", "503 5.5.1", "221 2.0.0"]
 

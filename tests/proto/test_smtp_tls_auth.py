@@ -7,19 +7,20 @@ import base64
 import pytest
 
 from taube.proto import sasl
+from taube.proto.replies import Reply
 from taube.proto.smtp import (
     NEED_DATA,
     AuthDone,
     AuthLookup,
     AuthStart,
+    Decision,
     Hello,
-    MailFrom,
     SMTPConfig,
     SMTPConnection,
     StartTLS,
     State,
 )
-from tests.proto.helpers import accept_all, codes, drive
+from tests.proto.helpers import accept_all, codes, drive, session
 
 PASSWORD = "geheimes_passwort"
 MECHS = ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256")
@@ -29,42 +30,26 @@ def tls_config(**kw) -> SMTPConfig:
     return SMTPConfig(hostname="mail.zeitform.de", tls_available=True, auth_mechanisms=MECHS, **kw)
 
 
-def directory_answer(event):
+def directory(request: object) -> object:
     """A directory with one user benutzer@zeitform.de / geheimes_passwort."""
-    if isinstance(event, AuthLookup):
-        return event
+    user_ok = getattr(request, "authcid", getattr(request, "username", "")) == "benutzer@zeitform.de"
+    if isinstance(request, sasl.CheckPassword):
+        return user_ok and request.password == PASSWORD
+    if isinstance(request, sasl.NeedSecret):
+        return PASSWORD if user_ok else None
+    return sasl.scram_credentials(PASSWORD) if user_ok else None
+
+
+def no_starttls(event: Decision) -> Reply | None:
+    if isinstance(event, StartTLS):
+        raise AssertionError("use the STARTTLS tests for that")
     return accept_all(event)
 
 
 def run(data: bytes, config: SMTPConfig) -> tuple[bytes, list]:
     """Like drive(), but answers AuthLookup from a one-user directory."""
-    conn = SMTPConnection(config)
-    conn.data_to_send()
-    conn.receive_data(data)
-    conn.receive_data(b"")
-    events, out = [], bytearray()
-    while True:
-        ev = conn.next_event()
-        if ev is NEED_DATA:
-            out += conn.data_to_send()
-            continue
-        events.append(ev)
-        if type(ev).__name__ == "Closed":
-            out += conn.data_to_send()
-            return bytes(out), events
-        if isinstance(ev, AuthLookup):
-            req = ev.request
-            user_ok = getattr(req, "authcid", getattr(req, "username", "")) == "benutzer@zeitform.de"
-            if isinstance(req, sasl.CheckPassword):
-                conn.auth_resolve(user_ok and req.password == PASSWORD)
-            elif isinstance(req, sasl.NeedSecret):
-                conn.auth_resolve(PASSWORD if user_ok else None)
-            else:
-                conn.auth_resolve(sasl.scram_credentials(PASSWORD) if user_ok else None)
-        elif isinstance(ev, (Hello, MailFrom, AuthStart)) or hasattr(ev, "path"):
-            conn.accept()
-        elif isinstance(ev, StartTLS):
-            raise AssertionError("use the STARTTLS tests for that")
+    out, events, _ = session(data, config=config, answer=no_starttls, lookup=directory)
+    return out, events
 
 
 def test_ehlo_lists_auth_only_under_tls_by_default() -> None:
