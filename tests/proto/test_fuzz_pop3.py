@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from taube.proto import sasl
 from taube.proto.pop3 import (
     AUTH_LINE_MAX,
-    NEED_DATA,
     ApopLogin,
     AuthLookup,
     Closed,
