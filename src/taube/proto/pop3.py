@@ -74,7 +74,6 @@ from .pop3_rules import (
     _PLAINTEXT_REFUSED,
     _REJECT_DEFAULTS,
     _TIMESTAMP,
-    _UID,
     _USAGE,
     ALLOWED,
     _check_listing,
