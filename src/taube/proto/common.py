@@ -285,6 +285,15 @@ class Engine(ByteSide):
         self._abort(self._closing("line too long"), "line without end too long")
 
     # --- the SASL exchange (RFC 4954 4, RFC 5034 4) --------------------------------------------
+    def auth_resolve(self, answer: object) -> None:
+        """Answer the pending AuthLookup with what the directory said: True or False for
+        CheckPassword, the secret or None for NeedSecret, ScramCredentials or None for
+        NeedScram."""
+        if not isinstance(self._pending, self.lookup_type) or self._auth is None:
+            raise LocalProtocolError("no AuthLookup is pending")
+        self._take_pending()
+        self._auth_step(self._auth.resolve(answer))
+
     def _auth_start(self, name: str, initial: bytes | None) -> None:
         """Start the exchange for the offered mechanism ``name`` with its decoded initial
         response (None: the client sent none)."""
@@ -309,8 +318,8 @@ class Engine(ByteSide):
                 self._auth_failed(reason, self.auth_abandoned[cause])
 
     def _auth_response(self, raw: bytes | object) -> None:
-        """A client line inside the exchange: its line end goes (a line the engine refuses
-        there, as SMTP one with a bare CR or LF, ends the exchange with that error)."""
+        """A client line inside the exchange, without its line end; a line whose end the engine
+        refuses (SMTP: a bare CR or LF in it, RFC 5321 2.3.8) ends the exchange with that error."""
         assert self._auth is not None
         line = raw if raw is TOO_LONG else self._strip_line_end(raw)  # type: ignore[arg-type]
         if line is TOO_LONG or isinstance(line, bytes):

@@ -222,13 +222,6 @@ class POP3Connection(Engine):
         owner = f"{event.user}'s" if _displayable(event.user) else "your"
         self._ok(f"{owner} maildrop has {self._summary()}")
 
-    def auth_resolve(self, answer: object) -> None:
-        """Answer the pending AuthLookup with what the directory said."""
-        if not isinstance(self._pending, AuthLookup) or self._auth is None:
-            raise LocalProtocolError("no AuthLookup is pending")
-        self._take_pending()
-        self._auth_step(self._auth.resolve(answer))
-
     def send_content(self, data: bytes) -> None:
         """The next part of the message accepted for RETR/TOP, as stored; any chunking."""
         if self._content is None:

@@ -302,13 +302,6 @@ class SMTPConnection(Commands, Engine):
         self.recipients = 0
         self.mail = None
 
-    def auth_resolve(self, answer: object) -> None:
-        """Answer the pending AuthLookup with what the directory said."""
-        event = self._take_pending()
-        if not isinstance(event, AuthLookup) or self._auth is None:
-            raise LocalProtocolError("no AuthLookup is pending")
-        self._auth_step(self._auth.resolve(answer))
-
     # --- internals -------------------------------------------------------------------------
     def _send(self, reply: Reply) -> None:
         self._out.append(reply.encode())
