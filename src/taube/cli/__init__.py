@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ..config import load_settings
-from . import aliases, domains, queue, users
+from . import aliases, dkim, domains, queue, users
 from .common import MessageGroup, config_option
 
 __all__ = ["main"]
@@ -42,3 +42,4 @@ main.add_command(users.user)
 main.add_command(domains.domain)
 main.add_command(aliases.alias)
 main.add_command(queue.queue)
+main.add_command(dkim.dkim)
