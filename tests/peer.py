@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import ssl
 import tempfile
 import threading
@@ -48,7 +49,9 @@ class Transaction:
     sender: str
     mail_params: dict[str, str]
     recipients: list[tuple[str, dict[str, str]]]
-    data: bytes  # dot-unstuffed, CRLF kept, without the final ".CRLF"
+    data: bytes  # dot-unstuffed, CRLF kept, without the final ".CRLF" (b"" unless keep_data)
+    size: int  # octets of that content, counted whether kept or not
+    sha256: str  # its SHA-256, hex
     tls: bool
     auth_user: str | None
     helo: str
@@ -137,11 +140,16 @@ class ScriptedPeer:
         data_reply: str = "354 End data with <CR><LF>.<CR><LF>",
         final_reply: str | Callable[[Transaction], str] | None = "250 2.0.0 Ok: queued",
         drop_mid_data: bool = False,
+        stall_data: bool = False,
         auth: tuple[str, str] | None = None,
         hostname: str = "peer.test",
+        keep_data: bool = True,
     ) -> None:
         """``ehlo_reply``: answer EHLO with this instead (e.g. "502 5.5.1 ..." to force HELO).
-        ``final_reply`` None: never answer the end of data (a client timeout)."""
+        ``final_reply`` None: never answer the end of data (a client timeout). ``stall_data``:
+        after the 354, read nothing more (the client's writes must stop). ``keep_data``
+        False: record only the size and digest of each message, so that a large one costs no
+        memory here."""
         self.host = host
         self.port = port
         self.greeting = greeting
@@ -153,8 +161,10 @@ class ScriptedPeer:
         self.data_reply = data_reply
         self.final_reply = final_reply
         self.drop_mid_data = drop_mid_data
+        self.stall_data = stall_data
         self.auth = auth
         self.hostname = hostname
+        self.keep_data = keep_data
 
         self.transactions: list[Transaction] = []  # accepted (2xx final reply)
         self.rejected: list[Transaction] = []  # content received, final reply not 2xx
@@ -417,10 +427,10 @@ class ScriptedPeer:
         if not reply.startswith("354"):
             return reply
         await self._send(writer, reply)
-        data = await self._content(lines)
+        data, size, digest = await self._content(lines)
         tx = Transaction(sender=state.sender, mail_params=dict(state.mail_params),
-                         recipients=list(state.recipients), data=data, tls=state.tls,
-                         auth_user=state.auth_user, helo=state.helo)
+                         recipients=list(state.recipients), data=data, size=size, sha256=digest,
+                         tls=state.tls, auth_user=state.auth_user, helo=state.helo)
         state.reset()
         final = self.final_reply
         if final is None:  # never answer: let the client time out
@@ -429,28 +439,37 @@ class ScriptedPeer:
         self._record(tx, tx.final_reply.startswith("2"))
         return tx.final_reply
 
-    async def _content(self, lines: _Lines) -> bytes:
-        """The message content up to CRLF.CRLF, dot-unstuffed (RFC 5321 4.5.2)."""
+    async def _content(self, lines: _Lines) -> tuple[bytes, int, str]:
+        """The message content up to CRLF.CRLF, dot-unstuffed (RFC 5321 4.5.2), with its size
+        and SHA-256."""
         if self.drop_mid_data:
             if not lines.buffer:
                 await lines.fill()
             raise _Closed()
+        if self.stall_data:
+            await asyncio.Event().wait()  # until stop() cancels this connection
         out = bytearray()
+        digest = hashlib.sha256()
+        size = 0
+
+        def take(octets: bytes) -> None:
+            nonlocal size
+            size += len(octets)
+            digest.update(octets)
+            if self.keep_data and len(out) < MAX_DATA:
+                out.extend(octets)
+
         while True:
             while (end := lines.buffer.find(b"\n")) < 0:
                 if len(lines.buffer) > MAX_LINE * 16:  # an overlong line: keep it whole
-                    if len(out) < MAX_DATA:
-                        out.extend(lines.buffer)
+                    take(bytes(lines.buffer))
                     lines.buffer.clear()
                 await lines.fill()
             line = bytes(lines.buffer[:end + 1])
             del lines.buffer[:end + 1]
             if line == b".\r\n":
-                return bytes(out)
-            if line.startswith(b"."):
-                line = line[1:]
-            if len(out) < MAX_DATA:
-                out.extend(line)
+                return bytes(out), size, digest.hexdigest()
+            take(line[1:] if line.startswith(b".") else line)
 
     async def _do_rset(self, argument: str, state: _Session, lines: _Lines,
                        writer: asyncio.StreamWriter) -> str:

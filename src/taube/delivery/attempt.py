@@ -87,14 +87,15 @@ async def connect(route: Route, hosts: list[MXHost], *, helo: str,
 async def transmit(connection: Connection, entry: QueueEntry, addresses: Collection[str],
                    store: QueueStore) -> Transmission | None:
     """One transaction for those of ``addresses`` still pending in ``entry``, the message
-    read from its queue file; None when there is nothing to send (the message left the
+    streamed from its queue file; None when there is nothing to send (the message left the
     queue meanwhile, or none of them is pending)."""
     recipients = [r for r in entry.recipients if r.address in addresses and r.status in PENDING]
     if not recipients:
         return None
     loop = asyncio.get_running_loop()
     try:
-        message = await loop.run_in_executor(None, _read_message, store, entry)
+        message = await loop.run_in_executor(None, store.open_message, entry.queue_id,
+                                             entry.body_offset)
     except FileNotFoundError as e:
         log.info("%s: no longer queued (%s)", entry.queue_id, e)
         return None
@@ -109,6 +110,8 @@ async def transmit(connection: Connection, entry: QueueEntry, addresses: Collect
                           diagnostic=e.reply.diagnostic() if e.reply else None,
                           remote_mta=connection.remote_mta, relay=connection.relay)
         return Transmission({r.address: outcome for r in recipients}, False, False)
+    finally:
+        message.close()
     return Transmission(outcomes(result, connection), result.dsn, connection.conn.usable)
 
 
@@ -122,11 +125,6 @@ def outcomes(result: TransactionResult, connection: Connection) -> dict[str, Out
                                diagnostic=reply.diagnostic(),
                                remote_mta=connection.remote_mta, relay=connection.relay)
     return out
-
-
-def _read_message(store: QueueStore, entry: QueueEntry) -> bytes:
-    with store.open_message(entry.queue_id, entry.body_offset) as message:
-        return message.read()
 
 
 def _relay(name: str, address: str, port: int) -> str:

@@ -11,39 +11,37 @@ Every reply is a :class:`Reply` with its RFC 3463 enhanced status code. A failur
 attempt (the connection is unusable) is an :class:`SMTPClientError`; a refusal of recipients is
 a per-recipient reply in the :class:`TransactionResult`.
 
-aiosmtplib carries the conversation. Its reply reader keeps one reply at a time and drops bytes
-that arrive while a reply waits to be picked up, which loses replies to pipelined commands, so
-the connection uses a reader (:class:`_QueueingProtocol`) that keeps every complete reply in
-order.
+aiosmtplib carries the conversation, with a reply reader that keeps the replies to pipelined
+commands (:mod:`.protocol`); the message is streamed from its file in bounded chunks
+(:mod:`.data`), never read whole into memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import os
 import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from aiosmtplib import SMTP
 from aiosmtplib.errors import (
     SMTPConnectResponseError,
     SMTPDataError,
-    SMTPReadTimeoutError,
     SMTPResponseException,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
-from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 from ..proto.address import xtext_encode
 from ..proto.replies import Reply
+from .data import Content, ContentReadError, content_size, wire
+from .protocol import QueueingProtocol, QueueingSMTP
 
 __all__ = [
     "OutRecipient",
@@ -120,123 +118,6 @@ class SMTPClientError(Exception):
         return _STAGE_STATUS.get(self.stage, "4.4.2" if self.temporary else "5.4.0")
 
 
-# Replies kept while commands are outstanding: a pipelined group is MAIL, at most
-# [delivery] max_recipients_per_transaction RCPTs and DATA; a peer that sends more than this
-# many replies at once is broken or hostile, and must not grow the queue without end.
-MAX_QUEUED_REPLIES = 2000
-
-
-class _QueueingProtocol(SMTPProtocol):
-    """aiosmtplib's protocol with a reader that keeps every complete reply, in order, so that
-    the replies to pipelined commands (RFC 2920 3.1) are never lost or mis-paired. Bytes that
-    arrive while no reply is expected are discarded, as in aiosmtplib; so are replies left over
-    after the expected ones (RFC 3207 4.2: nothing may follow the 220 to STARTTLS)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 connection_lost_callback: Callable[[SMTPProtocol], None] | None) -> None:
-        super().__init__(loop=loop, connection_lost_callback=connection_lost_callback)
-        self._replies: collections.deque[SMTPResponse] = collections.deque()
-        self._failure: Exception | None = None
-        self._wakeup: asyncio.Future[None] | None = None
-
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._response_pending or self._failure is not None:
-            return
-        self._buffer.extend(data)
-        try:
-            while (response := self._read_response_from_buffer()) is not None:
-                self._replies.append(response)
-                if len(self._replies) > MAX_QUEUED_REPLIES:
-                    raise SMTPResponseException(-1, "Too many replies")
-        except SMTPResponseException as exc:
-            self._failure = exc
-            del self._buffer[:]
-        if len(self._buffer) > MAX_RESPONSE_LENGTH:
-            self._failure = SMTPResponseException(-1, "Response too long")
-            del self._buffer[:]
-        self._wake()
-
-    def eof_received(self) -> bool:
-        if self._failure is None:
-            self._failure = SMTPServerDisconnected("Unexpected EOF received")
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._failure is None:
-            failure = SMTPServerDisconnected("Connection lost")
-            failure.__cause__ = exc
-            self._failure = failure
-        self._wake()
-        super().connection_lost(exc)
-
-    async def _next_response(self, timeout: float | None) -> SMTPResponse:
-        try:
-            async with asyncio.timeout(timeout):
-                while not self._replies:
-                    if self._failure is not None:
-                        raise self._failure
-                    self._wakeup = self._loop.create_future()
-                    await self._wakeup
-        except TimeoutError as exc:
-            if isinstance(exc, SMTPTimeoutError):
-                raise
-            raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
-        return self._replies.popleft()
-
-    def _end_reading(self) -> None:
-        self._response_pending = False
-        self._replies.clear()
-        del self._buffer[:]
-
-    async def read_response(self, timeout: float | None = None) -> SMTPResponse:
-        """The next reply; anything after it is unsolicited and dropped."""
-        self._response_pending = True
-        try:
-            return await self._next_response(timeout)
-        finally:
-            self._end_reading()
-
-    async def execute_pipelined(self, commands: Sequence[bytes], timeout: float | None,
-                                responses: list[SMTPResponse]) -> None:
-        """Write ``commands`` (without CRLF) in one go and append one reply for each, in
-        order, to ``responses`` (RFC 2920 3.1)."""
-        for command in commands:
-            if b"\r" in command or b"\n" in command or b"\0" in command:
-                raise ValueError("Command contains a prohibited control character")
-        if self._command_lock is None:
-            raise SMTPServerDisconnected("Server not connected")
-        async with self._command_lock:
-            self._response_pending = True
-            try:
-                self.write(b"".join(command + b"\r\n" for command in commands))
-                for _ in commands:
-                    responses.append(await self._next_response(timeout))
-            finally:
-                self._end_reading()
-
-
-class _SMTP(SMTP):
-    """aiosmtplib's client on a socket we connected, with the queueing reply reader."""
-
-    tcp_transport: asyncio.BaseTransport | None = None
-
-    async def _create_connection(self, timeout: float | None) -> SMTPResponse:
-        assert self.loop is not None and self.sock is not None
-        protocol = _QueueingProtocol(self.loop, self._on_connection_lost)
-        transport, _ = await self.loop.create_connection(lambda: protocol, sock=self.sock)
-        self.protocol = protocol
-        self.transport = self.tcp_transport = transport
-        response = await protocol.read_response(timeout=timeout)
-        if response.code != 220:
-            raise SMTPConnectResponseError(response.code, response.message)
-        return response
-
-
 def _client_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     """verify=False: encryption without authentication, as usual between MTAs (RFC 7435,
     opportunistic security); verify=True: the default chain and host name checks."""
@@ -258,7 +139,7 @@ class OutboundConnection:
     remote_mta: str
     tls_active: bool
 
-    def __init__(self, smtp: _SMTP, sock: socket.socket, *, address: str, port: int,
+    def __init__(self, smtp: QueueingSMTP, sock: socket.socket, *, address: str, port: int,
                  server_name: str, command_timeout: float, data_timeout: float) -> None:
         self._smtp = smtp
         self._sock = sock
@@ -285,7 +166,7 @@ class OutboundConnection:
         label = address if server_name == address else f"{server_name}[{address}]"
         sock = await cls._connect(address, port, label, connect_timeout)
         try:
-            smtp = _SMTP(local_hostname=helo, timeout=command_timeout, start_tls=False,
+            smtp = QueueingSMTP(local_hostname=helo, timeout=command_timeout, start_tls=False,
                          use_tls=False, sock=sock)
         except ValueError as exc:
             sock.close()
@@ -461,6 +342,8 @@ class OutboundConnection:
         """Close the transport and wait (bounded) until the socket is closed."""
         self._dead = True
         tcp = self._smtp.tcp_transport
+        if isinstance(tcp, asyncio.WriteTransport) and tcp.get_write_buffer_size():
+            tcp.abort()  # content the peer stopped reading: a close would wait to flush it
         self._smtp.close()
         if tcp is None:  # the socket never got a transport
             self._sock.close()
@@ -509,11 +392,17 @@ class OutboundConnection:
                     parts.append(f"ORCPT={kind};{xtext_encode(original)}")  # RFC 3461 4.2
         return " ".join(parts).encode("utf-8")
 
-    async def send(self, *, sender: str, recipients: Sequence[OutRecipient], message: bytes,
-                   params: Mapping[str, str] = {}) -> TransactionResult:
+    async def send(self, *, sender: str, recipients: Sequence[OutRecipient], message: Content,
+                   size: int | None = None, params: Mapping[str, str] = {}) -> TransactionResult:
         """One mail transaction (RFC 5321 3.3): MAIL, RCPT for each recipient (pipelined when
         the next hop offers PIPELINING, RFC 2920), and DATA when a recipient was accepted.
-        ``message`` is the content with CRLF line ends; it is dot-stuffed on the way."""
+
+        ``message`` is the content with CRLF line ends: a binary file positioned at its start
+        (the queue file opened at the body offset), or its chunks (an iterator or an async
+        iterator of bytes) with ``size`` given. It is read, dot-stuffed and written in bounded
+        chunks (:mod:`.data`). ``size`` (default: the file's octets from its position on) is
+        what SIZE announces (RFC 1870)."""
+        size = content_size(message, size)
         dsn = self.supports("DSN")
         if self._dead or not self._smtp.is_connected:
             self._dead = True
@@ -539,27 +428,27 @@ class OutboundConnection:
                     text=f"SMTPUTF8 is required, but was not offered by host {self._label}")), dsn)
         smtputf8 = self.supports("SMTPUTF8") and (needs_utf8 or "SMTPUTF8" in params)
         limit = self._size_limit()
-        if limit is not None and len(message) > limit:  # RFC 1870 6
+        if limit is not None and size > limit:  # RFC 1870 6
             return TransactionResult(_refused_all(recipients, Reply(
                 code=552, enhanced="5.3.4",
-                text=f"message size {len(message)} exceeds size limit {limit} of server "
+                text=f"message size {size} exceeds size limit {limit} of server "
                      f"{self._label}")), dsn)
         to_send = [r for r in recipients if r.address not in refused]
         if not to_send:
             return TransactionResult(refused, dsn)
 
         try:
-            return await self._transaction(sender, to_send, refused, message, params,
+            return await self._transaction(sender, to_send, refused, message, size, params,
                                            smtputf8, dsn)
         except BaseException:  # SMTPClientError, or cancelled: the session state is unknown
             await self._shutdown()
             raise
 
     async def _transaction(self, sender: str, recipients: Sequence[OutRecipient],
-                           replies: dict[str, Reply], message: bytes,
+                           replies: dict[str, Reply], message: Content, size: int,
                            params: Mapping[str, str], smtputf8: bool,
                            dsn: bool) -> TransactionResult:
-        mail = self._mail_command(sender, len(message), params, smtputf8, dsn)
+        mail = self._mail_command(sender, size, params, smtputf8, dsn)
         rcpts = [self._rcpt_command(r, dsn) for r in recipients]
 
         if self.supports("PIPELINING"):
@@ -596,7 +485,7 @@ class OutboundConnection:
     async def _pipelined(self, commands: list[bytes]) -> list[Reply]:
         """MAIL and every RCPT in one write, the replies read in order (RFC 2920 3.1)."""
         protocol = self._smtp.protocol
-        if not isinstance(protocol, _QueueingProtocol):
+        if not isinstance(protocol, QueueingProtocol):
             raise self._lost("mail", SMTPServerDisconnected("Server not connected"))
         responses: list[SMTPResponse] = []
         try:
@@ -611,11 +500,20 @@ class OutboundConnection:
                                     "MAIL FROM" if index == 0 else "RCPT TO")
         return replies
 
-    async def _data(self, message: bytes) -> Reply:
-        """DATA, the dot-stuffed content and the final reply (RFC 5321 4.1.1.4), which is
-        awaited for ``data_timeout`` (4.5.3.2.6)."""
+    async def _data(self, message: Content) -> Reply:
+        """DATA, the content streamed in wire form and the final reply (RFC 5321 4.1.1.4):
+        each reply awaited for ``data_timeout`` (4.5.3.2.6), each chunk of content given
+        ``command_timeout`` to be sent (4.5.3.2.5)."""
+        protocol = self._smtp.protocol
+        if not isinstance(protocol, QueueingProtocol):
+            raise self._lost("data", SMTPServerDisconnected("Server not connected"))
         try:
-            response = await self._smtp.data(message, timeout=self._data_timeout)
+            async with contextlib.aclosing(wire(message)) as content:
+                response = await protocol.execute_data(content, reply_timeout=self._data_timeout,
+                                                       block_timeout=self._command_timeout)
+        except ContentReadError as exc:
+            self._dead = True  # the data is cut short: the session cannot go on
+            raise SMTPClientError(str(exc), stage="data", temporary=True, status="4.3.0") from exc
         except SMTPDataError as exc:  # 4xx/5xx to DATA itself or to the end of data
             reply = Reply.parse(exc.code, exc.message)
             if reply.code == 421:
