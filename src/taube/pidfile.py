@@ -45,5 +45,5 @@ def running_pid(data_dir: Path) -> int | None:
     except OSError:
         return None
     args = cmdline.split(b"\0")
-    serving = b"serve" in args and any(a.endswith(b"taube") or a.endswith(b"taube/cli.py") for a in args)
+    serving = b"serve" in args and any(a.endswith(b"taube") for a in args)
     return pid if serving else None
