@@ -20,7 +20,8 @@ import pytest
 from taube.queue.envelope import Envelope, Target
 from taube.queue.spool import SPILL_THRESHOLD, QueueStore, Spool, StorageError, StorageFullError
 from taube.store.maildir import STALE_TMP_SECONDS, MaildirStore, remove_stale_tmp
-from tests.faults import ERRORS, FAULTS, FaultyCalls, faults  # noqa: F401 - the fixture
+from tests.faults import FaultyCalls, faults  # noqa: F401 - the fixture
+from tests.spool_faults import check_every_write_point
 
 HOST = "mx.example.test"
 BODY = b"Received: from client\r\nSubject: test\r\n\r\nline one\r\n..dot stays as written\r\n"
@@ -484,11 +485,6 @@ def receive_spilling(spool: Spool, targets: tuple[Target, ...], body: bytes) -> 
     return queue_id
 
 
-def files_under(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and p.name != "taube.db"}
-
-
 @pytest.mark.parametrize("size", [1000, 2 * SPILL_THRESHOLD + 7])
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_each_write_point_failing_leaves_nothing_and_short_writes_lose_nothing(
@@ -496,28 +492,6 @@ def test_each_write_point_failing_leaves_nothing_and_short_writes_lose_nothing(
     targets = SCENARIOS[scenario]
     receive_spilling(spool, targets, BODY)  # Maildirs and queue directories exist
     body = b"Subject: big\r\n\r\n" + (b"0123456789" * 7 + b"abcdef\r\n") * (size // 78 + 1)
-    faults.arm()
-    receive_spilling(spool, targets, body)
-    points = list(faults.points)
+    points = check_every_write_point(faults, tmp_path, lambda: receive_spilling(spool, targets, body),
+                                     stored(body))
     assert len(points) >= 5
-    for index in range(len(points)):
-        for fault in FAULTS:
-            before = files_under(tmp_path)
-            faults.arm(index, fault)
-            try:
-                queue_id = receive_spilling(spool, targets, body)
-            except StorageError as e:
-                faults.disarm()
-                assert fault in ERRORS or (fault == "zero" and faults_fired_write(points, index)), (index, fault)
-                assert isinstance(e, StorageFullError) == (fault in ("enospc", "edquot")), e
-                assert files_under(tmp_path) == before, (index, fault, points[index])
-                continue
-            faults.disarm()
-            assert fault == "short" or (fault == "zero" and not faults_fired_write(points, index))
-            new = {k: v for k, v in files_under(tmp_path).items() if k not in before}
-            assert new and all(v == stored(body) for k, v in new.items() if not k.endswith(".json")), (index, fault)
-            assert all(queue_id in k for k in new)
-
-
-def faults_fired_write(points: list[tuple[str, str]], index: int) -> bool:
-    return points[index][0] == "write"

@@ -1,5 +1,6 @@
 """Header lines prepended at commit (Authentication-Results, DKIM-Signature) land between
-Return-Path and Received, byte-exact, counted in the size, in the Maildir and the queue."""
+Return-Path and Received, byte-exact, counted in the size, in the Maildir and the queue; a
+failure anywhere in the copy of a spilled file leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from taube.queue.envelope import Envelope, Target
 from taube.queue.spool import SPILL_THRESHOLD, Spool
 from taube.store import durable
 from taube.store.maildir import MaildirStore
+from tests.faults import FaultyCalls, faults  # noqa: F401 - the fixture
+from tests.spool_faults import check_every_write_point
 
 HOST = "mx.example.test"
 RECEIVED = b"Received: from client (client.test [192.0.2.1])\r\n\tby mx.example.test; today\r\n"
@@ -91,3 +94,29 @@ def test_prepend_takes_complete_header_lines_only(tmp_path: Path, bad: bytes) ->
     with pytest.raises(ValueError):
         spooled.prepend(bad)
     spooled.abort()
+
+
+@pytest.mark.parametrize("targets", [(ALICE,), (ALICE, BOB), (BOB,)], ids=["local", "mixed", "remote"])
+def test_each_write_point_of_the_rewrite_failing_leaves_nothing(
+        tmp_path: Path, faults: FaultyCalls, targets: tuple[Target, ...]) -> None:
+    spool = Spool(tmp_path, HOST, MaildirStore(tmp_path / "mail"))
+    body = BODY + b"x" * (SPILL_THRESHOLD + 17) + b"\r\n"
+
+    def receive() -> str:
+        spooled = spool.open(spool.new_queue_id(), "from@sender.test", targets)
+        try:
+            spooled.write(body)
+            spooled.spill()
+            spooled.prepend(AR)
+            spooled.commit(Envelope(queue_id=spooled.queue_id, sender="from@sender.test",
+                                    targets=targets, client_address="192.0.2.1", helo="client.test",
+                                    received_at=1700000000.0, size=spooled.size, params={}))
+        except BaseException:
+            spooled.abort()
+            raise
+        return spooled.queue_id
+
+    receive()  # Maildirs and queue directories exist
+    points = check_every_write_point(faults, tmp_path, receive,
+                                     b"Return-Path: <from@sender.test>\r\n" + AR + body)
+    assert any(operation == "create" and path.endswith(".new") for operation, path in points)

@@ -293,6 +293,7 @@ class SpoolFile:
                     while chunk := old.read(1 << 20):
                         fresh.write(chunk)
                 durable.rename(fresh_path, self._path)
+                fresh.path = self._path  # so that a later failure's discard removes it by this name
             except BaseException:
                 fresh.discard()
                 raise
