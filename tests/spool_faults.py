@@ -7,10 +7,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from taube.queue.spool import StorageError, StorageFullError
+from taube.queue.spool import SpoolFile, StorageError, StorageFullError
 from tests.faults import ERRORS, FAULTS, FaultyCalls
 
-__all__ = ["check_every_write_point", "files_under"]
+__all__ = ["check_every_write_point", "files_under", "finish"]
+
+
+def finish(spooled: SpoolFile, steps: Callable[[SpoolFile], None]) -> str:
+    """Run ``steps`` (the edits and the commit) on ``spooled``, aborting it when they raise, as
+    the SMTP session does; the queue id."""
+    try:
+        steps(spooled)
+    except BaseException:
+        spooled.abort()
+        raise
+    return spooled.queue_id
 
 
 def files_under(root: Path) -> dict[str, bytes]:

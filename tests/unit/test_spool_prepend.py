@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from taube.queue.envelope import Envelope, Target
-from taube.queue.spool import SPILL_THRESHOLD, Spool
+from taube.queue.spool import SPILL_THRESHOLD, Spool, SpoolFile
 from taube.store import durable
 from taube.store.maildir import MaildirStore
 from tests.faults import FaultyCalls, faults  # noqa: F401 - the fixture
-from tests.spool_faults import check_every_write_point
+from tests.spool_faults import check_every_write_point, finish
 
 HOST = "mx.example.test"
 RECEIVED = b"Received: from client (client.test [192.0.2.1])\r\n\tby mx.example.test; today\r\n"
@@ -102,19 +102,17 @@ def test_each_write_point_of_the_rewrite_failing_leaves_nothing(
     spool = Spool(tmp_path, HOST, MaildirStore(tmp_path / "mail"))
     body = BODY + b"x" * (SPILL_THRESHOLD + 17) + b"\r\n"
 
+    def steps(spooled: SpoolFile) -> None:
+        spooled.prepend(AR)
+        spooled.commit(Envelope(queue_id=spooled.queue_id, sender="from@sender.test",
+                                targets=targets, client_address="192.0.2.1", helo="client.test",
+                                received_at=1700000000.0, size=spooled.size, params={}))
+
     def receive() -> str:
         spooled = spool.open(spool.new_queue_id(), "from@sender.test", targets)
-        try:
-            spooled.write(body)
-            spooled.spill()
-            spooled.prepend(AR)
-            spooled.commit(Envelope(queue_id=spooled.queue_id, sender="from@sender.test",
-                                    targets=targets, client_address="192.0.2.1", helo="client.test",
-                                    received_at=1700000000.0, size=spooled.size, params={}))
-        except BaseException:
-            spooled.abort()
-            raise
-        return spooled.queue_id
+        spooled.write(body)
+        spooled.spill()
+        return finish(spooled, steps)
 
     receive()  # Maildirs and queue directories exist
     points = check_every_write_point(faults, tmp_path, receive,

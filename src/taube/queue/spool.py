@@ -15,7 +15,9 @@ Where the file is while it arrives, and where it ends::
 
 Every stored copy starts with ``Return-Path: <sender>`` and then holds the message exactly as
 received (trace headers included), CRLF line ends and all: one byte-exact file that a POP3
-server can serve with the size it announces. Local copies keep the Return-Path line (RFC 5321
+server can serve with the size it announces. The only edits are the ones the checks ask for at
+the end of DATA: header lines put above it (:meth:`SpoolFile.prepend`) and forged header fields
+left out (:meth:`SpoolFile.drop`). Local copies keep the Return-Path line (RFC 5321
 4.4: the final delivery adds it); the queue records ``body_offset`` to skip it when relaying.
 
 The body is written once. Local copies and the queue's data file are hard links of that one file,
@@ -27,14 +29,19 @@ so per message the cost is one data fsync plus one fsync per directory that gain
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import io
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from ..store import durable
 from ..store.durable import (
+    COPY_CHUNK,
     DirectorySyncs,
     DurableFile,
     StorageError,
@@ -152,13 +159,15 @@ class SpoolFile:
     buffer to the spool file (see :meth:`Spool.open`). So a connection never holds more than about
     :data:`SPILL_THRESHOLD` octets plus one read, whatever the message size. :meth:`commit`
     blocks on fsync and runs in a worker thread too. The content is stored byte for byte as
-    written, so the caller writes CRLF line ends.
+    written, so the caller writes CRLF line ends; :meth:`prepend` and :meth:`drop` edit it at
+    commit, and :meth:`open_content` reads it back as written.
     """
 
     def __init__(self, spool: Spool, queue_id: str, path: Path, header: bytes,
                  home: Path | None) -> None:
         self.queue_id = queue_id
-        self.size = 0  # octets written after the Return-Path line
+        self.size = 0  # octets stored after the Return-Path line: written, prepended, not dropped
+        self._written = 0  # octets given to write(): the content, as the caller counts it
         self._spool = spool
         self._path = path
         self._home = home  # the Maildir whose tmp/ holds the file, None: it is the queue's
@@ -168,6 +177,7 @@ class SpoolFile:
         self._header = header  # the Return-Path line
         self._header_size = len(header)
         self._prepend = bytearray()  # header lines to go between Return-Path and the content
+        self._drops: list[tuple[int, int]] = []  # content octets left out at commit, sorted
         self._error: OSError | None = None
         self._finished = False
 
@@ -180,6 +190,7 @@ class SpoolFile:
         if self._finished:
             raise StorageError(f"{self.queue_id}: spool file already committed or aborted")
         self.size += len(data)
+        self._written += len(data)
         if self._error is None:
             self._buffer += data
 
@@ -199,6 +210,74 @@ class SpoolFile:
             raise ValueError("prepended header lines must be complete CRLF lines, without an empty line")
         self._prepend += body
         self.size += len(body)
+
+    def drop(self, ranges: Iterable[tuple[int, int]], *, base: int) -> None:
+        """Leave the octets of ``ranges`` out of what is stored: forged Authentication-Results
+        fields, which RFC 8601 section 5 asks to remove before delivery.
+
+        ``ranges`` are ``(start, end)`` octet offsets relative to the message, which starts
+        ``base`` octets into the content (counted as :meth:`open_content` counts: taube writes
+        its Received first, so ``base`` is that line's length). They must be non-empty, sorted,
+        apart from each other and from those dropped before, and within what was written;
+        nothing before ``base`` can be dropped. Otherwise ValueError, and nothing is dropped.
+        Call it after the last :meth:`write` and before the envelope is made: :attr:`size`
+        shrinks at once.
+
+        No I/O. As with :meth:`prepend`, the edit is made at :meth:`commit`: a message still in
+        memory is written without those octets in one piece; one already spilled is copied
+        once, by the same copy that puts the prepended lines in (:meth:`_rewrite`)."""
+        if self._finished:
+            raise StorageError(f"{self.queue_id}: spool file already committed or aborted")
+        if not 0 <= base <= self._written:
+            raise ValueError(f"message start {base} outside the {self._written} octets written")
+        wanted = [(base + start, base + end) for start, end in ranges]
+        pos = base
+        for start, end in wanted:
+            if not pos <= start < end <= self._written:
+                raise ValueError(f"drop range {(start - base, end - base)} empty, unsorted, "
+                                 f"overlapping or outside the {self._written - base} octets of the message")
+            pos = end
+        merged = sorted(self._drops + wanted)
+        if any(end > start for (_, end), (start, _) in itertools.pairwise(merged)):
+            raise ValueError("drop ranges overlap ranges dropped before")
+        self._drops = merged
+        self.size -= sum(end - start for start, end in wanted)
+
+    def open_content(self, start: int = 0) -> BinaryIO:
+        """The content written so far, from octet ``start`` on, as a binary file positioned
+        there; the caller closes it.
+
+        ``start`` counts as :attr:`size` does, from the first octet given to :meth:`write`
+        (the Return-Path line is never part of it): taube's Received comes first, so passing
+        its length gives the message as the client sent it, for DKIM verification or signing.
+        It is the content as written: lines from :meth:`prepend` are not in it and octets
+        passed to :meth:`drop` still are (both are applied at commit), and nothing written
+        after this call is.
+
+        While the content is in memory, a copy of it (at most about :data:`SPILL_THRESHOLD`
+        octets); once it was spilled, the rest of the buffer is spilled too and the spool file
+        opened read-only. So it may block on the disk: run it in a worker thread, as
+        :meth:`spill`, and before :meth:`commit`. StorageError when the content is gone (a
+        spill failed, which commit reports as well) or cannot be opened."""
+        if self._finished:
+            raise StorageError(f"{self.queue_id}: spool file already committed or aborted")
+        if not 0 <= start <= self._written:
+            raise ValueError(f"offset {start} outside the {self._written} octets written")
+        if self._file is not None:
+            self._spill()  # the file holds everything written so far
+        if self._error is not None:
+            raise storage_error(self._error)
+        offset = self._header_size + start
+        if self._file is None:
+            # BytesIO copies the view, which is released at once: the buffer stays resizable.
+            with memoryview(self._buffer) as whole, whole[offset:] as content:
+                return io.BytesIO(content)
+        try:
+            reader = open(self._path, "rb")  # the caller closes it
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        reader.seek(offset)
+        return reader
 
     def spill(self) -> None:
         """Move the buffer to the spool file (blocking: run it in a worker thread).
@@ -255,12 +334,7 @@ class SpoolFile:
         self._finished = True
         created: list[Path] = []
         try:
-            if self._prepend and self._error is None:
-                if self._file is None:  # all in memory: the prepended lines go in, one write
-                    self._buffer[self._header_size:self._header_size] = self._prepend
-                else:
-                    self._spill()
-                    self._rewrite()
+            self._edit()
             self._spill()
             if self._error is not None:
                 raise self._error
@@ -275,11 +349,30 @@ class SpoolFile:
         finally:
             self._discard()
 
+    def _kept_spans(self) -> list[tuple[int, int]]:
+        """The ``(start, end)`` content offsets of what stays, around the dropped ranges."""
+        edges = [0, *itertools.chain.from_iterable(self._drops), self._written]
+        return list(zip(edges[::2], edges[1::2], strict=True))
+
+    def _edit(self) -> None:
+        """At commit: the lines of :meth:`prepend` put in and the ranges of :meth:`drop` left
+        out. A message still in memory is edited there and written in one piece as always."""
+        if not (self._prepend or self._drops) or self._error is not None:
+            return
+        if self._file is None:
+            head = self._header_size
+            kept = (self._buffer[head + start:head + end] for start, end in self._kept_spans())
+            self._buffer[head:] = b"".join((self._prepend, *kept))
+        else:
+            self._spill()
+            self._rewrite()
+
     def _rewrite(self) -> None:
-        """The file was spilled before lines were prepended: write a new one next to it (the
-        Return-Path line, the prepended lines, then the content copied from the old file) and
-        rename it over the old one. A crash leaves an extra file where unacknowledged files
-        are cleaned up anyway (``tmp/``; ``messages/`` without envelope at start)."""
+        """The file was spilled before lines were prepended or ranges dropped: write a new one
+        next to it (the Return-Path line, the prepended lines, then the content copied from
+        the old file, without the dropped ranges) and rename it over the old one. A crash
+        leaves an extra file where unacknowledged files are cleaned up anyway (``tmp/``;
+        ``messages/`` without envelope at start)."""
         assert self._file is not None
         if self._error is not None:
             return
@@ -289,9 +382,9 @@ class SpoolFile:
             try:
                 fresh.write(self._header + self._prepend)
                 with open(self._path, "rb") as old:
-                    old.seek(self._header_size)
-                    while chunk := old.read(1 << 20):
-                        fresh.write(chunk)
+                    for start, end in self._kept_spans():
+                        old.seek(self._header_size + start)
+                        self._copy(old, fresh, end - start)
                 durable.rename(fresh_path, self._path)
                 fresh.path = self._path  # so that a later failure's discard removes it by this name
             except BaseException:
@@ -303,6 +396,17 @@ class SpoolFile:
             return
         self._file.close()
         self._file = fresh
+
+    @staticmethod
+    def _copy(source: BinaryIO, target: DurableFile, length: int) -> None:
+        """``length`` octets from ``source`` to ``target``, a chunk of :data:`COPY_CHUNK` at a
+        time (the message may be far larger than memory should hold)."""
+        while length > 0:
+            chunk = source.read(min(length, COPY_CHUNK))
+            if not chunk:  # the spool file lost octets it was written with
+                raise OSError(errno.EIO, "spool file shorter than written", str(target.path))
+            target.write(chunk)
+            length -= len(chunk)
 
     def abort(self) -> None:
         """Drop the message (transaction failed, client gone). Safe to call more than once."""
