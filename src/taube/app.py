@@ -29,12 +29,19 @@ from .net.services import Services
 from .net.smtp_session import Mode, SMTPSession
 from .net.tls import TLSProvider
 from .pidfile import remove_pid, write_pid
+from .lookup import DNSClient
+from .policy.dnsbl import DNSLists
+from .policy.greylist import Greylist
 from .policy.local import LocalPolicy, LocalRules, postmaster_for
-from .policy.pipeline import Pipeline
+from .policy.mailauth import authentication_checks
+from .policy.pipeline import Check, Pipeline
+from .policy.rates import RateCheck, RateLimits
 from .policy.relay import RelayPolicy
 from .proto import replies as R
 from .queue.spool import Spool
-from .sharedstate import LocalState
+from .sharedstate import LocalState, SharedState
+from .signing.dkim import Signer
+from .signing.keys import KeyStore
 from .store.mailbox import MailboxFactory, MaildirMailbox
 from .store.maildir import MaildirStore
 
@@ -78,11 +85,34 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         else:
             runner = QueueRunner.for_spool(settings, spool, reporter)
     relay = RelayPolicy(settings.networks())
-    # The inbound checks, in order (policy/pipeline.py); one pipeline for all SMTP sessions.
-    pipeline = Pipeline([LocalPolicy(LocalRules.from_settings(settings), directory, relay, state)])
     return Services(settings=settings, directory=directory, relay=relay,
                     spool=spool, state=state, tls=tls, mailboxes=mailboxes, runner=runner,
-                    reporter=reporter, pipeline=pipeline)
+                    reporter=reporter, pipeline=Pipeline(inbound_checks(settings, directory, relay, state)),
+                    signer=Signer(KeyStore(settings.data_dir), trusted=relay.is_trusted))
+
+
+def inbound_checks(settings: Settings, directory: SQLiteDirectory, relay: RelayPolicy,
+                   state: SharedState) -> list[Check]:
+    """The checks every SMTP session runs, in order (policy/pipeline.py): the per-client rates
+    first (the cheapest refusal), the DNS lists (looked up from connect), the site's own rules
+    (unknown users get 550 before any later check runs), SPF/DKIM/ARC/DMARC with the
+    Authentication-Results header, and greylisting last, so that a refusal for any other reason
+    is never turned into a 451 and no triple is recorded for it."""
+    checks: list[Check] = []
+    trusted = relay.is_trusted
+    dns = DNSClient(settings.dns.nameservers, settings.dns.timeout)
+    limits = RateLimits.from_settings(settings.smtp)
+    if limits.enabled:
+        checks.append(RateCheck.open(settings.data_dir, limits, trusted))
+    lists = DNSLists(settings.checks.dnsbl, settings.checks.dnswl, dns, trusted)
+    if lists.enabled:
+        checks.append(lists)
+    checks.append(LocalPolicy(LocalRules.from_settings(settings), directory, relay, state))
+    checks += authentication_checks(settings.checks, settings.hostname, dns, trusted)
+    if settings.checks.greylist:
+        checks.append(Greylist.open(settings.data_dir, delay=settings.checks.greylist_delay,
+                                    expiry=settings.checks.greylist_expiry, trusted=trusted))
+    return checks
 
 
 def maildir_mailboxes(maildirs: MaildirStore) -> MailboxFactory:
@@ -201,6 +231,9 @@ class App:
                     await runner_task
         finally:
             remove_pid(self.settings.data_dir)
+            for check in self.services.pipeline.checks:
+                if isinstance(check, (RateCheck, Greylist)):
+                    check.close()
         log.info("stopped")
         return 0
 

@@ -347,8 +347,12 @@ def test_keys_are_read_once_and_again_after_a_change(store: KeyStore, signer: Si
 # -- who, and where it runs --------------------------------------------------------------------
 
 
-def test_applies_to_authenticated_users_and_trusted_networks(store: KeyStore) -> None:
+def test_applies_to_authenticated_users_and_trusted_networks(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path)
     signer = Signer(store, trusted=lambda ip: ip.startswith("10."))
+    # No key at all: nothing applies, and the message is never read back for it.
+    assert not signer.applies(client_ip="10.1.2.3", user="alice@example.org")
+    store.generate("example.org", "s1", kind="ed25519")
     assert signer.applies(client_ip="10.1.2.3", user=None)
     assert signer.applies(client_ip="192.0.2.1", user="alice@example.org")
     assert not signer.applies(client_ip="192.0.2.1", user=None)
@@ -382,3 +386,13 @@ def test_sign_async_with_the_modules_own_pool(store: KeyStore, signer: Signer) -
         return await asyncio.wait_for(signer.sign_async(io.BytesIO(data), sender="alice@example.org"), 30)
 
     assert verify_each(asyncio.run(main()).header + data, store) == [True]
+
+
+def test_has_keys_follows_the_key_directory(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path)
+    signer = Signer(store)
+    assert not signer.has_keys()
+    store.generate("example.org", "s1", kind="ed25519")
+    assert signer.has_keys()
+    store.delete("example.org", "s1")
+    assert not signer.has_keys()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..config import Settings
 from ..directory.base import Directory
@@ -16,6 +16,9 @@ from ..queue.spool import Spool
 from ..sharedstate import SharedState
 from ..store.mailbox import MailboxFactory
 from .tls import TLSProvider
+
+if TYPE_CHECKING:
+    from ..signing.dkim import Signer
 
 __all__ = ["TLS_HANDSHAKE_TIMEOUT", "QueueControl", "Reports", "Services"]
 
@@ -62,3 +65,4 @@ class Services:
     pipeline: Pipeline  # the inbound checks every SMTP session runs, in order
     runner: QueueControl | None = None  # the queue runner, when one runs in this process
     reporter: Reports | None = None  # delivery status notifications (local NOTIFY=SUCCESS)
+    signer: Signer | None = None  # DKIM signing of mail from trusted and authenticated clients

@@ -49,6 +49,7 @@ from ..proto.smtp import (
 )
 from ..proto.trace import received_header, with_protocol
 from ..policy.pipeline import Context, Recipient, Transaction, Verdict
+from ..queue.spool import StorageError, StorageFullError
 from .connection import Connection
 from .services import Services
 from .session import EngineSession, Goodbye
@@ -121,7 +122,8 @@ class SMTPSession(EngineSession[SMTPConnection]):
             smtp, auth, hostname, mode, tls_available=services.tls is not None,
             connect_decision=self.pipeline.implements("connect")))
         self.ctx = Context(client_ip=client_ip, mode=mode)  # what the checks see
-        self.spooler = Spooler(services, client_ip)  # the open transaction's spool file
+        # The open transaction's spool file.
+        self.spooler = Spooler(services, client_ip, header_limit=smtp.max_header_size)
         self._tarpitted = 0  # errors beyond soft_error_limit whose replies were already delayed
 
     @property
@@ -359,23 +361,52 @@ class SMTPSession(EngineSession[SMTPConnection]):
         self._new_transaction()
 
     async def _data_end_checks(self) -> bool:
-        """The pipeline's data_end stage, with the message's header section; header lines the
-        checks leave in ``ctx.tx.prepend`` go above Received. False: refused, answered and
-        logged, nothing stored."""
-        if not self.pipeline.implements("data_end"):
-            return True
+        """The pipeline's data_end stage, with the message's header section and a way to read
+        the whole message; then DKIM signing for trusted and authenticated clients. Header lines
+        the checks leave in ``ctx.tx.prepend`` (and the signatures) go above Received, the
+        fields in ``ctx.tx.drop`` are left out. False: refused, answered and logged, nothing
+        stored."""
         ctx = self._context()
-        ctx.tx.header = self.spooler.header_section()
-        verdict = await self.pipeline.data_end(ctx)
-        if verdict.refused:
-            assert verdict.reply is not None
-            log.info("reject client=%s from=<%s> %s", self.client_ip, ctx.tx.sender or "",
-                     verdict.error())
-            self.conn.reject(verdict.reply)
+        try:
+            if self.pipeline.implements("data_end"):
+                ctx.tx.header = self.spooler.header_section()
+                ctx.tx.message = self.spooler.read_message
+                try:
+                    verdict = await self.pipeline.data_end(ctx)
+                finally:
+                    ctx.tx.message = None
+                if verdict.refused:
+                    assert verdict.reply is not None
+                    log.info("reject client=%s from=<%s> %s", self.client_ip, ctx.tx.sender or "",
+                             verdict.error())
+                    self.conn.reject(verdict.reply)
+                    self._new_transaction()
+                    return False
+                self.spooler.drop(ctx.tx.drop)
+            signatures = await self._sign(ctx)
+        except StorageError as e:  # the message could not be read back: the commit cannot work
+            log.info("%s: client=%s from=<%s> result=deferred (storage error: %s)",
+                     ctx.tx.queue_id, self.client_ip, ctx.tx.sender or "", e)
+            self.conn.reject(R.STORAGE_FULL if isinstance(e, StorageFullError) else R.STORAGE_ERROR)
             self._new_transaction()
             return False
-        self.spooler.prepend(ctx.tx.prepend)
+        self.spooler.prepend(signatures + ctx.tx.prepend)
         return True
+
+    async def _sign(self, ctx: Context) -> list[bytes]:
+        """DKIM-Signature lines for mail from trusted networks and authenticated users whose
+        From: (or envelope sender) domain has a key (RFC 6376; signing/dkim.py decides which)."""
+        signer = self.services.signer
+        if signer is None or ctx.tx.sender is None or not signer.applies(
+                client_ip=self.client_ip, user=ctx.user):
+            return []
+        result = await self.spooler.sign(signer, ctx.tx.sender)
+        for error in result.errors:
+            log.warning("%s: DKIM signing for %s: %s", ctx.tx.queue_id, result.domain, error)
+        if result.signatures:
+            log.info("%s: DKIM-Signature d=%s s=%s", ctx.tx.queue_id, result.domain,
+                     ",".join(sig.selector for sig in result.signatures))
+        return [result.header] if result.header else []
 
     # --- STARTTLS and AUTH -------------------------------------------------------------------
     async def _starttls(self) -> None:

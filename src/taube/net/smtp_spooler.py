@@ -15,6 +15,7 @@ import asyncio
 import io
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from ..addressing import Target
 from ..policy.pipeline import Transaction
@@ -25,6 +26,9 @@ from ..queue.envelope import Envelope
 from ..queue.notify import original_recipient, wants
 from ..queue.spool import SpoolFile, StorageError, StorageFullError
 from .services import Services
+
+if TYPE_CHECKING:
+    from ..signing.dkim import Signer, SigningResult
 
 __all__ = ["REPORT_HEAD_MAX", "Spooler"]
 
@@ -39,12 +43,16 @@ class Spooler:
     DATA, :meth:`write` for each chunk, then :meth:`commit`, or :meth:`discard` whenever the
     transaction ends without a ``250``."""
 
-    def __init__(self, services: Services, client_ip: str) -> None:
+    def __init__(self, services: Services, client_ip: str, *, header_limit: int = 0) -> None:
         self.services = services
         self.client_ip = client_ip
         self._file: SpoolFile | None = None
         self._head: bytearray | None = None  # the start of the message, when it is wanted
-        self._head_start = 0  # where the client's message starts in _head (after our Received)
+        self._start = 0  # where the client's message starts (after our Received)
+        # Octets of the message kept: a report's headers, or the whole header section for the
+        # data_end checks (the engine refuses a larger one: [smtp] max_header_size).
+        self._head_max = REPORT_HEAD_MAX
+        self._header_limit = header_limit
 
     def open(self, tx: Transaction, received: bytes, *, header_wanted: bool) -> None:
         """DATA was accepted: a spool file for ``tx`` (queue id and targets given), starting
@@ -53,10 +61,12 @@ class Spooler:
         assert tx.sender is not None and self._file is None
         self._file = self.services.spool.open(tx.queue_id, tx.sender, tx.targets)
         self._file.write(received)
+        self._start = len(received)
         if header_wanted or _reports_delivery(tx.sender, tx.targets):
             self._head = bytearray()
+            self._head_max = len(received) + max(REPORT_HEAD_MAX,
+                                                 self._header_limit + 2 if header_wanted else 0)
             self._keep(received)
-            self._head_start = len(received)
 
     async def write(self, data: bytes) -> None:
         """A chunk of DATA, already unstuffed (RFC 5321 4.5.2), in its order."""
@@ -69,13 +79,15 @@ class Spooler:
             await asyncio.get_running_loop().run_in_executor(None, spool_file.spill)
 
     def _keep(self, data: bytes) -> None:
-        if self._head is not None and len(self._head) < REPORT_HEAD_MAX:
-            self._head += data[: REPORT_HEAD_MAX - len(self._head)]
+        if self._head is not None and len(self._head) < self._head_max:
+            self._head += data[: self._head_max - len(self._head)]
 
     def header_section(self) -> bytes:
-        """The client's header section (RFC 5322 2.1) up to its empty line, within the first
-        :data:`REPORT_HEAD_MAX` octets; empty when it was not kept."""
-        head = bytes(self._head[self._head_start:]) if self._head is not None else b""
+        """The client's header section (RFC 5322 2.1) up to and with the CRLF of its last field
+        (without the empty line); empty when it was not kept."""
+        head = bytes(self._head[self._start:]) if self._head is not None else b""
+        if head.startswith(b"\r\n"):
+            return b""  # no header fields at all
         end = head.find(b"\r\n\r\n")
         return head if end < 0 else head[:end + 2]
 
@@ -83,6 +95,36 @@ class Spooler:
         """Complete header lines to store above taube's Received, in this order."""
         if lines and self._file is not None:
             self._file.prepend(b"".join(lines))
+
+    def drop(self, ranges: list[tuple[int, int]]) -> None:
+        """Leave these (start, end) octets of the client's message out of what is stored."""
+        if ranges and self._file is not None:
+            self._file.drop(ranges, base=self._start)
+
+    async def read_message(self) -> bytes:
+        """The client's message as received so far (header section and body, without our
+        Received), read back in a worker thread. StorageError when it is gone (a failed spill:
+        the commit would fail too)."""
+        spool_file, start = self._file, self._start
+        assert spool_file is not None
+
+        def read() -> bytes:
+            with spool_file.open_content(start) as f:
+                return f.read()
+
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+
+    async def sign(self, signer: Signer, sender: str) -> SigningResult:
+        """The DKIM signatures for the client's message (RFC 6376), made in a worker thread
+        from the spool (the signer reads the header, then the body in chunks)."""
+        spool_file, start = self._file, self._start
+        assert spool_file is not None
+
+        def sign() -> SigningResult:
+            with spool_file.open_content(start) as f:
+                return signer.sign(f, sender=sender)
+
+        return await asyncio.get_running_loop().run_in_executor(None, sign)
 
     def discard(self) -> None:
         """The transaction ended without a ``250``: nothing of it stays in the spool."""

@@ -29,6 +29,7 @@ import email.policy
 import functools
 import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -194,11 +195,35 @@ class Signer:
         self._max_header = max_header
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
+        self._any_keys: tuple[int, bool] | None = None  # (mtime of dkim/, a domain directory in it)
 
     def applies(self, *, client_ip: str, user: str | None) -> bool:
         """Whether mail from this client is ours to sign: submitted by an authenticated user
-        or received from trusted_networks (never mail merely passing through)."""
-        return user is not None or self._trusted(client_ip)
+        or received from trusted_networks (never mail merely passing through), and there is a
+        key at all (see :meth:`has_keys`)."""
+        return (user is not None or self._trusted(client_ip)) and self.has_keys()
+
+    def has_keys(self) -> bool:
+        """Whether the key store holds a domain's key directory: one stat of ``dkim/`` per call
+        and a listing only when it changed, so that a server without keys does not read every
+        message back to find that out. A domain added or removed with ``taube dkim`` changes the
+        directory and is seen at the next message."""
+        try:
+            stamp = os.stat(self.keys.root).st_mtime_ns
+        except OSError:
+            return False
+        # A change within the file system's timestamp granularity may keep the same mtime: a
+        # directory changed in the last two seconds is listed every time (as git treats a
+        # "racily clean" index entry).
+        recent = time.time_ns() - stamp < 2_000_000_000
+        if recent or self._any_keys is None or self._any_keys[0] != stamp:
+            try:
+                with os.scandir(self.keys.root) as entries:
+                    found = any(entry.is_dir() for entry in entries)
+            except OSError:
+                found = False
+            self._any_keys = (stamp, found)
+        return self._any_keys[1]
 
     def keys_for(self, domain: str) -> tuple[_Key, ...]:
         """The keys of ``domain`` (normalized), from the cache unless a key file changed."""
