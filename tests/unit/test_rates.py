@@ -141,6 +141,18 @@ def test_a_clock_that_went_back_opens_a_new_window(tmp_path: Path, clock: Clock)
     counter.close()
 
 
+def test_an_event_read_a_moment_before_the_window_opened_counts_in_it(tmp_path: Path,
+                                                                     clock: Clock) -> None:
+    """Another process opened the window with a clock read a little later than ours: our event
+    is counted in that window, not made into a new one (which would lose the other's events)."""
+    counter = RateCounter(tmp_path / "rates.db", clock=clock)
+    assert [counter.hit("message", CLIENT) for _ in range(3)] == [1, 2, 3]
+    clock.now -= 0.005
+    assert counter.hit("message", CLIENT) == 4
+    assert counter.count("message", CLIENT) == 4
+    counter.close()
+
+
 def test_zero_is_off(tmp_path: Path, clock: Clock) -> None:
     check = rate_check(tmp_path, clock, messages=1)
     assert connects(check, 5) == ["ok"] * 5

@@ -85,13 +85,16 @@ CREATE INDEX IF NOT EXISTS rates_start ON rates (start);
 """
 
 # One event, atomically: a new row; or the row's window still open: one more; or closed (or the
-# clock went back): a new window that starts now with this event. SET's right-hand sides all see
-# the row as it was.
+# clock went back by more than a window): a new window that starts now with this event. An event
+# a little before the window's start counts in it: another process may have opened the window
+# with a time read a moment later (each reads the clock before it waits for the file's write
+# lock), and starting over then would lose that process's events. SET's right-hand sides all
+# see the row as it was.
 _HIT = """
 INSERT INTO rates (kind, client, start, count) VALUES (?1, ?2, ?3, 1)
 ON CONFLICT (kind, client) DO UPDATE SET
-    count = CASE WHEN ?3 - start >= ?4 OR ?3 < start THEN 1 ELSE count + 1 END,
-    start = CASE WHEN ?3 - start >= ?4 OR ?3 < start THEN ?3 ELSE start END
+    count = CASE WHEN abs(?3 - start) >= ?4 THEN 1 ELSE count + 1 END,
+    start = CASE WHEN abs(?3 - start) >= ?4 THEN ?3 ELSE start END
 RETURNING count
 """
 
@@ -129,7 +132,7 @@ class RateCounter(StateDB):
             row = self._db.execute("SELECT start, count FROM rates WHERE kind = ? AND client = ?",
                                    (kind, _client_key(client_ip))).fetchone()
             now = self.clock()
-        if row is None or now - row[0] >= self.window or now < row[0]:
+        if row is None or abs(now - row[0]) >= self.window:
             return 0
         return int(row[1])
 
