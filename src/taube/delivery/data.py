@@ -19,8 +19,8 @@ from ..proto.dotstuff import ContentEncoder
 
 __all__ = ["CHUNK", "Content", "ContentReadError", "DataEncoder", "content_size", "wire"]
 
-# Octets read (and written, before stuffing) at a time: the socket's default high-water mark,
-# so that one chunk fills the transport's buffer and the next waits for it to drain.
+# Octets read (and written, before stuffing) at a time: asyncio's default write-buffer
+# high-water mark, so that one chunk fills the transport's buffer and the next waits for it.
 CHUNK = 64 * 1024
 
 # A message to send: a binary file positioned at its start (the queue file opened at the body
@@ -64,9 +64,9 @@ def _crlf(data: bytes) -> bytes:
 
 
 def content_size(content: Content, size: int | None = None) -> int:
-    """The message size in octets, as SIZE announces it (RFC 1870 3): ``size`` when given,
-    else what the file holds from its position on. The whole message as one ``bytes`` is
-    refused: it is what streaming avoids."""
+    """The message size as SIZE announces it (RFC 1870 5: the octets with their CRLFs, not the
+    stuffing dots nor the final dot): ``size`` when given, else what the file holds from its
+    position on. The whole message as one ``bytes`` is refused: it is what streaming avoids."""
     if isinstance(content, (bytes, bytearray, memoryview, str)):
         raise TypeError("the message is a binary file or an iterator of chunks, not one bytes")
     if size is not None:
