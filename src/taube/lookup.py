@@ -22,6 +22,7 @@ deadline and its cache.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -144,7 +145,7 @@ class DNSClient:
         self._clock = clock
         self._max_entries = max_entries
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Future[tuple[Answer, float]]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
 
     def _get_resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
@@ -174,26 +175,29 @@ class DNSClient:
                 self._cache.move_to_end(key)
                 return cached[1]
             del self._cache[key]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return (await asyncio.shield(pending))[0]
-        future: asyncio.Future[tuple[Answer, float]] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            answer, ttl = await self._ask(qname, key[0], rdtype)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        else:
-            future.set_result((answer, ttl))
-            if ttl > 0:
-                self._cache[key] = (self._clock() + min(ttl, MAX_TTL), answer)
-                while len(self._cache) > self._max_entries:
-                    self._cache.popitem(last=False)
-            return answer
-        finally:
+        task = self._inflight.get(key)
+        if task is None:
+            # The query is a task of its own, not the first asker's: a session that goes away
+            # (cancelled) leaves it running for the others that wait for the same name, within
+            # the resolver's own deadline.
+            task = asyncio.get_running_loop().create_task(self._fetch(qname, key, rdtype))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._landed, key))
+        return await asyncio.shield(task)
+
+    def _landed(self, key: tuple[str, str], task: asyncio.Task[Answer]) -> None:
+        if self._inflight.get(key) is task:
             del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every asker may have gone away
+
+    async def _fetch(self, qname: dns.name.Name, key: tuple[str, str], rdtype: str) -> Answer:
+        answer, ttl = await self._ask(qname, key[0], rdtype)
+        if ttl > 0:
+            self._cache[key] = (self._clock() + min(ttl, MAX_TTL), answer)
+            while len(self._cache) > self._max_entries:
+                self._cache.popitem(last=False)
+        return answer
 
     async def _ask(self, qname: dns.name.Name, shown: str, rdtype: str) -> tuple[Answer, float]:
         resolver = self._get_resolver()

@@ -183,3 +183,32 @@ def test_blocking_lookup_serves_pyspf_from_a_thread(server: DNSServer) -> None:
         # The answers went through the client's cache.
         assert server.queries.count(("example.org", "TXT")) == 1
     run(main())
+
+
+async def _until(condition, timeout: float = 5.0) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_cancelled_asker_leaves_the_shared_query_to_the_others(server: DNSServer) -> None:
+    """The first session that asks is cancelled (its client went away) while a second one
+    waits for the same name: the second still gets the answer, never a CancelledError it did
+    not ask for."""
+    server.add("late.example.org", "A", "192.0.2.44")
+    server.drop("late.example.org")
+
+    async def main():
+        client = DNSClient([server.address], 3.0)
+        first = asyncio.create_task(client.query("late.example.org", "A"))
+        await _until(lambda: ("late.example.org", "A") in server.queries)
+        second = asyncio.create_task(client.query("late.example.org", "A"))
+        await asyncio.sleep(0)  # the second joins the query in flight
+        first.cancel()
+        server.heal("late.example.org")  # the resolver's next try is answered
+        assert (await second).records == ("192.0.2.44",)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    run(main())
