@@ -10,8 +10,9 @@ RFC 7489 section 6.6.2 "temporary failure"), never into a refusal.
 
 Answers are cached for their TTL (at most :data:`MAX_TTL`), negative answers (NXDOMAIN, no data)
 for the SOA minimum of the response (RFC 2308 section 5) or :data:`NEGATIVE_TTL`; temporary
-failures are not cached. The cache holds at most ``max_entries`` answers (the least recently used
-go first), and concurrent look-ups of one name and type share one query.
+failures are not cached. The cache holds at most ``max_entries`` answers and ``max_bytes`` octets
+of them (the least recently used go first; a zone may answer anything up to 64 KB over TCP, under
+any name it makes up), and concurrent look-ups of one name and type share one query.
 
 pyspf evaluates an SPF record synchronously and asks the DNS as it goes (include:, a, mx, ptr,
 exists); :meth:`DNSClient.blocking_lookup` gives it a look-up function that runs in its worker
@@ -39,13 +40,19 @@ import dns.resolver
 
 from .config import split_nameserver
 
-__all__ = ["MAX_TTL", "NEGATIVE_TTL", "Answer", "DNSClient", "TempError", "make_resolver"]
+__all__ = ["MAX_BYTES", "MAX_TTL", "NEGATIVE_TTL", "Answer", "DNSClient", "TempError", "make_resolver"]
 
 MAX_TTL = 86400.0
 """No answer is kept longer than a day, whatever its TTL."""
 
 NEGATIVE_TTL = 300.0
 """How long NXDOMAIN or no data is kept when the response names no SOA minimum."""
+
+MAX_BYTES = 16 * 1024 * 1024
+"""Octets of answers the cache holds at most by default: thousands of ordinary answers, but not
+10,000 answers of 64 KB that a hostile zone would hand out under made-up names."""
+
+_ENTRY_OVERHEAD = 200  # octets an entry costs beyond its data: the key, the Answer, the tuples
 
 _MAX_PER_TRY = 5.0
 """Longest wait for one answer from one server before retrying or asking the next one."""
@@ -69,6 +76,18 @@ class Answer:
     rdtype: str
     records: tuple[Any, ...] = ()
     nxdomain: bool = False
+
+    @property
+    def size(self) -> int:
+        """About how many octets the answer holds in memory (for the cache's bound)."""
+        size = _ENTRY_OVERHEAD + len(self.name)
+        for record in self.records:
+            if isinstance(record, tuple):
+                size += 16 + sum(len(part) if isinstance(part, (bytes, str)) else 8
+                                 for part in record)
+            else:
+                size += 16 + len(record)
+        return size
 
     def texts(self) -> list[bytes]:
         """TXT records, each one's strings joined (RFC 7208 section 3.3, RFC 6376 3.6.2.2)."""
@@ -134,7 +153,7 @@ class DNSClient:
     (the cache's expiry); ``resolver`` replaces the one made from ``nameservers``/``timeout``."""
 
     def __init__(self, nameservers: Sequence[str] = (), timeout: float = 10.0, *,
-                 max_entries: int = 10000, clock: Callable[[], float] = time.monotonic,
+                 max_entries: int = 10000, max_bytes: int = MAX_BYTES, clock: Callable[[], float] = time.monotonic,
                  resolv_conf: str = "/etc/resolv.conf") -> None:
         if timeout <= 0:
             raise ValueError("the DNS timeout must be positive")
@@ -144,7 +163,10 @@ class DNSClient:
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._clock = clock
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self.cached_bytes = 0
+        """Octets of answers in the cache now (:attr:`Answer.size`)."""
         self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
 
     def _get_resolver(self) -> dns.asyncresolver.Resolver:
@@ -174,7 +196,7 @@ class DNSClient:
             if cached[0] > now:
                 self._cache.move_to_end(key)
                 return cached[1]
-            del self._cache[key]
+            self._forget(key)
         task = self._inflight.get(key)
         if task is None:
             # The query is a task of its own, not the first asker's: a session that goes away
@@ -193,11 +215,18 @@ class DNSClient:
 
     async def _fetch(self, qname: dns.name.Name, key: tuple[str, str], rdtype: str) -> Answer:
         answer, ttl = await self._ask(qname, key[0], rdtype)
-        if ttl > 0:
+        if ttl > 0 and answer.size <= self._max_bytes:
+            self._forget(key)
             self._cache[key] = (self._clock() + min(ttl, MAX_TTL), answer)
-            while len(self._cache) > self._max_entries:
-                self._cache.popitem(last=False)
+            self.cached_bytes += answer.size
+            while len(self._cache) > self._max_entries or self.cached_bytes > self._max_bytes:
+                self._forget(next(iter(self._cache)))
         return answer
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self.cached_bytes -= entry[1].size
 
     async def _ask(self, qname: dns.name.Name, shown: str, rdtype: str) -> tuple[Answer, float]:
         resolver = self._get_resolver()

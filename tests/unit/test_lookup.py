@@ -212,3 +212,30 @@ def test_a_cancelled_asker_leaves_the_shared_query_to_the_others(server: DNSServ
         with pytest.raises(asyncio.CancelledError):
             await first
     run(main())
+
+
+def test_cache_is_bounded_in_octets(server: DNSServer) -> None:
+    """A hostile zone answers with TXT records of many kilobytes (up to 64 KB over TCP) under
+    names it makes up at will: the cache holds at most ``max_bytes`` of answers, however few
+    entries that is, and an answer larger than that is not kept at all."""
+    def quoted(size: int) -> str:
+        return " ".join(['"' + "x" * 250 + '"'] * (size // 250))
+
+    for name in ("big1.example.org", "big2.example.org", "big3.example.org"):
+        server.add(name, "TXT", quoted(4000))
+    server.add("huge.example.org", "TXT", quoted(12000))
+
+    async def main():
+        client = DNSClient([server.address], 2.0, max_bytes=10000)
+        for name in ("big1.example.org", "big2.example.org", "big3.example.org"):
+            assert len((await client.query(name, "TXT")).texts()[0]) == 4000
+        # One look-up is two queries: over UDP (truncated), then over TCP.
+        once = server.queries.count(("big1.example.org", "TXT"))
+        await client.query("big1.example.org", "TXT")  # pushed out by big3
+        assert server.queries.count(("big1.example.org", "TXT")) == 2 * once
+        assert server.queries.count(("big3.example.org", "TXT")) == once
+        await client.query("huge.example.org", "TXT")
+        await client.query("huge.example.org", "TXT")
+        assert server.queries.count(("huge.example.org", "TXT")) == 2 * once
+        assert client.cached_bytes <= 10000
+    run(main())
