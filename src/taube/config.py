@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "SMTPSettings",
+    "ServerSettings",
     "find_config",
     "load_settings",
     "parse_duration",
@@ -399,6 +400,23 @@ class ChecksSettings(_Section):
     greylist_expiry: Duration = 35 * 86400.0  # a triple not seen for this long is forgotten
 
 
+# More worker processes than this buys nothing but memory and context switches on any machine
+# this server is meant for; a typo such as 1000 would otherwise start a thousand interpreters.
+MAX_WORKERS = 64
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+class ServerSettings(_Section):
+    """``[server]``: the processes. ``workers`` processes accept connections on the same
+    listening sockets (bound once by a supervisor); 1 keeps a single process that accepts and
+    supervises the queue runner itself. The default is one worker per CPU."""
+
+    workers: int = Field(default_factory=_default_workers, ge=1, le=MAX_WORKERS)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -415,6 +433,7 @@ class Settings(_Section):
     domains: list[str] = []
     trusted_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     postmaster: str = "postmaster"
+    server: ServerSettings = Field(default_factory=ServerSettings)
     smtp: SMTPSettings = SMTPSettings()
     submission: ListenerSettings = ListenerSettings(listen=["127.0.0.1:2587"])
     smtps: ListenerSettings = ListenerSettings(listen=["127.0.0.1:2465"])

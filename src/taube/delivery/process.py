@@ -8,7 +8,10 @@ of a socket pair; :class:`RunnerProcess` is the server's side (the sessions' ``Q
 ``scan``              scan the whole queue now (``taube queue flush/retry`` left a request)
 ``flush <domain|*> <0|1>``  ETRN: make the domain's (and with 1 its subdomains') mail due now
 
-Lines are at most :data:`MAX_LINE` octets; anything else is ignored. The runner stops on SIGTERM,
+Lines are at most :data:`MAX_LINE` octets; anything else is ignored. With several worker
+processes (``[server] workers``) the same lines also arrive as datagrams, one request each, on
+``--requests-fd``: every worker holds the sending end of one datagram socket pair, so a wake-up
+costs a worker one ``send`` and never passes through the supervisor. The runner stops on SIGTERM,
 re-reads the configuration on SIGHUP (both forwarded by the server), and stops by itself when the
 socket closes or when it finds itself re-parented (the server is gone), so that a killed server
 never leaves a runner behind; should one linger (stopped, busy), the runner lock (:mod:`.lock`)
@@ -34,7 +37,7 @@ from ..config import ConfigError, Settings, load_settings
 from ..queue.store import QueueStore
 from .runner import QueueRunner, hand_to_loop
 
-__all__ = ["MAX_LINE", "RunnerProcess", "count_pending", "main"]
+__all__ = ["MAX_LINE", "RunnerProcess", "apply_request", "count_pending", "main"]
 
 log = logging.getLogger("taube.delivery")
 
@@ -55,9 +58,13 @@ def count_pending(store: QueueStore, domain: str | None, subdomains: bool) -> in
 class RunnerProcess:
     """The server's handle on the runner process: starts, feeds, supervises and stops it."""
 
-    def __init__(self, settings: Settings, store: QueueStore) -> None:
+    def __init__(self, settings: Settings, store: QueueStore,
+                 requests: socket.socket | None = None) -> None:
+        """``requests``: the receiving end of the workers' datagram socket, handed to every
+        runner this object starts (it outlives a runner, so requests wait for the next one)."""
         self.settings = settings
         self.store = store
+        self._requests = requests
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
@@ -74,9 +81,13 @@ class RunnerProcess:
         command = [sys.executable, "-m", "taube.delivery.process", "--fd", str(theirs.fileno())]
         if self.settings.source is not None:
             command += ["--config", str(self.settings.source)]
+        fds = [theirs.fileno()]
+        if self._requests is not None:
+            command += ["--requests-fd", str(self._requests.fileno())]
+            fds.append(self._requests.fileno())
         try:
             self._process = await asyncio.create_subprocess_exec(
-                *command, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+                *command, pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         finally:
             theirs.close()
         _, self._writer = await asyncio.open_unix_connection(sock=mine)
@@ -175,7 +186,7 @@ def build_runner(settings: Settings) -> QueueRunner:
     return QueueRunner.for_spool(settings, spool, Reporter(spool, directory, settings))
 
 
-async def _serve(settings: Settings, fd: int) -> int:
+async def _serve(settings: Settings, fd: int, requests_fd: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(THREADS, thread_name_prefix="taube-runner"))
     server = os.getppid()
@@ -200,7 +211,14 @@ async def _serve(settings: Settings, fd: int) -> int:
     requests = asyncio.create_task(_read_requests(reader, runner), name="runner requests")
     watch = asyncio.create_task(_watch_server(server, runner), name="server watch")
     stopped = asyncio.create_task(stop.wait())
+    datagrams = None
+    if requests_fd is not None:
+        datagrams = asyncio.create_task(_read_datagrams(socket.socket(fileno=requests_fd), runner),
+                                        name="worker requests")
     await asyncio.wait({requests, watch, stopped, task}, return_when=asyncio.FIRST_COMPLETED)
+    if datagrams is not None:
+        datagrams.cancel()
+        await asyncio.gather(datagrams, return_exceptions=True)
     if requests.done() and not stop.is_set() and not watch.done():
         log.info("queue runner: the server is gone; stopping")
     await runner.stop()
@@ -231,22 +249,35 @@ async def _read_requests(reader: asyncio.StreamReader, runner: QueueRunner) -> N
         except asyncio.LimitOverrunError:
             await reader.read(MAX_LINE)  # an overlong line: skip it
             continue
-        words = line.decode("ascii", "replace").split()
-        match words:
-            case ["wake", queue_id]:
-                runner.wake(queue_id)
-            case ["scan"]:
-                runner.wake()
-            case ["flush", domain, subdomains]:
-                runner.flush(None if domain == "*" else domain, subdomains=subdomains == "1")
-            case _:
-                log.warning("queue runner: unknown request %r", line[:80])
+        apply_request(line, runner)
+
+
+async def _read_datagrams(sock: socket.socket, runner: QueueRunner) -> None:
+    """Apply the workers' request datagrams (one request line each) as they arrive."""
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    while True:
+        apply_request(await loop.sock_recv(sock, MAX_LINE), runner)
+
+
+def apply_request(line: bytes, runner: QueueRunner) -> None:
+    """Carry out one request line (see the module docstring)."""
+    match line.decode("ascii", "replace").split():
+        case ["wake", queue_id]:
+            runner.wake(queue_id)
+        case ["scan"]:
+            runner.wake()
+        case ["flush", domain, subdomains]:
+            runner.flush(None if domain == "*" else domain, subdomains=subdomains == "1")
+        case _:
+            log.warning("queue runner: unknown request %r", line[:80])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taube.delivery.process")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--config", type=Path)
+    parser.add_argument("--requests-fd", type=int)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -256,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log.level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     started = time.monotonic()
-    code = asyncio.run(_serve(settings, args.fd))
+    code = asyncio.run(_serve(settings, args.fd, args.requests_fd))
     log.info("queue runner process %d stopped after %.0fs", os.getpid(), time.monotonic() - started)
     return code
 

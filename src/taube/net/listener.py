@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ..config import parse_listen
@@ -43,10 +43,13 @@ class Listener:
 
     def __init__(self, name: str, addresses: Iterable[str], factory: SessionFactory,
                  state: SharedState, limits: Limits, refuse: Callable[[str], bytes],
-                 tls: Callable[[], ssl.SSLContext] | None = None, counted_as: str | None = None) -> None:
+                 tls: Callable[[], ssl.SSLContext] | None = None, counted_as: str | None = None,
+                 sockets: Sequence[socket.socket] | None = None) -> None:
         """``tls``: for implicit TLS (RFC 8314), returns the current server context.
         ``counted_as``: the service whose connection limits this listener shares (smtp,
-        submission and smtps count as "smtp"; pop3 and pop3s as "pop3"); default its name."""
+        submission and smtps count as "smtp"; pop3 and pop3s as "pop3"); default its name.
+        ``sockets``: listening sockets bound already (a worker process is given them by its
+        supervisor, server/sockets.py); None: bind ``addresses`` here."""
         self.name = name
         self.counted_as = counted_as or name
         self._tls = tls
@@ -55,11 +58,21 @@ class Listener:
         self._state = state
         self._limits = limits
         self._refuse = refuse
+        self._sockets = sockets
         self._servers: list[asyncio.Server] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._sockets is not None:
+            for sock in self._sockets:
+                server = await loop.create_server(
+                    lambda: Connection(self._accept), sock=sock, backlog=512,
+                    ssl=self._tls() if self._tls else None,
+                    ssl_handshake_timeout=30.0 if self._tls else None)
+                self._servers.append(server)
+                log.debug("%s accepting on %s", self.name, sock.getsockname()[:2])
+            return
         for address in self.addresses:
             host, port = parse_listen(address)
             server = await loop.create_server(
