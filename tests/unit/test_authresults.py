@@ -75,6 +75,22 @@ def test_forged_field_at_the_end_of_the_header_section() -> None:
     assert without(data, forged(header_of(data), HOSTNAME)) == message()
 
 
+def test_forged_field_after_many_others_is_found() -> None:
+    """However many fields come first (the session bounds the section's octets, not its
+    fields), a forged one further down is still found."""
+    junk = b"".join(b"X-%d: a\r\n" % i for i in range(3000))
+    header = header_of(message(extra=junk + OURS))
+    assert [header[a:b] for a, b in forged(header, HOSTNAME)] == [OURS]
+
+
+def test_forged_field_folded_before_its_colon_is_found() -> None:
+    """A name, a line end, then the colon on a continuation line: not RFC 5322, but a lax
+    reader takes it for the field, so it is ours to remove."""
+    field = b"Authentication-Results\r\n : mx.example.net; dkim=pass\r\n"
+    header = header_of(message(extra=field))
+    assert [header[a:b] for a, b in forged(header, HOSTNAME)] == [field]
+
+
 def test_nothing_forged() -> None:
     assert forged(header_of(message(extra=THEIRS)), HOSTNAME) == []
     assert forged(b"", HOSTNAME) == []

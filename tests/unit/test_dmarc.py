@@ -217,6 +217,17 @@ def test_from_field_problems(server: DNSServer, author: str | None, extra: bytes
     assert server.queries == []
 
 
+def test_from_field_after_many_others_is_evaluated(server: DNSServer) -> None:
+    """A From: below thousands of other fields is still the author: leaving it unseen would
+    make the message "none" and let it through a p=reject."""
+    server.add("_dmarc.example.org", "TXT", '"v=DMARC1; p=reject"')
+    junk = b"".join(b"X-%d: a\r\n" % i for i in range(3000))
+    result = dmarc(server, extra=junk)
+    assert (result.result, result.disposition) == ("fail", "reject")
+    doubled = dmarc(server, extra=junk + b"From: eve@example.com\r\n")
+    assert doubled.result != "none"
+
+
 def test_folded_from_with_a_display_name(server: DNSServer) -> None:
     server.add("_dmarc.example.org", "TXT", '"v=DMARC1; p=reject"')
     result = dmarc(server, '"Alice, the Sender"\r\n <Alice@Example.ORG>',

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from taube.lookup import DNSClient
 from taube.policy import arc, dkim, dmarc
-from taube.policy.authcommon import MAX_FIELDS, from_domain, header_fields
+from taube.policy.authcommon import from_domain, header_fields
 from taube.policy.authresults import authserv_id, forged, without
 from tests.dnsserver import DNSServer
 from tests.mailauth import CLIENT, HOSTNAME, message, rsa_key, run, sign
@@ -93,7 +93,7 @@ def test_a_signed_message_cut_or_changed_anywhere(server: DNSServer, cut: int,
 def test_huge_header_section_costs_bounded_work(server: DNSServer) -> None:
     signed = sign(message(), rsa_key())
     head = signed[:signed.index(b"\r\n\r\n") + 2]
-    header = head * 3000  # about 2 MB: 21000 fields, 3000 signatures
+    header = head * 3000  # about 2 MB: 18000 fields, 3000 signatures
     started = time.monotonic()
 
     async def load() -> bytes:
@@ -101,6 +101,7 @@ def test_huge_header_section_costs_bounded_work(server: DNSServer) -> None:
 
     found = run(dkim.verify(DNSClient([server.address], 2.0), header, load=load))
     assert len(found) == dkim.MAX_SIGNATURES
-    assert len(header_fields(header)) == MAX_FIELDS
+    assert len(header_fields(header)) == 18000
+    assert len(header_fields(header, ("From",))) == 3000
     assert from_domain(header_fields(header)).status == "invalid"  # many From: fields
     assert time.monotonic() - started < 30

@@ -24,7 +24,7 @@ from typing import Literal
 from ..lookup import DNSClient, TempError
 from .pipeline import Context
 
-__all__ = ["CRYPTO", "MAX_FIELDS", "FromDomain", "HeaderField", "KeyRecords", "ascii_domain",
+__all__ = ["CRYPTO", "FromDomain", "HeaderField", "KeyRecords", "ascii_domain",
            "complete_lines", "exempt", "fetch_keys", "from_domain", "header_fields", "key_name",
            "message_bytes", "release_message", "safe_token", "unfold"]
 
@@ -33,10 +33,6 @@ log = logging.getLogger("taube.policy.auth")
 CRYPTO = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taube-verify")
 """Signature verification (canonicalisation, hashing, RSA/Ed25519) is CPU work: two threads on
 a small machine, so a burst of signed mail never takes every core from the sessions."""
-
-MAX_FIELDS = 1000
-"""Header fields looked at in one message; a real header section has a few dozen (RFC 5322
-sets no limit, the session's max_header_size bounds the octets)."""
 
 _MESSAGE_KEY = "_message"  # where message_bytes keeps the message for the next check
 
@@ -67,23 +63,32 @@ class HeaderField:
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 3.6.8: printable, no colon
 
 
-def header_fields(header: bytes, limit: int = MAX_FIELDS) -> list[HeaderField]:
+def header_fields(header: bytes, names: Iterable[str] | None = None) -> list[HeaderField]:
     """The fields of a header section (RFC 5322 section 2.2), continuation lines (starting with
-    a space or tab, section 2.2.3) joined to their field. Lines that are no field (no colon, a
-    bad name) are skipped; a bare LF ends a line as CRLF does. At most ``limit`` fields."""
+    a space or tab, section 2.2.3) joined to their field; only those named ``names`` (in any
+    case) when given. Lines that are no field (no colon, a bad name) are skipped; a bare LF
+    ends a line as CRLF does.
+
+    Every field is looked at, however many there are: the session bounds the section's octets
+    ([smtp] max_header_size), and a count limit here would let a field put below it go unseen
+    (a forged Authentication-Results, a second From:)."""
+    wanted = None if names is None else {n.lower() for n in names}
     fields: list[HeaderField] = []
     pos, size = 0, len(header)
-    while pos < size and len(fields) < limit:
+    while pos < size:
         end = _line_end(header, pos)
         if header[pos:end] in (b"\r\n", b"\n"):
             break  # the blank line: the body follows
         while end < size and header[end:end + 1] in (b" ", b"\t"):
             end = _line_end(header, end)
         name, colon, value = header[pos:end].partition(b":")
-        name = name.rstrip(b" \t")  # RFC 5322 4.5.8: obsolete white space before the colon
+        # RFC 5322 4.5.8: obsolete white space before the colon; a line end there too (no
+        # syntax allows it, but a lax reader still sees the field).
+        name = name.rstrip(b" \t\r\n")
         if colon and _FIELD_NAME.fullmatch(name):
-            fields.append(HeaderField(name=name.decode("ascii"), value=_chomp(value),
-                                      start=pos, end=end))
+            text = name.decode("ascii")
+            if wanted is None or text.lower() in wanted:
+                fields.append(HeaderField(name=text, value=_chomp(value), start=pos, end=end))
         pos = end
     return fields
 

@@ -86,8 +86,8 @@ def forged(header: bytes, hostname: str) -> list[tuple[int, int]]:
     """The octet ranges of the Authentication-Results fields in ``header`` that claim the
     authserv-id ``hostname`` (see the module docstring)."""
     ours = hostname.strip().rstrip(".").lower()
-    return [(f.start, f.end) for f in header_fields(header)
-            if f.is_named("Authentication-Results") and authserv_id(f.value) == ours]
+    return [(f.start, f.end) for f in header_fields(header, ("Authentication-Results",))
+            if authserv_id(f.value) == ours]
 
 
 def without(data: bytes, ranges: Iterable[tuple[int, int]]) -> bytes:

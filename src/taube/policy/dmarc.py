@@ -204,7 +204,7 @@ def evaluate(author: str, record: DMARCRecord, spf: SPFResult | None,
 async def check(dns: DNSClient, header: bytes, spf: SPFResult | None, dkim: Sequence[DKIMResult],
                 rng: Callable[[], float] = random.random) -> DMARCResult:
     """DMARC for a message's header section (see the module docstring). Never raises."""
-    author = from_domain(header_fields(header))
+    author = from_domain(header_fields(header, ("From",)))
     if author.status == "missing":
         return DMARCResult("none", reason=author.reason)
     if author.status == "invalid":
