@@ -103,5 +103,5 @@ def test_huge_header_section_costs_bounded_work(server: DNSServer) -> None:
     assert len(found) == dkim.MAX_SIGNATURES
     assert len(header_fields(header)) == 18000
     assert len(header_fields(header, ("From",))) == 3000
-    assert from_domain(header_fields(header)).status == "invalid"  # many From: fields
+    assert from_domain(header_fields(header)).domains == ("example.org",)  # 3000 From: fields
     assert time.monotonic() - started < 30

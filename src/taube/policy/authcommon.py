@@ -149,35 +149,53 @@ def safe_token(value: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class FromDomain:
-    """The RFC5322.From domain (RFC 7489 section 3.1.1), or why there is none: ``status`` is
-    "ok" (``domain`` set), "missing" (no From: field) or "invalid" (several From: fields,
-    several addresses or none in it, or an address without a valid domain)."""
+    """The RFC5322.From author domains (RFC 7489 sections 3.1.1 and 6.6.1), or why there are
+    none: ``status`` is "ok" (``domains``: the distinct valid domains of every address of every
+    From: field, in order), "missing" (no From: field) or "invalid" (no address with a valid
+    domain in any From: field). ``reason`` says what was odd (several fields or addresses, an
+    address left out)."""
 
     status: Literal["ok", "missing", "invalid"]
-    domain: str = ""
+    domains: tuple[str, ...] = ()
     reason: str = ""
+
+    @property
+    def domain(self) -> str:
+        """The first author domain ("" when there is none)."""
+        return self.domains[0] if self.domains else ""
 
 
 def from_domain(fields: Iterable[HeaderField]) -> FromDomain:
-    """The author domain of RFC 7489 section 6.6.1: exactly one From: field with exactly one
-    address, whose domain is valid."""
+    """The author domains of RFC 7489 section 6.6.1. Every address of every From: field counts:
+    RFC 5322 allows one field, with several addresses, but a reader shows what it finds, and an
+    author the check left out (a second field, a second address, one beside an address that
+    cannot be read) is one a spoofer would hide behind."""
     found = [f for f in fields if f.is_named("From")]
     if not found:
         return FromDomain("missing", reason="no From: field")
-    if len(found) > 1:
-        return FromDomain("invalid", reason=f"{len(found)} From: fields")
-    text = unfold(found[0].value).decode("utf-8", "replace")
-    try:
-        addresses = [addr for _, addr in email.utils.getaddresses([text]) if addr]
-    except Exception:  # the parser's own trouble with a hostile field: no author to be found
-        return FromDomain("invalid", reason="From: cannot be parsed")
-    if len(addresses) != 1:
-        return FromDomain("invalid", reason=f"{len(addresses)} addresses in From:")
-    local, at, domain = addresses[0].rpartition("@")
-    checked = ascii_domain(domain) if at and local else None
-    if checked is None:
+    domains: list[str] = []
+    addresses = left_out = 0
+    for field in found:
+        text = unfold(field.value).decode("utf-8", "replace")
+        try:
+            parsed = [addr for _, addr in email.utils.getaddresses([text]) if addr]
+        except Exception:  # the parser's own trouble with a hostile field: no author in it
+            parsed = []
+        left_out += not parsed
+        for address in parsed:
+            addresses += 1
+            local, at, domain = address.rpartition("@")
+            checked = ascii_domain(domain) if at and local else None
+            if checked is None:
+                left_out += 1
+            elif checked not in domains:
+                domains.append(checked)
+    odd = [f"{len(found)} From: fields"] if len(found) > 1 else []
+    odd += [f"{addresses} addresses"] if addresses > 1 else []
+    odd += [f"{left_out} without a valid domain"] if left_out else []
+    if not domains:
         return FromDomain("invalid", reason="no valid domain in From:")
-    return FromDomain("ok", domain=checked)
+    return FromDomain("ok", tuple(domains), ", ".join(odd))
 
 
 # -- key records ----------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """DMARC (RFC 7489) as a :class:`~taube.policy.pipeline.Check` at the end of DATA, after SPF and
 DKIM: is the author's domain (From:) authenticated, and what does its owner ask for when not?
 
-1. **The From: domain** (section 6.6.1): exactly one From: field with exactly one address. No
-   From: at all is **none** (there is nothing to evaluate); several fields or addresses, or an
-   address without a valid domain, are **permerror** (the message cannot be evaluated).
+1. **The From: domain** (section 6.6.1): the domain of the From: address. No From: at all is
+   **none** (there is nothing to evaluate); a From: without any address with a valid domain is
+   **permerror**. Several addresses, or several From: fields (which RFC 5322 forbids, but a
+   reader shows), are evaluated each, and the strictest policy among those that fail applies
+   (section 6.6.1), so that a second author cannot hide a spoofed one; more than
+   :data:`MAX_AUTHOR_DOMAINS` distinct domains are **permerror** without a look-up.
 2. **The policy record** (section 6.6.3): the TXT records at ``_dmarc.<From domain>`` that
    start with ``v=DMARC1``; if there is none, those at ``_dmarc.<organizational domain>``, the
    From: domain's registrable domain by the public suffix list (section 3.2; the list bundled
@@ -31,6 +34,8 @@ trusted_networks and authenticated clients are not checked.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -52,7 +57,7 @@ from .spf import SPFResult
 if TYPE_CHECKING:
     from ..config import ChecksSettings
 
-__all__ = ["QUARANTINE_HEADER", "DMARCCheck", "DMARCRecord", "DMARCResult", "aligned", "discover",
+__all__ = ["MAX_AUTHOR_DOMAINS", "QUARANTINE_HEADER", "DMARCCheck", "DMARCRecord", "DMARCResult", "aligned", "discover",
            "evaluate", "organizational_domain", "parse_record"]
 
 log = logging.getLogger("taube.policy.dmarc")
@@ -67,6 +72,13 @@ QUARANTINE_HEADER = b"X-Taube-DMARC: quarantine\r\n"
 _POLICIES: dict[bytes, Policy] = {b"none": "none", b"quarantine": "quarantine", b"reject": "reject"}
 _LOWER: dict[Policy, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _MAX_RECORDS = 10  # TXT records at one name looked at; more is no DMARC deployment
+_RANK: dict[Policy, int] = {"none": 0, "quarantine": 1, "reject": 2}
+# Which result of several author domains the message gets when none fails: the least good.
+_ORDER = {"temperror": 0, "permerror": 1, "none": 2, "pass": 3}
+
+MAX_AUTHOR_DOMAINS = 10
+"""Distinct From: domains evaluated at most; a message naming more is a permerror, as DMARCbis
+(draft-ietf-dmarc-dmarcbis, "Extract Author Domain") warns that many invite a denial of service."""
 
 
 @functools.cache
@@ -209,13 +221,36 @@ async def check(dns: DNSClient, header: bytes, spf: SPFResult | None, dkim: Sequ
         return DMARCResult("none", reason=author.reason)
     if author.status == "invalid":
         return DMARCResult("permerror", reason=author.reason)
+    domains = author.domains
+    if len(domains) > MAX_AUTHOR_DOMAINS:
+        return DMARCResult("permerror", domains[0],
+                           reason=f"{len(domains)} author domains (at most {MAX_AUTHOR_DOMAINS})")
+    results = await asyncio.gather(*(_one(dns, d, spf, dkim, rng) for d in domains))
+    result = _strictest(results)
+    several = f"{len(domains)} author domains" if len(domains) > 1 else ""
+    reason = "; ".join(r for r in (result.reason, author.reason, several) if r)
+    return dataclasses.replace(result, reason=reason) if reason != result.reason else result
+
+
+async def _one(dns: DNSClient, author: str, spf: SPFResult | None, dkim: Sequence[DKIMResult],
+               rng: Callable[[], float]) -> DMARCResult:
+    """Discovery and evaluation for one author domain."""
     try:
-        record, why = await discover(dns, author.domain)
+        record, why = await discover(dns, author)
     except TempError as exc:
-        return DMARCResult("temperror", author.domain, reason=f"policy look-up: {exc}")
+        return DMARCResult("temperror", author, reason=f"policy look-up: {exc}")
     if record is None:
-        return DMARCResult("none", author.domain, reason=why)
-    return evaluate(author.domain, record, spf, dkim, rng)
+        return DMARCResult("none", author, reason=why)
+    return evaluate(author, record, spf, dkim, rng)
+
+
+def _strictest(results: Sequence[DMARCResult]) -> DMARCResult:
+    """Of several author domains' results (section 6.6.1): the fail with the strictest
+    disposition (then policy), else the least good result; the first on a tie."""
+    failing = [r for r in results if r.result == "fail"]
+    if failing:
+        return max(failing, key=lambda r: (_RANK[r.disposition], _RANK[r.policy]))
+    return min(results, key=lambda r: _ORDER[r.result])
 
 
 class DMARCCheck(Check):
