@@ -174,6 +174,16 @@ def test_other_txt_records_are_ignored(server: DNSServer) -> None:
 
 
 @pytest.mark.parametrize("records", [
+    ['"v = DMARC1 ; p=reject"'],  # RFC 7489 6.4: white space around "=" and ";"
+    ['"v=DMARC1; p=reject"', '"v=DMARC10; p=none"'],  # not a DMARC1 record: not a second one
+    ['"v=DMARC1; p=reject"', '"v=DMARC1x"'],
+])
+def test_which_txt_records_are_dmarc_records(server: DNSServer, records: list[str]) -> None:
+    server.add("_dmarc.example.org", "TXT", *records)
+    assert (dmarc(server).result, dmarc(server).policy) == ("fail", "reject")
+
+
+@pytest.mark.parametrize("records", [
     [], ['"v=spf1 -all"'], ['"v=DMARC1; p=reject"', '"v=DMARC1; p=none"'], ['"v=DMARC1; p=x"']])
 def test_no_usable_record_is_none(server: DNSServer, records: list[str]) -> None:
     if records:

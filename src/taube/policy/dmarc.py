@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import logging
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -72,6 +73,7 @@ QUARANTINE_HEADER = b"X-Taube-DMARC: quarantine\r\n"
 _POLICIES: dict[bytes, Policy] = {b"none": "none", b"quarantine": "quarantine", b"reject": "reject"}
 _LOWER: dict[Policy, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _MAX_RECORDS = 10  # TXT records at one name looked at; more is no DMARC deployment
+_VERSION = re.compile(rb"v[ \t]*=[ \t]*DMARC1[ \t]*(?:;|$)")
 _RANK: dict[Policy, int] = {"none": 0, "quarantine": 1, "reject": 2}
 # Which result of several author domains the message gets when none fails: the least good.
 _ORDER = {"temperror": 0, "permerror": 1, "none": 2, "pass": 3}
@@ -142,8 +144,11 @@ def parse_record(text: bytes, domain: str) -> DMARCRecord | None:
 
 
 async def _records(dns: DNSClient, domain: str) -> list[bytes]:
+    """The DMARC records at ``_dmarc.<domain>``: those whose first tag is v=DMARC1 (section
+    6.6.3), white space allowed around "=" and before ";" (section 6.4's *WSP), and not a
+    "v=DMARC10" that merely starts alike."""
     answer = await dns.query(f"_dmarc.{domain}", "TXT")
-    return [t for t in answer.texts()[:_MAX_RECORDS] if t.startswith(b"v=DMARC1")]
+    return [t for t in answer.texts()[:_MAX_RECORDS] if _VERSION.match(t)]
 
 
 async def discover(dns: DNSClient, author: str) -> tuple[DMARCRecord | None, str]:
