@@ -96,6 +96,17 @@ def test_null_sender_checks_the_helo_name(server: DNSServer) -> None:
     assert str(result.authres()) == "spf=pass smtp.helo=client.example.org"
 
 
+@pytest.mark.parametrize("sender", ["x@evil.example@example.org", '"x@evil.example"@example.org'])
+def test_a_local_part_with_an_at_sign_checks_the_domain_after_the_last(server: DNSServer,
+                                                                       sender: str) -> None:
+    """A quoted local part may hold "@" (RFC 5321 4.1.2); pyspf splits at the first one, and
+    would evaluate some other name while the result is reported for the sender's domain."""
+    server.add("example.org", "TXT", '"v=spf1 ip4:127.0.0.2 -all"')
+    result = spf(server, sender)
+    assert (result.result, result.domain) == ("pass", "example.org")
+    assert server.queries == [("example.org", "TXT")]
+
+
 @pytest.mark.parametrize(("sender", "helo"), [
     ("user@[127.0.0.1]", "client.example.org"),  # an address literal
     ("user@localhost", "client.example.org"),  # not a multi-label name (RFC 7208 4.3)

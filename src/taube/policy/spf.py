@@ -144,6 +144,9 @@ async def check_host(dns: DNSClient, client_ip: str, sender: str, helo: str | No
         try:
             query = spf.query(i=ip, s=f"{local or 'postmaster'}@{domain}", h=helo or domain,
                               receiver=receiver or "unknown", querytime=deadline)
+            # pyspf splits the sender at its first "@"; a quoted local part may hold one
+            # (RFC 5321 4.1.2), and the domain checked must be the one reported.
+            query.l, query.o, query.d = local or "postmaster", domain, domain
             return query.check()
         finally:
             _THREAD.lookup = None
