@@ -251,18 +251,28 @@ class DNSClient:
         return (Answer(name=shown, rdtype=rdtype, records=_records(rdtype, result.rrset)),
                 float(result.rrset.ttl))
 
-    def blocking_lookup(self, loop: asyncio.AbstractEventLoop,
-                        temp_error: type[Exception]) -> Callable[..., list[tuple[Any, Any]]]:
+    def blocking_lookup(self, loop: asyncio.AbstractEventLoop, temp_error: type[Exception], *,
+                        expires: float | None = None) -> Callable[..., list[tuple[Any, Any]]]:
         """A look-up function in pyspf's ``DNSLookup(name, qtype, strict, timeout)`` shape, to be
         called from a worker thread while ``loop`` runs: each query is made by this client on
-        ``loop``; a failure raises ``temp_error`` (pyspf's TempError)."""
+        ``loop``; a failure raises ``temp_error`` (pyspf's TempError). ``expires``
+        (:func:`time.monotonic` seconds): the evaluation's deadline; no look-up waits past it,
+        and after it every look-up fails at once, so that an evaluation the session gave up
+        on lets its thread go."""
 
         def lookup(name: str, qtype: str, strict: Any = True, timeout: float | None = None
                    ) -> list[tuple[Any, Any]]:
             wait = self.timeout if timeout is None else min(float(timeout), self.timeout)
+            # A second more than the client's own deadline, to get its TempError rather than
+            # a bare timeout; but never past the evaluation's deadline.
+            limit = wait + 1.0
+            if expires is not None:
+                limit = min(limit, expires - time.monotonic())
+                if limit <= 0:
+                    raise temp_error(f"DNS {name}/{qtype}: past the evaluation's deadline")
             future = asyncio.run_coroutine_threadsafe(self.query(name, qtype), loop)
             try:
-                answer = future.result(wait + 1.0)
+                answer = future.result(limit)
             except TempError as exc:
                 raise temp_error(f"DNS {exc}") from None
             except TimeoutError:

@@ -4,11 +4,14 @@ look-up bridge, and the check at MAIL and RCPT (RFC 7372 5.7.23, the postmaster 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from taube.policy import spf as spf_module
 from taube.policy.pipeline import Pipeline, Recipient
 from taube.policy.spf import SPFCheck, SPFResult, check_host
 from tests.dnsserver import DNSServer
@@ -148,6 +151,49 @@ def test_the_whole_evaluation_has_a_deadline(server: DNSServer) -> None:
     result = run(check_host(client(server, 10.0), CLIENT, "a@example.org", None, deadline=0.5))
     assert result.result == "temperror"
     assert time.monotonic() - started < 0.5 + SLACK
+
+
+def test_slow_dns_in_many_sessions_does_not_hold_up_another(server: DNSServer) -> None:
+    """Twenty sessions wait for a zone that never answers (an attacker's, say): pyspf's
+    threads only wait for the event loop, and a twenty-first session's evaluation still
+    finds one free at once."""
+    server.add("example.org", "TXT", '"v=spf1 ip4:127.0.0.2 -all"')
+    server.add("slow.example", "TXT", '"v=spf1 -all"')
+    server.drop("slow.example")
+
+    async def main() -> tuple[SPFResult, float]:
+        dns = client(server, 3.0)
+        slow = [asyncio.create_task(check_host(dns, CLIENT, f"a{i}@slow.example", None,
+                                               deadline=3.0)) for i in range(20)]
+        await asyncio.sleep(0.2)  # every slow evaluation holds its thread by now
+        started = time.monotonic()
+        fast = await check_host(dns, CLIENT, "a@example.org", None)
+        elapsed = time.monotonic() - started
+        assert {r.result for r in await asyncio.gather(*slow)} == {"temperror"}
+        return fast, elapsed
+
+    fast, elapsed = run(main())
+    assert fast.result == "pass" and elapsed < 1.5
+
+
+def test_waiting_for_a_thread_counts_against_the_deadline(
+        server: DNSServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When every thread is taken, the session still has its answer (temperror) by its
+    deadline, and the evaluation that waited does not run after it."""
+    server.add("example.org", "TXT", '"v=spf1 ip4:127.0.0.2 -all"')
+    pool = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    pool.submit(release.wait, 10)  # the only thread, taken
+    monkeypatch.setattr(spf_module, "POOL", pool)
+    try:
+        started = time.monotonic()
+        result = run(check_host(client(server), CLIENT, "a@example.org", None, deadline=0.3))
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+    assert result.result == "temperror" and elapsed < 0.3 + 1.0
+    assert server.queries == []
 
 
 def test_two_dns_clients_never_mix(server: DNSServer) -> None:

@@ -9,13 +9,16 @@ The record is evaluated by pyspf, which is synchronous and asks the DNS as it go
 a, mx, ptr, exists, redirect=). It runs in one of this module's worker threads (:data:`POOL`)
 and its look-ups go through the :class:`DNSClient` on the event loop
 (:meth:`DNSClient.blocking_lookup`): the ``[dns]`` servers, their timeout for each look-up, the
-shared cache. pyspf has one module-level look-up function, ``spf.DNSLookup``; it is replaced
+shared cache. The threads only wait for the loop, so there are enough of them for every
+session at once: a zone that never answers holds up the sessions that ask it, not the others. pyspf has one module-level look-up function, ``spf.DNSLookup``; it is replaced
 once by a dispatcher that hands each query to the client of the calling thread
 (:data:`_THREAD`), so two configurations (two DNS clients) in one process never mix, and a
 thread that is not ours gets pyspf's own look-up. The lookup limits of section 4.6.4 (10
 mechanisms with look-ups, 2 void look-ups) are pyspf's; the whole evaluation is bounded too,
-by ``deadline`` (section 4.6.4 asks for at least 20 seconds if there is such a limit): past it
-the result is "temperror", as is any look-up that times out or fails (section 2.6.6).
+by ``deadline`` (section 4.6.4 asks for at least 20 seconds if there is such a limit), counted
+from when the session asks, a wait for a free thread included: past it the result is
+"temperror", as is any look-up that times out or fails (section 2.6.6), and an evaluation given
+up on stops at its next look-up.
 
 The evaluation is done at MAIL, not started there and awaited at RCPT: its result is a fact
 of the transaction, and no task outlives the stage that started it (a transaction reset by
@@ -36,6 +39,7 @@ import asyncio
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,11 +66,15 @@ _RESULTS: frozenset[str] = frozenset(Result.__args__)  # type: ignore[attr-defin
 DEADLINE = 20.0
 """Seconds for one whole evaluation: RFC 7208 section 4.6.4's floor for such a limit."""
 
-_MARGIN = 2.0  # beyond the deadline: the last look-up's own wait, then the thread hand-over
+_MARGIN = 0.5  # beyond the deadline: the thread hand-over (no look-up waits past the deadline)
 
-POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="taube-spf")
-"""pyspf's threads: they mostly wait for answers from the event loop, so a few more than the
-cores; an evaluation that finds them all busy waits its turn within its deadline."""
+POOL = ThreadPoolExecutor(max_workers=256, thread_name_prefix="taube-spf")
+"""pyspf's threads. They wait for answers from the event loop and use no CPU meanwhile, so
+there are more than the default [smtp] max_connections (200), each session evaluating one record
+at a time: slow DNS in some sessions never leaves another without a thread (which would make
+its SPF temperror, and let DMARC pass a spoofed p=reject domain as temperror). They are started
+only when needed. With more connections configured, a session that finds them all busy waits
+within its deadline."""
 
 _THREAD = threading.local()  # .lookup: the look-up function of the evaluation on this thread
 _PYSPF_LOOKUP: Callable[..., Any] = spf.DNSLookup
@@ -137,13 +145,17 @@ async def check_host(dns: DNSClient, client_ip: str, sender: str, helo: str | No
                          "no valid domain to check" if ip else "no valid client address")
     _install()
     loop = asyncio.get_running_loop()
-    lookup = dns.blocking_lookup(loop, spf.TempError)
+    expires = time.monotonic() + deadline
+    lookup = dns.blocking_lookup(loop, spf.TempError, expires=expires)
 
     def evaluate() -> tuple[str, int, str]:
+        left = expires - time.monotonic()
+        if left <= 0:  # every thread was busy until the deadline: too late to start
+            return "temperror", 0, "no worker thread free within the deadline"
         _THREAD.lookup = lookup
         try:
             query = spf.query(i=ip, s=f"{local or 'postmaster'}@{domain}", h=helo or domain,
-                              receiver=receiver or "unknown", querytime=deadline)
+                              receiver=receiver or "unknown", querytime=left)
             # pyspf splits the sender at its first "@"; a quoted local part may hold one
             # (RFC 5321 4.1.2), and the domain checked must be the one reported.
             query.l, query.o, query.d = local or "postmaster", domain, domain
