@@ -251,6 +251,19 @@ def test_enforce_refuses_a_fail_at_rcpt(server: DNSServer) -> None:
     assert result is not None and result.result == "fail"
 
 
+def test_the_domains_explanation_cannot_forge_a_log_line(server: DNSServer) -> None:
+    """exp= text is the sender's domain's (RFC 7208 6.2): it reaches the log, so line ends
+    and other controls are taken out and its length is bounded."""
+    server.add("example.org", "TXT", '"v=spf1 -all exp=explain.example.org"')
+    server.add("explain.example.org", "TXT",
+               '"not you\\013\\010reject client=[192-0-2-1] accepted\\000 "' + ' "x"' * 3000)
+    verdicts, result = transaction(server, "enforce", BOB)
+    assert result is not None and result.result == "fail"
+    assert result.explanation.startswith("not you reject client=[192-0-2-1] accepted x")
+    assert len(result.explanation) <= 200
+    assert all(" " <= c <= "~" for c in result.explanation)
+
+
 @pytest.mark.parametrize("postmaster", [
     Recipient(address="postmaster", local="postmaster", domain=""),
     Recipient(address="Postmaster@example.net", local="Postmaster", domain="example.net"),

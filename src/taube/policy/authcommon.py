@@ -26,7 +26,7 @@ from .pipeline import Context
 
 __all__ = ["CRYPTO", "FromDomain", "HeaderField", "KeyRecords", "ascii_domain",
            "complete_lines", "exempt", "fetch_keys", "from_domain", "header_fields", "key_name",
-           "message_bytes", "release_message", "safe_token", "unfold"]
+           "message_bytes", "printable", "release_message", "safe_token", "unfold"]
 
 log = logging.getLogger("taube.policy.auth")
 
@@ -139,6 +139,17 @@ def ascii_domain(name: str) -> str | None:
     if len(text) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(lb) for lb in labels):
         return None
     return text
+
+
+def printable(text: str | bytes, limit: int = 200) -> str:
+    """Someone else's text (a DNS list's TXT reason, an SPF explanation) made fit for a log line
+    or a reply: printable ASCII only (line ends and other controls would start a line of
+    their own), white space runs as one space, at most ``limit`` characters."""
+    if isinstance(text, bytes):
+        text = text[:4 * limit].decode("ascii", "replace")
+    chars = "".join(c if " " <= c <= "~" else " " for c in text[:4 * limit])
+    clean = " ".join(chars.split())
+    return clean if len(clean) <= limit else clean[:limit - 3] + "..."
 
 
 def safe_token(value: str) -> str | None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..lookup import DNSClient, TempError
 from ..proto.replies import Reply
+from .authcommon import printable
 from .pipeline import Check, Context, Verdict
 from .relay import client_address
 
@@ -102,10 +103,9 @@ def query_name(client_ip: str, zone: str) -> str | None:
 def _reason(texts: Sequence[bytes]) -> str:
     """The first TXT record as a safe reply text: printable ASCII, spaces collapsed, cut."""
     for text in texts:
-        printable = "".join(chr(b) if 0x20 <= b < 0x7F else " " for b in text[:4 * MAX_REASON])
-        clean = " ".join(printable.split())
+        clean = printable(text, MAX_REASON)
         if clean:
-            return clean if len(clean) <= MAX_REASON else clean[:MAX_REASON - 3] + "..."
+            return clean
     return ""
 
 

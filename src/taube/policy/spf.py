@@ -50,7 +50,7 @@ import spf
 
 from ..lookup import DNSClient
 from ..proto.replies import Reply
-from .authcommon import ascii_domain, exempt, safe_token
+from .authcommon import ascii_domain, exempt, printable, safe_token
 from .pipeline import CONTINUE, Check, Context, Recipient, Verdict
 
 if TYPE_CHECKING:
@@ -170,12 +170,15 @@ async def check_host(dns: DNSClient, client_ip: str, sender: str, helo: str | No
         return SPFResult("temperror", identity, domain, client_ip,
                          f"no result within {deadline:g} s")
     except Exception as exc:  # pyspf on input it did not expect: not the domain's fault alone
-        log.warning("SPF evaluation of %s for %s failed: %r", domain, client_ip, exc)
-        return SPFResult("permerror", identity, domain, client_ip, f"evaluation failed: {exc}")
+        log.warning("SPF evaluation of %s for %s failed: %s", domain, client_ip,
+                    printable(repr(exc)))
+        return SPFResult("permerror", identity, domain, client_ip,
+                         printable(f"evaluation failed: {exc}"))
     if result not in _RESULTS:  # pyspf's pre-RFC 7208 names, in case
         result = {"error": "temperror", "unknown": "permerror"}.get(result, "permerror")
+    # The explanation may be the domain's own exp= text (section 6.2), bound for the log.
     return SPFResult(result, identity, domain, client_ip,  # type: ignore[arg-type]
-                     str(explanation))
+                     printable(str(explanation)))
 
 
 def is_postmaster(rcpt: Recipient | None) -> bool:
