@@ -115,6 +115,8 @@ def test_a_local_part_with_an_at_sign_checks_the_domain_after_the_last(server: D
     ("user@localhost", "client.example.org"),  # not a multi-label name (RFC 7208 4.3)
     ("user@" + "a" * 64 + ".example", "client.example.org"),  # a label over 63 octets
     ("", "[127.0.0.2]"),  # null sender, HELO an address literal
+    ("", "127.0.0.2"),  # ... or an address without its brackets: no domain (RFC 7208 2.3)
+    ("user@192.0.2.1", "client.example.org"),  # all-numeric top label: no domain (RFC 3696 2)
     ("", None),
 ])
 def test_no_valid_domain_is_none_without_a_query(server: DNSServer, sender: str,

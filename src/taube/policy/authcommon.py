@@ -123,7 +123,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 def ascii_domain(name: str) -> str | None:
     """``name`` as a lower-case ASCII domain of at least two labels (U-labels converted to
-    A-labels, RFC 5890), or None when it is none: an address literal, a label longer than 63
+    A-labels, RFC 5890), or None when it is none: an address literal, with or without its
+    brackets (an all-numeric top label is no domain, RFC 3696 section 2), a label longer than 63
     octets or empty, more than 253 octets (RFC 1035 2.3.4). Underscores are allowed, as DNS
     names (not host names) may carry them."""
     text = name.strip().rstrip(".")
@@ -136,7 +137,8 @@ def ascii_domain(name: str) -> str | None:
             return None
     text = text.lower()
     labels = text.split(".")
-    if len(text) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(lb) for lb in labels):
+    if (len(text) > 253 or len(labels) < 2 or labels[-1].isdigit()
+            or not all(_LABEL.fullmatch(lb) for lb in labels)):
         return None
     return text
 
