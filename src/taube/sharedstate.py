@@ -1,10 +1,25 @@
 """State shared between connections, behind one small interface.
 
 Per-client connection counts, mailbox locks, authentication failures and the SMTP-after-POP
-window. Nothing of this lives in module globals: several worker
-processes (SO_REUSEPORT), and later several nodes on one database, must see the same state, so a
-second implementation of :class:`SharedState` can replace :class:`LocalState` without touching
-the protocol code.
+window. Nothing of this lives in module globals: several worker processes (SO_REUSEPORT), and
+later several nodes on one database, must see the same state, so the protocol code sees only
+:class:`SharedState`, with one of two implementations:
+
+- :class:`LocalState`: plain dictionaries, for a server of one process (``workers = 1``) and tests;
+- :class:`~taube.sharedstate_table.SharedTable`: a table in a file every process maps, under a
+  lock the kernel releases when its holder dies, so that every limit holds across workers.
+
+The life of a shared table:
+
+1. the supervisor, once, before it starts any worker: ``table = create_shared(data_dir,
+   workers=N)`` (a new, empty table; anything counted by an earlier run is gone with it);
+2. each worker process, after it was started: ``state = open_shared(data_dir, worker_id=i)``,
+   ``0 <= i < N``, one live process per id (another gets :class:`WorkerIdInUse`), the handle
+   passed to the listeners and sessions as any SharedState;
+3. when the supervisor reaps a dead worker: ``table.release_worker(i)`` (the connections it had
+   open are no longer counted), then it may start the replacement, which opens with the same id
+   (opening clears a dead predecessor's share too, should the supervisor not have);
+4. SIGHUP changes nothing here; the limits are arguments of every call, read at each accept.
 """
 
 from __future__ import annotations
@@ -12,9 +27,14 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
-__all__ = ["LocalState", "SharedState"]
+from .sharedstate_layout import create_table
+from .sharedstate_table import SharedTable, WorkerIdInUse
+
+__all__ = ["LocalState", "SharedState", "SharedTable", "WorkerIdInUse", "create_shared",
+           "open_shared", "table_path"]
 
 
 class SharedState(Protocol):
@@ -150,3 +170,30 @@ class LocalState:
     def pop_login_within(self, client: str, window: float) -> bool:
         when = self._pop_logins.get(client)
         return when is not None and self._clock() - when < window
+
+
+def table_path(data_dir: Path) -> Path:
+    """Where the shared table of the server on ``data_dir`` is (the worker id locks and the
+    mailbox locks are next to it)."""
+    return data_dir / "state" / "shared.table"
+
+
+def create_shared(data_dir: Path, *, workers: int, connections: int = 65536, clients: int = 16384,
+                  failure_ring: int = 32) -> SharedTable:
+    """Make a new, empty shared table for ``workers`` worker processes and return the
+    supervisor's handle on it (no worker id: it opens no connections, it releases dead
+    workers' ones). ``connections``: room for this many (service, client address) pairs with
+    connections open at once (keep it well above the services' ``max_connections`` together:
+    a pair that finds no room is refused); ``clients``: addresses whose failed logins, and as
+    many whose POP3 logins, are remembered (more push out the stalest); ``failure_ring``:
+    failures remembered per address (a ``max_failures`` above it blocks at it)."""
+    path = table_path(data_dir)
+    create_table(path, workers=workers, connections=connections, clients=clients, ring=failure_ring)
+    return SharedTable(path, worker_id=None)
+
+
+def open_shared(data_dir: Path, *, worker_id: int,
+                clock: Callable[[], float] = time.time) -> SharedTable:
+    """Worker ``worker_id``'s handle on the table :func:`create_shared` made for ``data_dir``;
+    ``clock``: wall-clock seconds (a test passes its own, the same to every handle)."""
+    return SharedTable(table_path(data_dir), worker_id=worker_id, clock=clock)

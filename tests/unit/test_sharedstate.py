@@ -1,12 +1,17 @@
-"""Connection counting behind the SharedState interface."""
+"""The SharedState interface, every test on both backends: LocalState (one process) and the
+shared table (worker processes; tests/unit/test_sharedstate_table.py has what only it does)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from taube.sharedstate import LocalState
+from taube.sharedstate import LocalState, SharedState, SharedTable, create_shared, open_shared
+
+MakeState = Callable[..., SharedState]
 
 
 class Clock:
@@ -19,8 +24,26 @@ class Clock:
         return self.now
 
 
-def test_limits_total_and_per_client() -> None:
-    state = LocalState()
+@pytest.fixture(params=["local", "table"])
+def make_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeState]:
+    """``make_state(clock=time.time)``: a new state of the backend under test."""
+    opened: list[SharedTable] = []
+
+    def make(clock: Callable[[], float] = time.time) -> SharedState:
+        if request.param == "local":
+            return LocalState(clock)
+        data = tmp_path / f"data{len(opened)}"
+        opened.append(create_shared(data, workers=2))
+        opened.append(open_shared(data, worker_id=0, clock=clock))
+        return opened[-1]
+
+    yield make
+    for table in opened:
+        table.close()
+
+
+def test_limits_total_and_per_client(make_state: MakeState) -> None:
+    state = make_state()
     assert state.open_connection("a", total_limit=3, per_client_limit=2) is None
     assert state.open_connection("a", total_limit=3, per_client_limit=2) is None
     assert state.open_connection("a", total_limit=3, per_client_limit=2) == "too many connections from your address"
@@ -34,9 +57,9 @@ def test_limits_total_and_per_client() -> None:
     assert state.connection_count() == 0
 
 
-def test_auth_failures_window_and_reset() -> None:
+def test_auth_failures_window_and_reset(make_state: MakeState) -> None:
     clock = Clock(0.0)
-    state = LocalState(clock)
+    state = make_state(clock)
     counts = []
     for t in (0, 1, 2):
         clock.now = t
@@ -53,24 +76,24 @@ def test_auth_failures_window_and_reset() -> None:
     assert not state.auth_blocked("a", window=10, limit=1)
 
 
-def test_a_wider_window_counts_older_failures() -> None:
+def test_a_wider_window_counts_older_failures(make_state: MakeState) -> None:
     clock = Clock()
-    state = LocalState(clock)
+    state = make_state(clock)
     state.auth_failed("a", window=10)
     clock.now += 11
     assert state.auth_failures("a", window=12) == 1
     assert state.auth_failures("a", window=10) == 0
 
 
-def test_default_clock_is_the_wall_clock() -> None:
+def test_default_clock_is_the_wall_clock(make_state: MakeState) -> None:
     """Monotonic clocks differ between processes; the wall clock is what they share."""
     before = time.time()
-    assert before <= LocalState().now() <= time.time()
+    assert before <= make_state().now() <= time.time()
 
 
-def test_mailbox_lock_and_pop_window() -> None:
+def test_mailbox_lock_and_pop_window(make_state: MakeState) -> None:
     clock = Clock(100.0)
-    state = LocalState(clock)
+    state = make_state(clock)
     assert state.lock_mailbox("alice@example.test")
     assert not state.lock_mailbox("alice@example.test")
     state.unlock_mailbox("alice@example.test")
@@ -86,17 +109,17 @@ def test_mailbox_lock_and_pop_window() -> None:
 
 
 
-def test_exempt_client_has_only_the_total_limit() -> None:
-    state = LocalState()
+def test_exempt_client_has_only_the_total_limit(make_state: MakeState) -> None:
+    state = make_state()
     for _ in range(3):
         assert state.open_connection("trusted", total_limit=3, per_client_limit=None) is None
     assert state.open_connection("trusted", total_limit=3, per_client_limit=None) == "too many connections"
     assert state.open_connection("other", total_limit=3, per_client_limit=1) == "too many connections"
 
 
-def test_services_are_counted_apart():
+def test_services_are_counted_apart(make_state: MakeState) -> None:
     """SMTP and POP3 have limits of their own: connections to one never use up the other's."""
-    state = LocalState()
+    state = make_state()
     for _ in range(3):
         assert state.open_connection("a", total_limit=3, per_client_limit=None, service="smtp") is None
     assert state.open_connection("a", total_limit=3, per_client_limit=None, service="smtp") == "too many connections"
