@@ -43,8 +43,8 @@ class Connection(asyncio.Protocol):
     # --- the asyncio.Protocol side ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not again when start_tls hands the protocol over
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
+            # uvloop's transports have asyncio.Transport's methods without subclassing it
+            self.transport = transport  # type: ignore[assignment]
             self.task = self._loop.create_task(self._handler(self))
 
     def data_received(self, data: bytes) -> None:
