@@ -18,7 +18,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
+from collections.abc import (Callable, Collection, Coroutine, Hashable, Iterable, Iterator,
+                             Sequence)
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -26,13 +27,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import loadgen
-from servers import HOST, REPO_DIR, ServerUnavailable, sbin_tool
+from servers import (HOST, REPO_DIR, ServerUnavailable, Variant, sbin_tool, taube_knows_workers,
+                     uvloop_version)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOAD_TIMEOUT = 600.0  # one load generator run, at most
 
 T = TypeVar("T")
 M = TypeVar("M")
+C = TypeVar("C")
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -86,6 +89,38 @@ def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--runs, --messages and --concurrency must be positive")
 
 
+def add_taube_options(parser: argparse.ArgumentParser) -> None:
+    """--loops, --workers (the taube variants), --quick and --profile: every driver has them."""
+    parser.add_argument("--loops", type=lambda s: checked_choices(s, ("uvloop", "asyncio")),
+                        default=None, help="taube's event loops (TAUBE_EVENT_LOOP), each a "
+                        "variant; default uvloop,asyncio (asyncio alone without uvloop)")
+    parser.add_argument("--workers", type=int_list, default=None,
+                        help="taube's [server] workers, each a variant; default 1,2 when the "
+                        "installed taube has the key, else the key is not written")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: one run per cell, few messages")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more untimed run of each taube cell under py-spy (cProfile "
+                             "without it); top lines to results/profiles/")
+
+
+def taube_variants(args: argparse.Namespace) -> list[Variant]:
+    """The variants ``--loops`` x ``--workers`` ask for, with the defaults resolved."""
+    loops = args.loops or (["uvloop", "asyncio"] if uvloop_version() else ["asyncio"])
+    workers: list[int | None] = list(args.workers or ([1, 2] if taube_knows_workers() else [None]))
+    return [Variant(loop, n) for n in workers for loop in loops]
+
+
+def implementations(args: argparse.Namespace, peers: Sequence[str]) -> list[str]:
+    """The names to measure: each taube variant (when ``--only`` names taube) and the peers."""
+    names = [v.name for v in args.variants] if "taube" in args.only else []
+    return names + [name for name in args.only if name != "taube" and name in peers]
+
+
+def variant_of(args: argparse.Namespace, name: str) -> Variant | None:
+    return next((v for v in args.variants if v.name == name), None)
+
+
 # --- conditions and results --------------------------------------------------------------------
 def command_output(command: list[str]) -> str:
     try:
@@ -99,29 +134,48 @@ def postfix_version() -> str | None:
     return command_output(["postconf", "-d", "-h", "mail_version"]) or None
 
 
-def conditions(*, src_modified: bool = False, **fields: object) -> dict[str, object]:
-    """The run's conditions: date, machine, Python, taube's commit, then ``fields`` in order.
+def dovecot_version() -> str | None:
+    return command_output([sbin_tool("dovecot"), "--version"]) or None
 
-    With ``src_modified``, also whether ``src/`` had uncommitted changes at the start: the
-    commit alone does not say what ran then.
-    """
+
+def conditions(args: argparse.Namespace | None = None, **fields: object) -> dict[str, object]:
+    """The run's conditions: date, machine and its load, versions (Python, uvloop, Postfix,
+    Dovecot), taube's commit and whether ``src/`` had uncommitted changes then (the commit alone
+    does not say what ran), the taube variants (event loop, workers), then ``fields`` in order.
+    ``finish(header)`` adds the load and time at the end."""
     header: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "uvloop": uvloop_version(),
+        "postfix": postfix_version(),
+        "dovecot": dovecot_version(),
         "taube_commit": command_output(["git", "rev-parse", "--short", "HEAD"]),
+        "taube_src_modified": bool(command_output(["git", "status", "--porcelain", "--",
+                                                   "src"])),
     }
-    if src_modified:
-        header["taube_src_modified"] = bool(command_output(["git", "status", "--porcelain",
-                                                            "--", "src"]))
+    if args is not None:
+        header["taube_variants"] = [{"name": v.name, "event_loop": v.loop,
+                                     "workers": v.workers} for v in args.variants]
+        header["quick"] = args.quick
+        header["runs"] = args.runs
     return header | fields
+
+
+def finish(header: dict[str, object]) -> None:
+    header["date_end"] = datetime.now(UTC).isoformat(timespec="seconds")
+    header["load_average_end"] = os.getloadavg()
 
 
 def machine_now(header: dict[str, object]) -> str:
     """The end of each driver's first progress line."""
-    return f"{header['cpus']} CPUs, load average {os.getloadavg()[0]:.2f}"
+    text = f"{header['cpus']} CPUs, load average {os.getloadavg()[0]:.2f}"
+    if "taube_variants" in header:
+        names = ", ".join(v["name"] for v in header["taube_variants"])  # type: ignore[union-attr]
+        text += f"; taube as {names}"
+    return text
 
 
 def write_results(path: Path, header: dict[str, object], skipped: dict[str, str],
@@ -203,27 +257,41 @@ def smtp_source_path() -> str | None:
     return found if Path(found).exists() else None
 
 
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """The bench's own asyncio work (load generators) on uvloop when the bench's Python has
+    it: the load generator shares the two cores with the server, so it should cost little."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def run_builtin_loadgen(port: int, messages: int, concurrency: int, size: int, sender: str,
-                        recipient: str) -> LoadOutcome:
+                        recipient: str, auth: tuple[str, str] | None = None) -> LoadOutcome:
     loadgen.SENDER, loadgen.RECIPIENT = sender, recipient  # read at call time by loadgen
 
     async def bounded() -> LoadOutcome:
-        result = await asyncio.wait_for(loadgen.run_load(HOST, port, messages, concurrency, size),
-                                        LOAD_TIMEOUT)
+        result = await asyncio.wait_for(
+            loadgen.run_load(HOST, port, messages, concurrency, size, auth=auth), LOAD_TIMEOUT)
         return LoadOutcome(result.accepted, result.seconds, dict(result.errors))
 
     try:
-        return asyncio.run(bounded())
+        return run_async(bounded())
     except asyncio.TimeoutError:
         return LoadOutcome(None, LOAD_TIMEOUT, {"load timed out": 1})
 
 
 def run_smtp_source(port: int, messages: int, concurrency: int, size: int, sender: str,
-                    recipient: str) -> LoadOutcome:
+                    recipient: str, auth: tuple[str, str] | None = None) -> LoadOutcome:
     """smtp-source with -d (each of its connections carries many messages), timed as a whole.
 
     It stops at the first unexpected reply, so a zero exit status means every message got 250.
+    It cannot log in: ``auth`` is refused.
     """
+    if auth is not None:
+        raise ValueError("smtp-source does not speak SMTP AUTH")
     command = [str(smtp_source_path()), "-d", "-s", str(concurrency), "-m", str(messages),
                "-l", str(size), "-f", sender, "-t", recipient, f"{HOST}:{port}"]
     began = time.perf_counter()
@@ -240,44 +308,50 @@ def run_smtp_source(port: int, messages: int, concurrency: int, size: int, sende
 
 
 def run_smtp_load(loadgen_name: str, port: int, messages: int, concurrency: int, size: int,
-                  sender: str = loadgen.SENDER, recipient: str = loadgen.RECIPIENT) -> LoadOutcome:
+                  sender: str = loadgen.SENDER, recipient: str = loadgen.RECIPIENT,
+                  auth: tuple[str, str] | None = None) -> LoadOutcome:
     runner = {"loadgen": run_builtin_loadgen, "smtp-source": run_smtp_source}[loadgen_name]
-    return runner(port, messages, concurrency, size, sender, recipient)
+    return runner(port, messages, concurrency, size, sender, recipient, auth)
 
 
-def run_interleaved(args: argparse.Namespace, measure_fresh: Callable[..., M],
-                    describe: Callable[[M], str],
+def run_interleaved(runs: int, cells: Sequence[C], names: Sequence[str],
+                    measure_fresh: Callable[[str, C, int], M], describe: Callable[[M], str], *,
+                    profile: bool = False,
                     skip_as: Callable[[str, ServerUnavailable], str] = lambda name, exc: name,
                     fatal: Collection[str] = ()) -> tuple[list[M], dict[str, str]]:
-    """Run 1 of every concurrency, implementation and load generator, then run 2, ...
+    """Run 1 of every cell and implementation, then run 2, ...; with ``profile`` a run 0 of
+    every taube cell first (profiled, untimed: the drivers leave run 0 out of the medians).
 
-    ``measure_fresh(implementation, loadgen, concurrency, run, messages, size)`` measures once;
-    when it raises ServerUnavailable, ``skip_as(implementation, exc)`` names what is skipped from
-    then on, and a name in ``fatal`` ends all measuring.
+    ``measure_fresh(name, cell, run)`` measures once; when it raises ServerUnavailable,
+    ``skip_as(name, exc)`` names what is skipped from then on, and a name in ``fatal`` ends all
+    measuring.
     """
     skipped: dict[str, str] = {}
-    if "smtp-source" in args.loadgens and smtp_source_path() is None:
-        skipped["smtp-source"] = "not installed (bash bench/install-peers.sh)"
     measurements: list[M] = []
-    for run in range(1, args.runs + 1):
-        for concurrency in args.concurrency:
-            for implementation in args.only:
-                for loadgen_name in args.loadgens:
-                    if implementation in skipped or loadgen_name in skipped:
-                        continue
-                    try:
-                        m = measure_fresh(implementation, loadgen_name, concurrency, run,
-                                          args.messages, args.size)
-                    except ServerUnavailable as exc:
-                        key = skip_as(implementation, exc)
-                        skipped[key] = str(exc)
-                        print(f"skipping {key}: {exc}", file=sys.stderr, flush=True)
-                        if key in fatal:
-                            return measurements, skipped
-                        continue
-                    measurements.append(m)
-                    print(describe(m), file=sys.stderr, flush=True)
+    for run in range(0 if profile else 1, runs + 1):
+        for cell in cells:
+            for name in names:
+                if name in skipped or (run == 0 and not name.startswith("taube")):
+                    continue
+                try:
+                    m = measure_fresh(name, cell, run)
+                except ServerUnavailable as exc:
+                    key = skip_as(name, exc)
+                    skipped[key] = str(exc)
+                    print(f"skipping {key}: {exc}", file=sys.stderr, flush=True)
+                    if key in fatal:
+                        return measurements, skipped
+                    continue
+                measurements.append(m)
+                print(describe(m), file=sys.stderr, flush=True)
     return measurements, skipped
+
+
+def smtp_source_skipped(loadgens: Iterable[str]) -> dict[str, str]:
+    """``{"smtp-source": why}`` when it is asked for and missing."""
+    if "smtp-source" in loadgens and smtp_source_path() is None:
+        return {"smtp-source": "not installed (bash bench/install-peers.sh)"}
+    return {}
 
 
 # --- summary -----------------------------------------------------------------------------------
@@ -299,27 +373,6 @@ def errors_note(group: Iterable[Any]) -> str | None:
     for m in group:
         errors.update(m.errors)
     return f"{sum(errors.values())} error(s)" if errors else None
-
-
-def ratio(reference: float | None, value: float | None) -> float | None:
-    return reference / value if reference and value else None
-
-
-def add_ratios(rows: list[Any], cell: Callable[[Any], Hashable], fields: dict[str, str], *,
-               taube_too: bool = True) -> None:
-    """For each ``ratio_field: median_field``: taube's median / the row's, in the same cell.
-
-    With ``taube_too`` taube's own rows get their ratio (1.0) as well.
-    """
-    taube = {cell(row): row for row in rows if row.implementation == "taube"}
-    for row in rows:
-        reference = taube.get(cell(row))
-        if reference is None or (row.implementation == "taube" and not taube_too):
-            continue
-        for ratio_field, median_field in fields.items():
-            value = ratio(getattr(reference, median_field), getattr(row, median_field))
-            if value is not None:
-                setattr(row, ratio_field, value)
 
 
 # --- the table ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the benchmark peers need on Debian: Postfix (which also ships smtp-source and
-# smtp-sink) without configuring or starting it, Dovecot's POP3 server (dovecot-pop3d) without
-# starting it, and aiosmtpd into the project's venv.
+# smtp-sink) without configuring or starting it, Dovecot's POP3 server (dovecot-pop3d, whose
+# dovecot-core also gives the relay bench's Postfix its SASL) without starting it, and into the
+# project's venv: aiosmtpd, uvloop (taube's `fast` extra) and py-spy (for --profile; optional:
+# without it the benches fall back to cProfile).
 # Run as root; non-interactive; never starts a system service on port 25, 110 or 143.
 set -euo pipefail
 
@@ -71,15 +73,17 @@ install_dovecot_pop3() {
     fi
 }
 
-install_aiosmtpd() {
+install_venv_packages() {
     if [ ! -x "$VENV_PY" ]; then
-        log "no venv python at $VENV_PY: skipping aiosmtpd"
+        log "no venv python at $VENV_PY: skipping aiosmtpd, uvloop and py-spy"
         return 0
     fi
-    "$VENV_PY" -m pip install -q 'aiosmtpd>=1.4'
+    "$VENV_PY" -m pip install -q 'aiosmtpd>=1.4' 'uvloop>=0.19'
+    "$VENV_PY" -m pip install -q 'py-spy>=0.3' ||
+        log "py-spy could not be installed: --profile will use cProfile"
 }
 
 install_postfix
 install_dovecot_pop3
-install_aiosmtpd
+install_venv_packages
 log "done"

@@ -2,7 +2,8 @@
 
 Each implementation is started once, in a directory of its own on a free loopback port, with one
 user per client (user1@bench.test ...), each holding the same generated mailbox (1000 messages of
-2 KiB, CRLF line ends) written straight into Maildir ``new/``. One untimed download of every
+4 KiB, CRLF line ends) written straight into Maildir ``new/``. taube runs as one or more variants
+(event loop, workers), each a server of its own. One untimed download of every
 mailbox warms both servers up (Dovecot builds its index, taube moves the messages to ``cur/``).
 Then, interleaved (run 1 of every cell, then run 2, ...):
 
@@ -14,9 +15,13 @@ Dovecot runs twice: ``dovecot`` with ``{PLAIN}`` passwords, as usual for a bench
 ``dovecot-argon2id``, login test only, with argon2id hashes made with taube's own parameters, so
 both pay the same password verification per login.
 
-Usage: pop3_bench.py [--runs 3] [--messages 1000] [--concurrency 1,10]
+A message retrieved with another size than LIST announced, or a listing that does not hold the
+mailbox's messages, is a failure: the exit status is then 1.
+
+Usage: pop3_bench.py [--runs 3] [--messages 1000] [--concurrency 1,8]
                      [--only taube,dovecot,dovecot-argon2id]
-                     [--logins 300] [--size 2048]
+                     [--logins 300] [--size 4096] [--loops uvloop,asyncio] [--workers 1,2]
+                     [--quick] [--profile]
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json, add_ratios,
-                      add_runs_messages_size, conditions, cpu_used, errors_note, group_by,
-                      keep_log, machine_now, median, new_parser, print_skipped, print_table,
-                      write_results)
+from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json,
+                      add_runs_messages_size, add_taube_options, conditions, cpu_used,
+                      errors_note, finish, group_by, implementations, keep_log, machine_now,
+                      median, new_parser, print_skipped, print_table, run_async, taube_variants,
+                      variant_of, write_results)
 from pop3_load import HOST, LoadResult, run_download, run_logins
-from pop3_servers import SERVERS, Pop3Server, dovecot_version
+from pop3_servers import SERVERS, Pop3Server, TaubePop3
+from profiling import Profile
 from servers import ServerUnavailable
 
 TESTS = ("download", "login")
@@ -42,6 +49,9 @@ RESULTS = RESULTS_DIR / "pop3-latest.json"
 LOGS = RESULTS_DIR / "logs"  # shared with smtp_bench.py, which empties it when it starts
 MEASUREMENT_TIMEOUT = 600.0
 UNITS = {"download": "msgs/s", "login": "logins/s"}
+PEERS = ("dovecot", "dovecot-argon2id")
+# Errors that mean a message was lost or torn, not merely a slow or refused session.
+INTEGRITY_ERRORS = ("RETR size", "UIDL/LIST count")
 
 
 @dataclass
@@ -55,11 +65,23 @@ class Measurement:
     octets: int = 0
     seconds: float = 0.0
     server_cpu_seconds: float | None = None
+    peak_rss_mb: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float | None:
         return self.done / self.seconds if self.done and self.seconds > 0 else None
+
+    @property
+    def cpu_ms_per_unit(self) -> float | None:
+        """Server CPU (all its processes) per message retrieved or per login."""
+        if self.server_cpu_seconds is None or not self.done:
+            return None
+        return 1000 * self.server_cpu_seconds / self.done
+
+    @property
+    def integrity_failure(self) -> bool:
+        return any(error.startswith(INTEGRITY_ERRORS) for error in self.errors)
 
     @property
     def megabytes_per_second(self) -> float | None:
@@ -86,9 +108,12 @@ class Row:
     low: float | None
     high: float | None
     median_mb_per_s: float | None
+    cpu_ms_per_unit: float | None
+    peak_rss_mb: float | None
     runs: int
     requested_runs: int
-    ratio: float | None = None
+    vs_dovecot: float | None = None
+    vs_dovecot_argon2id: float | None = None
     notes: str = ""
 
 
@@ -97,7 +122,7 @@ def bounded(coro: object) -> LoadResult:
         return await asyncio.wait_for(coro, MEASUREMENT_TIMEOUT)  # type: ignore[arg-type]
 
     try:
-        return asyncio.run(run())
+        return run_async(run())
     except TimeoutError:
         result = LoadResult(seconds=MEASUREMENT_TIMEOUT)
         result.errors["load timed out"] += 1
@@ -115,6 +140,8 @@ def measure(server: Pop3Server, test: str, concurrency: int, run: int, messages:
     else:
         result = bounded(run_logins(HOST, server.port, clients, logins))
     m.server_cpu_seconds = cpu_used(cpu_before, server.cpu_seconds())
+    memory = server.memory()
+    m.peak_rss_mb = memory.peak_rss_mb if memory is not None else None
     m.done, m.octets, m.seconds, m.errors = (result.done, result.octets, result.seconds,
                                              dict(result.errors))
     return m
@@ -126,8 +153,10 @@ def describe(m: Measurement) -> str:
             f"  {m.done}/{m.expected}")
     if m.megabytes_per_second:
         text += f", {m.megabytes_per_second:.2f} MB/s"
-    if m.server_cpu_share is not None:
-        text += f", server CPU {m.server_cpu_share:.0%}"
+    if m.server_cpu_share is not None and m.cpu_ms_per_unit is not None:
+        text += f", server CPU {m.server_cpu_share:.0%} ({m.cpu_ms_per_unit:.2f} ms each)"
+    if m.peak_rss_mb is not None:
+        text += f", peak RSS {m.peak_rss_mb:.0f} MB"
     if m.errors:
         text += f", errors {m.errors}"
     return text
@@ -137,10 +166,15 @@ def start_servers(args: argparse.Namespace, root: Path, skipped: dict[str, str],
                   started: dict[str, Pop3Server]) -> None:
     """Starts each implementation into ``started`` (so the caller stops whatever did start)."""
     users = max(args.concurrency)
-    for name in args.only:
+    for name in implementations(args, PEERS):
         workdir = root / name
         workdir.mkdir()
-        server = SERVERS[name](workdir, users, args.messages, args.size)
+        variant = variant_of(args, name)
+        if variant is not None:
+            server: Pop3Server = variant.apply(TaubePop3(workdir, users, args.messages,
+                                                         args.size))  # type: ignore[assignment]
+        else:
+            server = SERVERS[name](workdir, users, args.messages, args.size)
         try:
             server.start()
         except ServerUnavailable as exc:
@@ -168,6 +202,23 @@ def warm_up(servers: dict[str, Pop3Server], args: argparse.Namespace,
             del servers[name]
 
 
+def profile_downloads(servers: dict[str, Pop3Server], args: argparse.Namespace) -> None:
+    """``--profile``: one more download at the highest concurrency of each taube variant, with
+    the profiler attached (a long-running server: py-spy only, cProfile would need a restart)."""
+    for name, server in servers.items():
+        if not name.startswith("taube") or server.root_pid is None:
+            continue
+        profile = Profile(f"pop3-download-{name}")
+        if profile.method != "py-spy":
+            print("profile: py-spy is not installed; POP3 is not profiled", file=sys.stderr)
+            return
+        profile.attach(server.root_pid)
+        m = measure(server, "download", max(args.concurrency), 0, args.messages, args.logins)
+        profile.detach()
+        print(f"profiled: {describe(m)}\n    profile: {profile.write()}", file=sys.stderr,
+              flush=True)
+
+
 def run_all(servers: dict[str, Pop3Server], args: argparse.Namespace) -> list[Measurement]:
     measurements: list[Measurement] = []
     for run in range(1, args.runs + 1):
@@ -189,16 +240,26 @@ def summarize(measurements: list[Measurement]) -> list[Row]:
         valid = [m for m in group if m.clean]
         rates = [m.rate for m in valid if m.rate]
         mbs = [m.megabytes_per_second for m in valid if m.megabytes_per_second]
+        cpu = [m.cpu_ms_per_unit for m in valid if m.cpu_ms_per_unit]
+        rss = [m.peak_rss_mb for m in valid if m.peak_rss_mb]
         rows.append(Row(implementation, test, concurrency, UNITS[test], median(rates),
                         min(rates, default=None), max(rates, default=None), median(mbs),
-                        len(rates), len(group), notes=errors_note(group) or ""))
-    add_ratios(rows, lambda r: (r.test, r.concurrency), {"ratio": "median"}, taube_too=False)
+                        median(cpu), median(rss), len(rates), len(group),
+                        notes=errors_note(group) or ""))
+    peers = {(r.test, r.concurrency, r.implementation): r.median for r in rows}
+    for row in rows:
+        if row.implementation.startswith("taube") and row.median:
+            for attribute, peer in (("vs_dovecot", "dovecot"),
+                                    ("vs_dovecot_argon2id", "dovecot-argon2id")):
+                value = peers.get((row.test, row.concurrency, peer))
+                setattr(row, attribute, row.median / value if value else None)
     return sorted(rows, key=lambda r: (TESTS.index(r.test), r.concurrency,
-                                       r.implementation != "taube", r.implementation))
+                                       not r.implementation.startswith("taube"),
+                                       r.implementation))
 
 
 HEADERS = ["implementation", "test", "concurrency", "median rate", "min–max", "MB/s", "runs",
-           "taube ÷ peer", "notes"]
+           "CPU ms each", "peak RSS MB", "÷ dovecot", "÷ dovecot-argon2id", "notes"]
 LEFT_HEADERS = {"implementation", "test", "notes"}
 
 
@@ -208,37 +269,44 @@ def table_cells(row: Row) -> list[str]:
             f"{row.low:.0f}–{row.high:.0f}" if row.low and row.high else "-",
             f"{row.median_mb_per_s:.2f}" if row.median_mb_per_s else "-",
             f"{row.runs}/{row.requested_runs}",
-            f"{row.ratio:.2f}" if row.ratio else "-", row.notes]
+            f"{row.cpu_ms_per_unit:.2f}" if row.cpu_ms_per_unit else "-",
+            f"{row.peak_rss_mb:.0f}" if row.peak_rss_mb else "-",
+            f"{row.vs_dovecot:.2f}" if row.vs_dovecot else "-",
+            f"{row.vs_dovecot_argon2id:.2f}" if row.vs_dovecot_argon2id else "-", row.notes]
 
 
 def derived(m: Measurement) -> dict[str, object]:
     """What the JSON file adds to each measurement's fields."""
     return {"rate": m.rate, "mb_per_s": m.megabytes_per_second,
-            "server_cpu_share": m.server_cpu_share}
+            "server_cpu_share": m.server_cpu_share, "cpu_ms_per_unit": m.cpu_ms_per_unit,
+            "integrity_failure": m.integrity_failure}
 
 
 def parse_args() -> argparse.Namespace:
     parser = new_parser(__doc__)
     add_runs_messages_size(parser, messages=1000, messages_help="messages per mailbox",
-                           size=2048)
+                           size=4096)
     parser.add_argument("--logins", type=int, default=300, help="login cycles per login run")
-    add_concurrency(parser, [1, 10])
+    add_concurrency(parser, [1, 8])
     add_choices(parser, "--only", list(SERVERS), f"implementations: {','.join(SERVERS)}")
     add_choices(parser, "--tests", TESTS, f"tests: {','.join(TESTS)}")
+    add_taube_options(parser)
     add_json(parser, RESULTS)
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.messages, args.logins = 1, 200, 40
     if (args.runs < 1 or args.messages < 1 or args.logins < 1
             or min(args.concurrency, default=0) < 1 or args.size < 300):
         parser.error("--runs, --messages, --logins, --concurrency must be positive; "
                      "--size at least 300")
+    args.variants = taube_variants(args)
     return args
 
 
 def main() -> int:
     args = parse_args()
-    header = conditions(dovecot=dovecot_version(), messages=args.messages, size=args.size,
-                        logins=args.logins, runs=args.runs, concurrency=args.concurrency,
-                        tests=args.tests)
+    header = conditions(args, messages=args.messages, size=args.size, logins=args.logins,
+                        concurrency=args.concurrency, tests=args.tests)
     print(f"{header['date']}: {args.messages} x {args.size} B messages per mailbox, "
           f"{args.logins} logins per login run, {args.runs} run(s), concurrency "
           f"{args.concurrency}, {machine_now(header)}", file=sys.stderr)
@@ -251,7 +319,11 @@ def main() -> int:
     try:
         start_servers(args, root, skipped, servers)
         warm_up(servers, args, skipped)
+        if args.profile:
+            profile_downloads(servers, args)
         measurements = run_all(servers, args)
+        header["event_loops"] = {name: server.event_loop() for name, server in servers.items()
+                                 if isinstance(server, TaubePop3)}
     finally:
         for name, server in servers.items():
             server.stop()
@@ -267,7 +339,12 @@ def main() -> int:
     print_skipped(skipped)
     for name, kept in failed_logs.items():
         print(f"{name} had errors; its log: {kept}")
+    finish(header)
     write_results(args.json, header, skipped, measurements, rows, derived)
+    if any(m.integrity_failure for m in measurements):
+        print("FAILURE: a message was retrieved torn or a listing did not match the mailbox",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,7 +22,9 @@ from servers import (
     ProcessServer,
     ServerUnavailable,
     free_port,
+    logged_event_loop,
     run_taube,
+    server_section,
     sbin_tool,
     terminate,
 )
@@ -100,6 +102,7 @@ class Pop3Server(ProcessServer):
 class TaubePop3(Pop3Server):
     name = "taube"
     executable = VENV_BIN / "taube"
+    workers: int | None = None
 
     @property
     def config(self) -> Path:
@@ -127,7 +130,7 @@ class TaubePop3(Pop3Server):
     def prepare(self) -> None:
         if not self.executable.exists():
             raise ServerUnavailable(f"{self.executable} is not installed")
-        self.config.write_text(self.config_text())
+        self.config.write_text(self.config_text() + server_section(self.workers))
         for address, password in self.logins():
             run_taube(self.executable, self.config, self.workdir, "user", "add", address,
                       stdin=f"{password}\n".encode())
@@ -136,6 +139,9 @@ class TaubePop3(Pop3Server):
 
     def command(self) -> list[str]:
         return [str(self.executable), "serve", "--config", str(self.config)]
+
+    def event_loop(self) -> str | None:
+        return logged_event_loop(self.log)
 
 
 def dovecot_version() -> str | None:
@@ -250,9 +256,6 @@ service stats {{
         except (OSError, subprocess.TimeoutExpired):
             pass
         terminate(self.process)  # waits for the master's exit; SIGTERM only if still there
-
-    def cpu_seconds(self) -> None:
-        """Dovecot is a master plus one process per login and per mail session: not measured."""
 
 
 class DovecotArgon2Pop3(DovecotPop3):

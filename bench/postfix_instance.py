@@ -53,8 +53,10 @@ relay     unix  -       -       n       -       -       smtp
 
 class PostfixInstance:
     def __init__(self, root: Path, host: str, port: int, domain: str, user: str,
-                 delivery_user: pwd.struct_passwd, relayhost: str | None = None) -> None:
+                 delivery_user: pwd.struct_passwd, relayhost: str | None = None,
+                 settings: dict[str, object] | None = None) -> None:
         self.root = root
+        self.settings = settings or {}  # main.cf settings over the defaults below (e.g. SASL)
         self.relayhost = relayhost  # "[127.0.0.1]:PORT": relay everything non-local there
         self.host = host
         self.port = port
@@ -102,6 +104,7 @@ class PostfixInstance:
         }
         if self.relayhost is not None:
             settings["relayhost"] = self.relayhost
+        settings |= self.settings
         return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
     def master_cf(self) -> str:

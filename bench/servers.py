@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from postfix_instance import PostfixInstance
+from procstats import Memory, tree_cpu_seconds, tree_memory
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -48,22 +50,28 @@ class Server(Protocol):
         ...
 
     def cpu_seconds(self) -> float | None:
-        """CPU time (user + system, all threads) the server has used so far, if known."""
+        """CPU time (user + system, all threads, child processes included) the server has used
+        so far, if known."""
+        ...
+
+    def memory(self) -> Memory | None:
+        """Resident memory of the server's processes, if known."""
         ...
 
 
 def spawn(command: list[str], log_path: Path, cwd: Path, *, append: bool = False,
-          pipe_stdout: bool = False) -> subprocess.Popen[bytes]:
+          pipe_stdout: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a server with its output in ``log_path``; ServerUnavailable if it cannot run.
 
     With ``pipe_stdout`` only its standard error goes to the log; the caller reads its standard
-    output from ``process.stdout``.
+    output from ``process.stdout``. ``env`` is added to the bench's own environment.
     """
     with log_path.open("ab" if append else "wb") as log:
         try:
             return subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE if pipe_stdout else log,
-                                    stderr=log if pipe_stdout else subprocess.STDOUT, cwd=cwd)
+                                    stderr=log if pipe_stdout else subprocess.STDOUT, cwd=cwd,
+                                    env=None if env is None else os.environ | env)
         except OSError as exc:
             raise ServerUnavailable(f"cannot run {command[0]}: {exc}") from exc
 
@@ -85,36 +93,6 @@ def count_files(folder: Path) -> int:
             return sum(1 for entry in entries if entry.is_file(follow_symlinks=False))
     except FileNotFoundError:
         return 0
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
-
-def process_tree_cpu_seconds(pid: int) -> float | None:
-    """CPU time of ``pid`` and its living child processes (taube's queue runner is one)."""
-    own = process_cpu_seconds(pid)
-    if own is None:
-        return None
-    total = own
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return total
-    for task in tasks:
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            total += process_tree_cpu_seconds(int(child)) or 0.0
-    return total
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -188,13 +166,13 @@ class ProcessServer:
     greeting = b"220"  # what its readiness probe waits for
     append_log = False  # keep what prepare() wrote to the log
     pipe_stdout = False  # standard output to process.stdout, only standard error to the log
-    count_children_cpu = False  # cpu_seconds() includes its child processes
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.log = workdir / f"{self.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # added to the process's environment
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -208,7 +186,7 @@ class ProcessServer:
     def start(self) -> None:
         self.prepare()
         self.process = spawn(self.command(), self.log, self.workdir, append=self.append_log,
-                             pipe_stdout=self.pipe_stdout)
+                             pipe_stdout=self.pipe_stdout, env=self.env)
         self.started()
         try:
             wait_ready(self.port, time.monotonic() + START_TIMEOUT, self.process, self.log,
@@ -228,12 +206,76 @@ class ProcessServer:
         folder = self.maildir_new()
         return None if folder is None else count_files(folder)
 
+    @property
+    def root_pid(self) -> int | None:
+        """The PID at the top of the server's processes (one we started)."""
+        return None if self.process is None else self.process.pid
+
     def cpu_seconds(self) -> float | None:
-        if self.process is None:
-            return None
-        if self.count_children_cpu:
-            return process_tree_cpu_seconds(self.process.pid)
-        return process_cpu_seconds(self.process.pid)
+        pid = self.root_pid
+        return None if pid is None else tree_cpu_seconds(pid)
+
+    def memory(self) -> Memory | None:
+        pid = self.root_pid
+        return None if pid is None else tree_memory(pid)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How taube is run: its event loop (``TAUBE_EVENT_LOOP``) and ``[server] workers`` (None:
+    the key is not written, for a taube that does not know it)."""
+
+    loop: str = "uvloop"
+    workers: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"taube-{self.loop}" + (f"-w{self.workers}" if self.workers else "")
+
+    def apply(self, server: ProcessServer) -> ProcessServer:
+        server.name = self.name
+        server.workers = self.workers  # type: ignore[attr-defined]
+        server.env["TAUBE_EVENT_LOOP"] = self.loop
+        return server
+
+
+def taube_knows_workers() -> bool:
+    """Whether the installed taube has ``[server] workers``."""
+    probe = ("import taube.config as c; s = getattr(c, 'ServerSettings', None); "
+             "print(bool(s) and 'workers' in s.model_fields)")
+    try:
+        done = subprocess.run([str(VENV_BIN / "python"), "-c", probe], capture_output=True,
+                              timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip() == b"True"
+
+
+def uvloop_version() -> str | None:
+    """uvloop's version in the venv taube runs from, or None if it is not installed there."""
+    try:
+        done = subprocess.run([str(VENV_BIN / "python"), "-c",
+                               "import uvloop; print(uvloop.__version__)"],
+                              capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.decode().strip() or None
+
+
+def server_section(workers: int | None) -> str:
+    """``[server] workers``, unless None (then taube's default, for a taube without the key)."""
+    return "" if workers is None else f"[server]\nworkers = {workers}\n"
+
+
+def logged_event_loop(log: Path) -> str | None:
+    """The loop a taube server said it runs (``event loop: ...`` in its log)."""
+    try:
+        for line in log.read_text(errors="replace").splitlines():
+            if "event loop: " in line:
+                return line.split("event loop: ", 1)[1].strip()
+    except FileNotFoundError:
+        pass
+    return None
 
 
 class TaubeServer(ProcessServer):
@@ -243,6 +285,7 @@ class TaubeServer(ProcessServer):
     executable = VENV_BIN / "taube"
     domain = DOMAIN
     users: tuple[str, ...] = (USER,)  # added with `taube user add`
+    workers: int | None = None  # [server] workers, when set
 
     @property
     def config(self) -> Path:
@@ -261,10 +304,13 @@ class TaubeServer(ProcessServer):
                 "max_connections = 500\n"
                 "max_connections_per_client = 500\n")
 
+    def event_loop(self) -> str | None:
+        return logged_event_loop(self.log)
+
     def prepare(self) -> None:
         if not self.executable.exists():
             raise ServerUnavailable(f"{self.executable} is not installed")
-        self.config.write_text(self.config_text())
+        self.config.write_text(self.config_text() + server_section(self.workers))
         for user in self.users:
             run_taube(self.executable, self.config, self.workdir, "user", "add",
                       f"{user}@{self.domain}", stdin=b"bench-password\n")
@@ -311,11 +357,12 @@ class PostfixServer:
     name = "postfix"
     delivers_later = True
 
-    def __init__(self, workdir: Path, domain: str = DOMAIN, relayhost: str | None = None) -> None:
+    def __init__(self, workdir: Path, domain: str = DOMAIN, relayhost: str | None = None,
+                 settings: dict[str, object] | None = None) -> None:
         self.port = free_port()
         self.instance = PostfixInstance(workdir, HOST, self.port, domain, USER,
                                         delivery_user=pwd.getpwnam("nobody"),
-                                        relayhost=relayhost)
+                                        relayhost=relayhost, settings=settings)
         self.log = self.instance.log
 
     def start(self) -> None:
@@ -339,9 +386,18 @@ class PostfixServer:
         """Messages still in its queue."""
         return self.instance.queued_count()
 
-    def cpu_seconds(self) -> None:
-        """Postfix is a dozen processes that come and go: not measured."""
-        return None
+    @property
+    def root_pid(self) -> int | None:
+        """Postfix's master (from its pid file): it starts and reaps every other process."""
+        return self.instance.master_pid()
+
+    def cpu_seconds(self) -> float | None:
+        pid = self.root_pid
+        return None if pid is None else tree_cpu_seconds(pid)
+
+    def memory(self) -> Memory | None:
+        pid = self.root_pid
+        return None if pid is None else tree_memory(pid)
 
 
 SERVERS: dict[str, type[ProcessServer] | type[PostfixServer]] = {
