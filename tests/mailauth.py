@@ -128,6 +128,24 @@ def rsa_key(domain: str = "example.org", selector: str = "rsa", bits: int = 2048
                f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}")
 
 
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    length = (bytes([size]) if size < 128 else
+              bytes([0x80 | (size.bit_length() + 7) // 8]) + size.to_bytes((size.bit_length() + 7) // 8, "big"))
+    return bytes([tag]) + length + body
+
+
+def rsa_record(modulus: int, exponent: int) -> str:
+    """A key record for any RSA public numbers, those no library would make included (a huge
+    exponent): an RFC 8017 RSAPublicKey, which dkimpy takes as p= as well as the usual
+    SubjectPublicKeyInfo."""
+    def integer(value: int) -> bytes:
+        return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+    der = _der(0x30, integer(modulus) + integer(exponent))
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
 def ed25519_key(domain: str = "example.org", selector: str = "ed") -> Key:
     """RFC 8463: the private key as dkimpy takes it (base64 of the 32-octet seed), the record's
     p= the raw 32-octet public key."""

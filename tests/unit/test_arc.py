@@ -3,7 +3,9 @@ sealed by dkimpy using keys made in the test."""
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +14,7 @@ from taube.policy import arc
 from taube.policy.arc import ARCCheck, ARCResult
 from tests.dnsserver import DNSServer
 from tests.mailauth import (CLIENT, FAST, TRUSTED, Key, checks, client, context, header_of,
-                            message, rsa_key, run, seal, sign, trusted)
+                            message, rsa_key, rsa_record, run, seal, sign, trusted, txt)
 
 
 @pytest.fixture
@@ -72,6 +74,20 @@ def test_incomplete_set_fails(server: DNSServer, forwarder: Key) -> None:
 def test_unknown_key_fails(server: DNSServer) -> None:
     data = seal(message(), rsa_key("nokey.example", "arc"), "nokey.example", "spf=none")
     assert validate(server, data).result == "fail"
+
+
+def test_key_too_costly_to_use_fails_without_computing(server: DNSServer) -> None:
+    """A seal's key with a huge public exponent (seconds of CPU per verification) is not used:
+    the chain fails at once."""
+    rng = random.Random(5)
+    modulus, exponent = (rng.getrandbits(8192) | 1 << 8191 | 1, rng.getrandbits(8192) | 1)
+    key = rsa_key("costly.example", "arc")
+    server.add(key.name, "TXT", txt(rsa_record(modulus, exponent)))
+    data = seal(message(), key, "costly.example", "spf=pass smtp.mailfrom=example.org")
+    started = time.monotonic()
+    result = validate(server, data)
+    assert result.result == "fail" and "unusable key" in result.reason
+    assert time.monotonic() - started < 1.0
 
 
 def test_dropped_key_query_fails_within_the_timeout(server: DNSServer, forwarder: Key) -> None:

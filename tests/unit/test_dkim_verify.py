@@ -3,6 +3,7 @@ by dkimpy using keys made in the test: one result per signature."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,8 @@ from taube.policy.dkim import DKIMCheck, DKIMResult
 from taube.policy.pipeline import Pipeline
 from tests.dnsserver import DNSServer
 from tests.mailauth import (CLIENT, FAST, SLACK, TRUSTED, Key, checks, client, context,
-                            ed25519_key, header_of, message, rsa_key, run, sign, trusted, txt)
+                            ed25519_key, header_of, message, rsa_key, rsa_record, run, sign,
+                            trusted, txt)
 
 
 @pytest.fixture
@@ -148,6 +150,29 @@ def test_short_rsa_key_is_permerror(server: DNSServer) -> None:
     key = rsa_key(selector="short", bits=768)
     key.publish(server)
     assert [r.result for r in verify(server, sign(message(), key))] == ["permerror"]
+
+
+def odd(bits: int, seed: int) -> int:
+    return random.Random(seed).getrandbits(bits) | 1 << (bits - 1) | 1
+
+
+@pytest.mark.parametrize(("modulus", "exponent"), [
+    (odd(8192, 1), odd(8192, 2)),  # 2.5 s of pure Python pow() per signature
+    (odd(16400, 3), 65537),  # more than OpenSSL takes (16384 bits)
+], ids=["huge-exponent", "huge-modulus"])
+def test_rsa_key_too_costly_to_use_is_permerror(server: DNSServer, modulus: int,
+                                                exponent: int) -> None:
+    """A signer's zone chooses its key: a huge public exponent makes one verification cost
+    seconds of CPU in a shared worker thread (ten signatures per message, message after
+    message). OpenSSL's bounds apply: a modulus of at most 16384 bits, an exponent of at most
+    64 bits."""
+    key = rsa_key(selector="costly")
+    server.add(key.name, "TXT", txt(rsa_record(modulus, exponent)))
+    started = time.monotonic()
+    found = verify(server, sign(message(), key))
+    assert [r.result for r in found] == ["permerror"]
+    assert found[0].reason.startswith("unusable key")
+    assert time.monotonic() - started < 1.0
 
 
 def test_key_record_of_the_wrong_type_fails(server: DNSServer, ed: Key) -> None:

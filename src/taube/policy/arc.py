@@ -14,7 +14,8 @@ result is one of the three RFC 8617 section 9.1 registers for ``arc``:
   sealing), an incomplete or duplicated set, more than 50 instances (section 4.2.1), an
   instance that reported cv=fail, a key that could not be fetched (a temporary DNS failure
   included: ARC has no temperror, and this result is information for the reader, never a
-  refusal).
+  refusal) or is no usable key (:func:`authcommon.key_problem`: revoked, unreadable, too short,
+  too costly to verify with).
 
 ``[checks] arc = "tag"`` records the result in ``ctx.tx.auth["arc"]`` (an :class:`ARCResult`)
 for the Authentication-Results header. Sealing (adding our own ARC set) is not done. Clients in
@@ -36,8 +37,8 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..lookup import DNSClient
-from .authcommon import (CRYPTO, KeyRecords, complete_lines, exempt, fetch_keys, key_name,
-                         message_bytes, unfold)
+from .authcommon import (CRYPTO, MIN_RSA_BITS, KeyRecords, complete_lines, exempt, fetch_keys,
+                         key_name, message_bytes, unfold)
 from .pipeline import CONTINUE, Check, Context, Verdict
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def _chain(header: bytes) -> tuple[int, list[str]] | str:
 
 def _validate_in_thread(message: bytes, keys: KeyRecords) -> tuple[str, str]:
     try:
-        cv, _, reason = dkim.ARC(message, minkey=1024).verify(dnsfunc=keys.txt)
+        cv, _, reason = dkim.ARC(message, minkey=MIN_RSA_BITS).verify(dnsfunc=keys.txt)
     except Exception as exc:  # dkimpy's own errors and what it did not expect from the input
         return "fail", f"{type(exc).__name__}: {exc}"
     # cv None: an instance reported cv=fail, and the chain ended there (section 5.2 step 2).
@@ -139,6 +140,9 @@ async def verify(dns: DNSClient, header: bytes, client_ip: str = "", *,
     if keys.failed:
         return ARCResult("fail", highest, "key look-up failed: " + ", ".join(sorted(keys.failed)),
                          client_ip)
+    if keys.unusable:  # never handed to dkimpy: too costly, or no key at all
+        name, why = next(iter(keys.unusable.items()))
+        return ARCResult("fail", highest, f"{why} ({name})"[:200], client_ip)
     data = await load() if load is not None else None
     if data is None:
         return ARCResult("fail", highest, "the message was not available", client_ip)

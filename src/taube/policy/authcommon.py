@@ -16,16 +16,20 @@ import asyncio
 import email.utils
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+import dkim
+from dkim.util import parse_tag_value
 
 from ..lookup import DNSClient, TempError
 from .pipeline import Context
 
-__all__ = ["CRYPTO", "FromDomain", "HeaderField", "KeyRecords", "ascii_domain",
-           "complete_lines", "exempt", "fetch_keys", "from_domain", "header_fields", "key_name",
+__all__ = ["CRYPTO", "MAX_RSA_BITS", "MAX_RSA_EXPONENT_BITS", "MIN_RSA_BITS", "FromDomain",
+           "HeaderField", "KeyRecords", "ascii_domain", "complete_lines", "exempt", "fetch_keys",
+           "from_domain", "header_fields", "key_name", "key_problem",
            "message_bytes", "printable", "release_message", "safe_token", "unfold"]
 
 log = logging.getLogger("taube.policy.auth")
@@ -188,8 +192,8 @@ def from_domain(fields: Iterable[HeaderField]) -> FromDomain:
         return FromDomain("missing", reason="no From: field")
     domains: list[str] = []
     addresses = left_out = 0
-    for field in found:
-        text = unfold(field.value).decode("utf-8", "replace")
+    for author in found:
+        text = unfold(author.value).decode("utf-8", "replace")
         try:
             parsed = [addr for _, addr in email.utils.getaddresses([text]) if addr]
         except Exception:  # the parser's own trouble with a hostile field: no author in it
@@ -213,14 +217,30 @@ def from_domain(fields: Iterable[HeaderField]) -> FromDomain:
 
 # -- key records ----------------------------------------------------------------------------
 
+MIN_RSA_BITS = 1024
+"""RFC 8301 section 3.2: shorter RSA keys are not accepted."""
+
+MAX_RSA_BITS = 16384
+"""Longest RSA modulus used, as OpenSSL (OPENSSL_RSA_MAX_MODULUS_BITS); RFC 8301 asks
+verifiers for 4096. dkimpy verifies in pure Python, so the cost grows with the square of this."""
+
+MAX_RSA_EXPONENT_BITS = 64
+"""Longest RSA public exponent used, as OpenSSL for large moduli (OPENSSL_RSA_MAX_PUBEXP_BITS);
+real keys have 65537 (17 bits). An 8192-bit exponent on an 8192-bit modulus costs 2.5 s per
+verification, and the signer's own zone chooses the key."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecords:
     """The TXT records of DKIM key names (``selector._domainkey.domain``, RFC 6376 3.6.2.1)
     fetched ahead of a verification: ``records`` by lower-case name (an empty tuple: no such
-    name or no TXT there), ``failed`` the names whose look-up failed temporarily."""
+    name or no TXT there), ``failed`` the names whose look-up failed temporarily,
+    ``unusable`` the names whose key cannot or must not be used, with why (those are not in
+    ``records``: no verifier ever gets them)."""
 
     records: dict[str, tuple[bytes, ...]]
     failed: frozenset[str] = frozenset()
+    unusable: Mapping[str, str] = field(default_factory=dict)
 
     def txt(self, name: bytes | str, timeout: float = 0.0) -> bytes | None:
         """dkimpy's ``dnsfunc(name, timeout=...)``: the first TXT record of a fetched name
@@ -229,6 +249,28 @@ class KeyRecords:
         key = _key_name(name)
         found = self.records.get(key) if key is not None else None
         return found[0] if found else None
+
+
+def key_problem(name: str, record: bytes) -> str | None:
+    """Why the key record (RFC 6376 section 3.6.1) of ``name`` cannot be used, or None: revoked
+    (an empty p=), unreadable (its syntax, an unknown k=, a key dkimpy cannot parse), an RSA
+    key shorter than :data:`MIN_RSA_BITS`, or one too costly to verify with (see
+    :data:`MAX_RSA_BITS`, :data:`MAX_RSA_EXPONENT_BITS`)."""
+    try:
+        if parse_tag_value(record).get(b"p", b"x").strip() == b"":
+            return "key revoked"
+        public, bits, ktag, _ = dkim.evaluate_pk(name.encode(), record)
+    except Exception as exc:  # the record is the signer's text: whatever dkimpy makes of it
+        return printable(f"unusable key: {exc}")
+    if ktag != b"rsa":
+        return None
+    if bits < MIN_RSA_BITS:
+        return "key too short"
+    exponent_bits = int(public["publicExponent"]).bit_length()
+    if bits > MAX_RSA_BITS or exponent_bits > MAX_RSA_EXPONENT_BITS:
+        return (f"unusable key: RSA modulus of {bits} bits, exponent of {exponent_bits} bits "
+                f"(at most {MAX_RSA_BITS} and {MAX_RSA_EXPONENT_BITS})")
+    return None
 
 
 def _key_name(name: bytes | str) -> str | None:
@@ -250,8 +292,9 @@ def key_name(selector: bytes, domain: bytes) -> str | None:
 
 
 async def fetch_keys(dns: DNSClient, names: Iterable[str]) -> KeyRecords:
-    """The TXT records of every name, asked all at once; each look-up is bounded by the
-    client's deadline, so the whole is too."""
+    """The TXT records of every name, asked all at once, each key checked
+    (:func:`key_problem`); each look-up is bounded by the client's deadline, so the whole is
+    too."""
     unique = list(dict.fromkeys(names))
 
     async def one(name: str) -> tuple[bytes, ...] | None:
@@ -263,8 +306,12 @@ async def fetch_keys(dns: DNSClient, names: Iterable[str]) -> KeyRecords:
         return tuple(answer.texts())
 
     answers = await asyncio.gather(*(one(n) for n in unique))
-    return KeyRecords(records={n: a for n, a in zip(unique, answers) if a is not None},
-                      failed=frozenset(n for n, a in zip(unique, answers) if a is None))
+    records = {n: a for n, a in zip(unique, answers) if a is not None}
+    unusable = {n: why for n, a in records.items() if a
+                and (why := key_problem(n, a[0])) is not None}
+    return KeyRecords(records={n: a for n, a in records.items() if n not in unusable},
+                      failed=frozenset(n for n, a in zip(unique, answers) if a is None),
+                      unusable=unusable)
 
 
 # -- the message ----------------------------------------------------------------------------

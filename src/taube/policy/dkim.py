@@ -11,8 +11,9 @@ section 6.1 allows a verifier to limit its work):
 2. the key record ``s._domainkey.d`` is fetched through the :class:`DNSClient` (all keys of the
    message at once, before any verification): a look-up that times out or fails is
    **temperror**; no record, a record that is no usable key (section 3.6.1: bad syntax, an
-   unknown k=, a key dkimpy cannot parse, one shorter than 1024 bits) or a revoked key (empty
-   p=, section 3.6.1) is **permerror**;
+   unknown k=, a key dkimpy cannot parse, one shorter than 1024 bits, an RSA key too costly to
+   verify with: :func:`authcommon.key_problem`) or a revoked key (empty p=, section 3.6.1) is
+   **permerror**;
 3. dkimpy verifies the signature in a worker thread (:data:`authcommon.CRYPTO`) with a look-up
    function that answers from the fetched records only: **pass**, or **fail** when the body
    hash or the signature does not match (the message was changed).
@@ -42,8 +43,8 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..lookup import DNSClient
-from .authcommon import (CRYPTO, KeyRecords, complete_lines, exempt, fetch_keys, key_name,
-                         message_bytes, safe_token, unfold)
+from .authcommon import (CRYPTO, MIN_RSA_BITS, KeyRecords, complete_lines, exempt, fetch_keys,
+                         key_name, message_bytes, safe_token, unfold)
 from .pipeline import CONTINUE, Check, Context, Verdict
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ MAX_SIZE = 64 * 1024 * 1024
 DEADLINE = 30.0
 """Seconds the verification of one message may take in the worker thread."""
 
-_MIN_KEY_BITS = 1024  # RFC 8301 section 3.2: shorter RSA keys are not accepted
 _SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 
 
@@ -152,19 +152,9 @@ def _key_problem(sig: _Signature, keys: KeyRecords) -> DKIMResult | None:
     if sig.key in keys.failed:
         return DKIMResult("temperror", sig.domain, sig.selector, sig.algorithm,
                           "key look-up failed")
-    record = keys.txt(sig.key)
-    if record is None:
-        return DKIMResult("permerror", sig.domain, sig.selector, sig.algorithm, "no key")
-    try:
-        tags = parse_tag_value(record)
-        if tags.get(b"p", b"x").strip() == b"":
-            return DKIMResult("permerror", sig.domain, sig.selector, sig.algorithm, "key revoked")
-        _, bits, ktag, _ = dkim.evaluate_pk(sig.key.encode(), record)
-    except Exception as exc:  # the record is the signer's text: whatever dkimpy makes of it
-        return DKIMResult("permerror", sig.domain, sig.selector, sig.algorithm,
-                          f"unusable key: {exc}"[:200])
-    if ktag == b"rsa" and bits < _MIN_KEY_BITS:
-        return DKIMResult("permerror", sig.domain, sig.selector, sig.algorithm, "key too short")
+    why = keys.unusable.get(sig.key) or (None if keys.txt(sig.key) else "no key")
+    if why is not None:
+        return DKIMResult("permerror", sig.domain, sig.selector, sig.algorithm, why)
     return None
 
 
@@ -173,7 +163,7 @@ def _verify_in_thread(message: bytes, pending: list[_Signature],
     """dkimpy on the message for each pending signature (a worker thread)."""
     results = []
     try:
-        verifier = dkim.DKIM(message, minkey=_MIN_KEY_BITS)
+        verifier = dkim.DKIM(message, minkey=MIN_RSA_BITS)
     except (dkim.DKIMException, IndexError) as exc:
         return [DKIMResult("neutral", s.domain, s.selector, s.algorithm,
                            f"the message cannot be read: {exc}"[:200]) for s in pending]
