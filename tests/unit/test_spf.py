@@ -259,7 +259,7 @@ def test_the_domains_explanation_cannot_forge_a_log_line(server: DNSServer) -> N
     server.add("example.org", "TXT", '"v=spf1 -all exp=explain.example.org"')
     server.add("explain.example.org", "TXT",
                '"not you\\013\\010reject client=[192-0-2-1] accepted\\000 "' + ' "x"' * 3000)
-    verdicts, result = transaction(server, "enforce", BOB)
+    _, result = transaction(server, "enforce", BOB)
     assert result is not None and result.result == "fail"
     assert result.explanation.startswith("not you reject client=[192-0-2-1] accepted x")
     assert len(result.explanation) <= 200
