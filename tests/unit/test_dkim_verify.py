@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -208,6 +209,30 @@ def test_only_the_first_signatures_are_verified(server: DNSServer, ed: Key) -> N
     for _ in range(verifier.MAX_SIGNATURES + 3):
         data = sign(data, ed)
     assert [r.result for r in verify(server, data)] == ["pass"] * verifier.MAX_SIGNATURES
+
+
+def test_a_verification_past_its_deadline_lets_its_thread_go(
+        server: DNSServer, ed: Key, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten signatures over a body of megabytes: when the deadline passes, the session has its
+    temperror, and the worker thread stops after the signature it is on instead of hashing
+    the body for every remaining one while other sessions wait for it."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    monkeypatch.setattr(verifier, "CRYPTO", pool)
+    body = (b"x" * 70 + b" \t\r\n") * 40000  # 3 MB
+    signed = sign(message(body=body), ed)
+    field = signed[:signed.index(b"From:")]
+    try:
+        started = time.monotonic()
+        assert [r.result for r in verify(server, signed)] == ["pass"]
+        one = time.monotonic() - started  # one signature: the yardstick on this machine
+        started = time.monotonic()
+        found = verify(server, field * 9 + signed, deadline=one)
+        pool.submit(int).result()  # the thread is free again
+        freed = time.monotonic() - started
+    finally:
+        pool.shutdown(wait=True)
+    assert "temperror" in [r.result for r in found]
+    assert freed < 4 * one, f"{freed:.2f} s for one signature in {one:.2f} s"
 
 
 def test_too_large_a_message_is_not_verified(server: DNSServer, ed: Key) -> None:

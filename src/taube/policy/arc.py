@@ -28,6 +28,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -114,7 +115,9 @@ def _chain(header: bytes) -> tuple[int, list[str]] | str:
     return highest, names
 
 
-def _validate_in_thread(message: bytes, keys: KeyRecords) -> tuple[str, str]:
+def _validate_in_thread(message: bytes, keys: KeyRecords, expires: float) -> tuple[str, str]:
+    if time.monotonic() >= expires:  # waited for the thread until the deadline: too late
+        return "fail", "no worker thread free within the deadline"
     try:
         cv, _, reason = dkim.ARC(message, minkey=MIN_RSA_BITS).verify(dnsfunc=keys.txt)
     except Exception as exc:  # dkimpy's own errors and what it did not expect from the input
@@ -151,7 +154,7 @@ async def verify(dns: DNSClient, header: bytes, client_ip: str = "", *,
     try:
         async with asyncio.timeout(deadline):
             result, reason = await asyncio.get_running_loop().run_in_executor(
-                CRYPTO, _validate_in_thread, data, keys)
+                CRYPTO, _validate_in_thread, data, keys, time.monotonic() + deadline)
     except TimeoutError:
         return ARCResult("fail", highest, f"no result within {deadline:g} s", client_ip)
     return ARCResult(result, highest, str(reason)[:200], client_ip)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -64,7 +65,8 @@ MAX_SIZE = 64 * 1024 * 1024
 """Octets of a message verified at most: dkimpy holds the whole message in memory."""
 
 DEADLINE = 30.0
-"""Seconds the verification of one message may take in the worker thread."""
+"""Seconds the verification of one message may take in the worker thread; no signature is
+begun after it."""
 
 _SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 
@@ -158,16 +160,22 @@ def _key_problem(sig: _Signature, keys: KeyRecords) -> DKIMResult | None:
     return None
 
 
-def _verify_in_thread(message: bytes, pending: list[_Signature],
-                      keys: KeyRecords) -> list[DKIMResult]:
-    """dkimpy on the message for each pending signature (a worker thread)."""
-    results = []
+def _verify_in_thread(message: bytes, pending: list[_Signature], keys: KeyRecords,
+                      expires: float) -> list[DKIMResult]:
+    """dkimpy on the message for each pending signature (a worker thread), none begun after
+    ``expires`` (:func:`time.monotonic`): the session has had its temperror by then, and the
+    thread is wanted by the next message."""
+    results: list[DKIMResult] = []
+    if time.monotonic() >= expires:  # waited for the thread until the deadline
+        return results
     try:
         verifier = dkim.DKIM(message, minkey=MIN_RSA_BITS)
     except (dkim.DKIMException, IndexError) as exc:
         return [DKIMResult("neutral", s.domain, s.selector, s.algorithm,
                            f"the message cannot be read: {exc}"[:200]) for s in pending]
     for sig in pending:
+        if time.monotonic() >= expires:
+            break
         try:
             ok = verifier.verify(idx=sig.index, dnsfunc=keys.txt)
             result: Result = "pass" if ok else "fail"
@@ -220,10 +228,12 @@ async def _verify(pending: list[_Signature], keys: KeyRecords,
         return all_("policy", f"message larger than {max_size} octets not verified")
     try:
         async with asyncio.timeout(deadline):
-            return await asyncio.get_running_loop().run_in_executor(
-                CRYPTO, _verify_in_thread, data, pending, keys)
+            done = await asyncio.get_running_loop().run_in_executor(
+                CRYPTO, _verify_in_thread, data, pending, keys, time.monotonic() + deadline)
     except TimeoutError:
         return all_("temperror", f"no result within {deadline:g} s")
+    late = all_("temperror", f"no result within {deadline:g} s")
+    return done + late[len(done):]
 
 
 class DKIMCheck(Check):
