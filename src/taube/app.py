@@ -3,6 +3,12 @@
 The only module that names concrete classes. SIGTERM/SIGINT drain and stop; SIGHUP re-reads the
 configuration (domains, trusted networks, limits, users) without dropping connections; the
 listening addresses themselves need a restart.
+
+With ``[server] workers = 1`` :class:`App` is the whole server: it binds, recovers the queue,
+runs the queue runner and writes the pid file. With more, :func:`serve` starts the supervisor
+(server/supervisor.py), which does those things once and runs one :class:`App` per worker
+process with a :class:`WorkerRole`: the worker only serves connections on the sockets it was
+given and sends its requests to the supervisor's queue runner.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from .config import ConfigError, Settings, load_settings
 from .delivery.reports import Reporter
@@ -39,23 +47,48 @@ from .policy.rates import RateCheck, RateLimits
 from .policy.relay import RelayPolicy
 from .proto import replies as R
 from .queue.spool import Spool
-from .sharedstate import LocalState, SharedState
+from .server.channel import RunnerChannel
+from .sharedstate import LocalState, SharedState, SharedTable, open_shared
 from .signing.dkim import Signer
 from .signing.keys import KeyStore
 from .store.mailbox import MailboxFactory, MaildirMailbox
 from .store.maildir import MaildirStore
 
-__all__ = ["App", "serve"]
+__all__ = ["App", "WorkerRole", "open_state", "serve"]
 
 log = logging.getLogger("taube")
 # Commits wait on fsync; many in flight at once let the filesystem batch them into one journal
 # commit, so the pool is sized for concurrency, not for CPUs.
 COMMIT_THREADS = 64
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Several processes write to one standard error: each line names its process, as syslog does.
+LOG_FORMAT_WORKERS = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
-def build_services(settings: Settings, previous: Services | None = None) -> Services:
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """What a worker process is given by its supervisor (server/supervisor.py)."""
+
+    slot: int  # 0 .. workers-1; a restarted worker takes the slot (and sockets) of the dead one
+    sockets: Mapping[str, Sequence[socket.socket]]  # service -> listening sockets, bound already
+    requests: socket.socket  # the workers' end of the queue runner's request socket
+    ready: Callable[[], None]  # called once every listener accepts
+
+
+def open_state(settings: Settings, role: WorkerRole | None) -> SharedState:
+    """The state shared between connections. One process keeps it in memory; a worker opens
+    its handle, under its slot's id, on the table the supervisor made (sharedstate.py), so that
+    every limit, penalty, mailbox lock and SMTP-after-POP login holds across the workers."""
+    if role is None:
+        return LocalState()
+    return open_shared(settings.data_dir, worker_id=role.slot)
+
+
+def build_services(settings: Settings, previous: Services | None = None,
+                   role: WorkerRole | None = None) -> Services:
     """The services for ``settings``; on reload the directory and the spool are kept (they
-    hold open files and the queue-id sequence) and told the new settings."""
+    hold open files and the queue-id sequence) and told the new settings. A worker (``role``)
+    reaches the queue runner through its request socket instead of running or starting one."""
     if previous is not None:
         previous.directory.reload(settings.domains)
         directory, spool, state, tls = previous.directory, previous.spool, previous.state, previous.tls
@@ -76,11 +109,13 @@ def build_services(settings: Settings, previous: Services | None = None) -> Serv
         maildirs = MaildirStore(data / "mail")
         spool = Spool(data, settings.hostname, maildirs)
         mailboxes = maildir_mailboxes(maildirs)
-        state = LocalState()
+        state = open_state(settings, role)
         tls = TLSProvider(settings.tls.cert, settings.tls.key, data, settings.hostname)
         reporter = Reporter(spool, directory, settings)
-        runner: QueueRunner | RunnerProcess
-        if settings.delivery.runner_process:
+        runner: QueueRunner | RunnerProcess | RunnerChannel
+        if role is not None:
+            runner = RunnerChannel(role.requests, spool.queue)
+        elif settings.delivery.runner_process:
             runner = RunnerProcess(settings, spool.queue)
         else:
             runner = QueueRunner.for_spool(settings, spool, reporter)
@@ -123,8 +158,9 @@ def maildir_mailboxes(maildirs: MaildirStore) -> MailboxFactory:
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
-        self.services = build_services(settings)
+    def __init__(self, settings: Settings, role: WorkerRole | None = None) -> None:
+        self.role = role
+        self.services = build_services(settings, role=role)
         self.listeners: list[Listener] = []
         self._stop = asyncio.Event()
 
@@ -174,7 +210,9 @@ class App:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="taube-io"))
-        self.services.spool.recover()
+        role = self.role
+        if role is None:  # a worker's supervisor did this before any worker accepted
+            self.services.spool.recover()
         state = self.services.state
         s = self.settings
         services = (
@@ -186,11 +224,12 @@ class App:
             ("pop3s", s.pop3s.listen, self._pop3_factory(True), self._pop3_limits, self._pop3_refusal, True),
         )
         for name, addresses, factory, limits, refusal, implicit_tls in services:
-            if not addresses:
+            sockets = role.sockets.get(name, ()) if role is not None else None
+            if not (addresses if sockets is None else sockets):
                 continue
             listener = Listener(name, addresses, factory, state, limits, refusal,
                                 tls=self._tls_context if implicit_tls else None,
-                                counted_as="pop3" if name.startswith("pop3") else "smtp")
+                                counted_as="pop3" if name.startswith("pop3") else "smtp", sockets=sockets)
             try:
                 await listener.start()
             except OSError as e:
@@ -215,9 +254,15 @@ class App:
         if runner is not None:
             # SIGUSR1: `taube queue flush/retry` left a request in queue/requests
             loop.add_signal_handler(signal.SIGUSR1, runner.wake)
-        self._check_postmaster()
-        write_pid(self.settings.data_dir)
-        log.info("taube ready: hostname=%s data_dir=%s", self.settings.hostname, self.settings.data_dir)
+        if role is None:
+            self._check_postmaster()
+            write_pid(self.settings.data_dir)
+            log.info("taube ready: hostname=%s data_dir=%s", self.settings.hostname, self.settings.data_dir)
+        else:
+            if role.slot == 0:  # one warning, not one per worker
+                self._check_postmaster()
+            log.info("worker %d ready", role.slot)
+            role.ready()
         try:
             await self._stop.wait()
             log.info("shutting down: draining %d connection(s)", self.services.state.connection_count())
@@ -230,10 +275,13 @@ class App:
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner_task
         finally:
-            remove_pid(self.settings.data_dir)
+            if role is None:
+                remove_pid(self.settings.data_dir)
             for check in self.services.pipeline.checks:
                 if isinstance(check, (RateCheck, Greylist)):
                     check.close()
+            if isinstance(self.services.state, SharedTable):
+                self.services.state.close()
         log.info("stopped")
         return 0
 
@@ -261,14 +309,17 @@ class App:
                 log.warning("reload: %s changed; restart to apply it", what)
         settings = settings.model_copy(update={"data_dir": self.settings.data_dir,
                                                "hostname": self.settings.hostname})
-        self.services = build_services(settings, self.services)
+        self.services = build_services(settings, self.services, self.role)
         log.info("configuration reloaded from %s", settings.source or "built-in defaults")
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return asyncio.run(App(settings).run())
+    """``taube serve``: one process, or the supervisor of ``[server] workers`` processes."""
+    workers = settings.server.workers
+    logging.basicConfig(level=settings.log.level.upper(),
+                        format=LOG_FORMAT if workers == 1 else LOG_FORMAT_WORKERS, stream=sys.stderr)
+    from .loop import run  # uvloop when installed, unless TAUBE_EVENT_LOOP=asyncio
+    if workers == 1:
+        return run(App(settings).run())
+    from .server.supervisor import Supervisor  # only a supervisor needs it
+    return run(Supervisor(settings).run())

@@ -64,7 +64,7 @@ class TaubeServer:
                  trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128"), auth_toml: str = "",
                  submission: bool = False, smtps: bool = False, pop3: bool = False,
                  pop3s: bool = False, pop3_toml: str = "", host: str = "127.0.0.1",
-                 port: int | None = None) -> None:
+                 port: int | None = None, workers: int = 1) -> None:
         self.root = root
         self.host = host
         self.port = port or free_port(host)
@@ -80,6 +80,8 @@ class TaubeServer:
             # Tests that do not deliver: remote mail goes to a closed loopback port and waits
             # in the queue (deferred), never to the internet's DNS and MX hosts.
             extra_toml += f'\n[delivery]\nrelayhost = "[127.0.0.1]:{free_port()}"\n'
+        if "[server]" not in extra_toml:  # one process unless a test asks for workers
+            extra_toml += f"\n[server]\nworkers = {workers}\n"
         domain_list = ", ".join(f'"{d}"' for d in domains)
         trusted_list = ", ".join(f'"{n}"' for n in trusted)
         self.config.write_text(

@@ -37,7 +37,8 @@ from ..config import ConfigError, Settings, load_settings
 from ..queue.store import QueueStore
 from .runner import QueueRunner, hand_to_loop
 
-__all__ = ["MAX_LINE", "RunnerProcess", "apply_request", "count_pending", "main"]
+__all__ = ["MAX_LINE", "RunnerProcess", "apply_request", "count_pending", "flush_request", "main",
+           "wake_request"]
 
 log = logging.getLogger("taube.delivery")
 
@@ -116,12 +117,12 @@ class RunnerProcess:
         """Safe from any thread: from another one it is passed to the server's event loop."""
         if hand_to_loop(self._loop, self.wake, queue_id):
             return
-        self._send(f"wake {queue_id}" if queue_id else "scan")
+        self._send(wake_request(queue_id))
 
     def flush(self, domain: str | None, *, subdomains: bool = False) -> int:
         count = count_pending(self.store, domain, subdomains)
         if count:
-            self._send(f"flush {domain.lower() if domain else '*'} {int(subdomains)}")
+            self._send(flush_request(domain, subdomains))
         return count
 
     def _send(self, line: str) -> None:
@@ -258,6 +259,16 @@ async def _read_datagrams(sock: socket.socket, runner: QueueRunner) -> None:
     loop = asyncio.get_running_loop()
     while True:
         apply_request(await loop.sock_recv(sock, MAX_LINE), runner)
+
+
+def wake_request(queue_id: str | None) -> str:
+    """The request line for :meth:`QueueRunner.wake`."""
+    return f"wake {queue_id}" if queue_id else "scan"
+
+
+def flush_request(domain: str | None, subdomains: bool) -> str:
+    """The request line for :meth:`QueueRunner.flush` (ETRN)."""
+    return f"flush {domain.lower() if domain else '*'} {int(subdomains)}"
 
 
 def apply_request(line: bytes, runner: QueueRunner) -> None:
