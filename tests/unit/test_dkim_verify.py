@@ -94,6 +94,18 @@ def test_added_from_fails_because_from_is_oversigned(server: DNSServer, rsa: Key
     assert results(verify(server, data)) == [("fail", "example.org", "rsa")]
 
 
+def test_body_length_limit_passes_but_is_noted(server: DNSServer, rsa: Key) -> None:
+    """RFC 6376 8.2: with l= anything appended to the body is unsigned; the signature still
+    verifies (the RFC's result is pass), but the header and the log say that l= was used."""
+    data = sign(message(), rsa, length=True) + b"Appended by someone else\r\n"
+    found = verify(server, data)
+    assert results(found) == [("pass", "example.org", "rsa")]
+    assert found[0].length == len(b"Hello, Bob.\r\n")
+    assert "l=" in found[0].reason
+    assert str(found[0].authres()) == ("dkim=pass (l=13) header.d=example.org "
+                                       "header.a=rsa-sha256 header.s=rsa")
+
+
 def test_unsigned_header_field_added_still_passes(server: DNSServer, rsa: Key) -> None:
     data = sign(message(), rsa).replace(b"To: bob", b"X-Mailing-List: yes\r\nTo: bob")
     assert results(verify(server, data)) == [("pass", "example.org", "rsa")]
@@ -111,6 +123,7 @@ def test_no_signature_is_none_and_the_message_is_not_read(server: DNSServer) -> 
     b"DKIM-Signature: v=2; a=rsa-sha256; d=example.org; s=rsa; h=from; bh=AAAA; b=AAAA\r\n",
     b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; d=example.net; s=rsa\r\n",  # twice d=
     b"DKIM-Signature: this is no tag list\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; l=; bh=AAAA; b=AAAA\r\n",
     b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; bh=AAAA; b=AAAA; "
     b"i=@example.net\r\n",  # i= outside d=
     b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; bh=AAAA; b=AAAA; "

@@ -74,22 +74,26 @@ _SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 @dataclass(frozen=True, slots=True)
 class DKIMResult:
     """One signature's result: ``domain`` (d=), ``selector`` (s=), ``algorithm`` (a=) as given
-    ("" when unreadable), ``reason`` for the log and the header comment."""
+    ("" when unreadable), ``reason`` for the log; ``length`` the body length the signature
+    covers (l=), None when it covers the whole body."""
 
     result: Result
     domain: str = ""
     selector: str = ""
     algorithm: str = ""
     reason: str = ""
+    length: int | None = None
 
     @property
     def summary(self) -> str:
         return f"{self.result} header.d={self.domain or '-'} header.s={self.selector or '-'}"
 
     def authres(self) -> authres.DKIMAuthenticationResult:
-        """The ``dkim=`` clause of Authentication-Results (RFC 8601 section 2.7.1)."""
+        """The ``dkim=`` clause of Authentication-Results (RFC 8601 section 2.7.1); a pass with
+        l= says so in a comment: what follows that length in the body is nobody's."""
+        comment = f"l={self.length}" if self.length is not None and self.result == "pass" else None
         return authres.DKIMAuthenticationResult(
-            result=self.result, header_d=safe_token(self.domain),
+            result=self.result, result_comment=comment, header_d=safe_token(self.domain),
             header_s=safe_token(self.selector), header_a=safe_token(self.algorithm))
 
 
@@ -105,6 +109,7 @@ class _Signature:
     algorithm: str
     key: str | None  # the key record's name
     early: DKIMResult | None
+    length: int | None = None  # l=
 
 
 def _text(value: bytes | None) -> str:
@@ -145,7 +150,9 @@ def _read(index: int, value: bytes) -> _Signature:
     if name is None:
         return _Signature(index, domain, selector, algorithm, None,
                           DKIMResult("neutral", domain, selector, algorithm, "bad d= or s="))
-    return _Signature(index, domain, selector, algorithm, name, None)
+    given = tags.get(b"l", b"").strip()
+    length = int(given) if given.isdigit() else None  # dkimpy's check lets an empty l= by
+    return _Signature(index, domain, selector, algorithm, name, None, length)
 
 
 def _key_problem(sig: _Signature, keys: KeyRecords) -> DKIMResult | None:
@@ -180,6 +187,9 @@ def _verify_in_thread(message: bytes, pending: list[_Signature], keys: KeyRecord
             ok = verifier.verify(idx=sig.index, dnsfunc=keys.txt)
             result: Result = "pass" if ok else "fail"
             reason = "" if ok else "signature did not verify"
+            if ok and sig.length is not None:
+                # RFC 6376 8.2: a pass all the same, but content may have been appended.
+                reason = f"l={sig.length}: only that many body octets are signed"
         except dkim.ValidationError as exc:  # body hash mismatch among them: a changed message
             result, reason = "fail", str(exc)
         except dkim.KeyFormatError as exc:
@@ -188,7 +198,8 @@ def _verify_in_thread(message: bytes, pending: list[_Signature], keys: KeyRecord
             result, reason = "neutral", str(exc)
         except Exception as exc:  # malformed input dkimpy did not expect (bad base64, ...)
             result, reason = "neutral", f"{type(exc).__name__}: {exc}"
-        results.append(DKIMResult(result, sig.domain, sig.selector, sig.algorithm, reason[:200]))
+        results.append(DKIMResult(result, sig.domain, sig.selector, sig.algorithm, reason[:200],
+                                  sig.length))
     return results
 
 
