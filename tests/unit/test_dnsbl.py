@@ -210,6 +210,23 @@ def test_lookup_starts_at_connect_and_runs_once_per_connection(server: DNSServer
     assert list_queries(server).count((f"3.0.0.127.{BL}", "A")) == 1
 
 
+def test_a_list_that_lists_everything_refuses_no_one(server: DNSServer,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A list gone bad (an expired domain parked with a wildcard, a hijacked zone) answers
+    127.0.0.2 for every name. RFC 5782 5: 127.0.0.1 must never be listed; when it is, the
+    zone's listings mean nothing, and refusing every client on them would stop all mail."""
+    for name in (f"2.0.0.127.{BL}", f"3.0.0.127.{BL}", f"1.0.0.127.{BL}"):
+        server.add(name, "A", "127.0.0.2")
+    server.add(f"2.0.0.127.{BL2}", "A", "127.0.0.2")  # a sound list still counts
+    with caplog.at_level(logging.WARNING, logger="taube.policy.dnsbl"):
+        (clean,) = run(connection(Pipeline([lists(server)]), CLEAN))
+        (listed,) = run(connection(Pipeline([lists(server, block=(BL, BL2))]), CLIENT))
+    assert clean == Verdict.cont()
+    assert listed.action == "reject" and listed.reply is not None
+    assert listed.reply.text.endswith("blocked using bl2.example")
+    assert any("127.0.0.1" in r.getMessage() and BL in r.getMessage() for r in caplog.records)
+
+
 def test_second_connection_is_answered_from_the_cache(server: DNSServer) -> None:
     server.add(f"2.0.0.127.{BL}", "A", "127.0.0.2")
     server.add(f"2.0.0.127.{BL}", "TXT", '"spam source"')
@@ -224,7 +241,8 @@ def test_second_connection_is_answered_from_the_cache(server: DNSServer) -> None
     first, asked, second = run(two())
     assert first[0].action == second[0].action == "reject"
     assert first[0].reply == second[0].reply
-    assert asked == 2 and len(server.queries) == 2  # A and TXT once, then nothing
+    # A, TXT and the list's test entry 127.0.0.1 once, then nothing
+    assert asked == 3 and len(server.queries) == 3
 
 
 def test_rcpt_without_connect_starts_the_lookup(server: DNSServer) -> None:

@@ -10,7 +10,10 @@ Some answers in 127.0.0.0/8 are not listings but the list speaking to the operat
 :data:`ERROR_CODES`); they are logged once per zone and code and otherwise ignored, as is an
 answer outside 127.0.0.0/8 (a resolver that rewrites NXDOMAIN). A look-up that times out or
 fails is no listing either (a slow list must not stop mail): it is logged and the client is
-accepted.
+accepted. A zone that lists its test entry 127.0.0.1, which RFC 5782 section 5 says must never
+be listed, lists everything (an expired list's domain parked under a wildcard, a hijacked
+zone): its listings are ignored and the fault logged, instead of refusing every client. That
+test name is asked only when a client is listed, and is cached like any answer.
 
 One look-up per connection: :meth:`DNSLists.connect` starts it for every zone at once, as a
 task kept in ``ctx.notes`` under :data:`NOTE`, and RCPT awaits it, so the DNS is asked while the
@@ -79,7 +82,8 @@ class Listing:
 @dataclass(frozen=True, slots=True)
 class ListResult:
     """All zones for one client: the first block list (in configuration order) that lists it,
-    the first allow list that lists it, and the zones that gave no answer (temperror)."""
+    the first allow list that lists it, and the zones that gave no usable answer (no answer
+    in time, or a zone that lists everything)."""
 
     blocked: Listing | None = None
     allowed: Listing | None = None
@@ -226,6 +230,8 @@ class DNSLists(Check):
         codes = tuple(code for code in answer.records if self._is_listing(zone, code))
         if not codes:
             return None
+        if await self._lists_everything(zone):
+            return "temperror"
         try:
             reason = _reason((await self.dns.query(name, "TXT")).texts())
         except TempError:
@@ -233,6 +239,22 @@ class DNSLists(Check):
         log.info("client %s listed in %s (%s)%s", client_ip, zone, ", ".join(codes),
                  f": {reason}" if reason else "")
         return Listing(zone=zone, codes=codes, reason=reason)
+
+    async def _lists_everything(self, zone: str) -> bool:
+        """Whether ``zone`` lists 127.0.0.1, its never-listed test entry (RFC 5782 section 5).
+        A failed look-up of it is no proof: the listing then stands."""
+        try:
+            answer = await self.dns.query(f"1.0.0.127.{zone}", "A")
+        except TempError:
+            return False
+        if not any(self._is_listing(zone, code) for code in answer.records):
+            return False
+        key = (zone, "everything")
+        if key not in self._logged and len(self._logged) < _MAX_LOGGED:
+            self._logged.add(key)
+            log.warning("DNS list %s lists 127.0.0.1, which no list may (RFC 5782 section 5): it "
+                        "answers for every address, so its listings are ignored", zone)
+        return True
 
     def _is_listing(self, zone: str, code: str) -> bool:
         try:
