@@ -116,8 +116,6 @@ class SharedTable:
         index = self._services.get(service)
         if index is None:
             index = self._service(service)
-        if per_client_limit is not None and per_client_limit <= 0:
-            return TOO_MANY_FROM
         pair = (index, client)
         counts, mm = self._layout.counts, self._mm
         total_at = self._layout.total_at(index)
@@ -126,6 +124,8 @@ class SharedTable:
             mine = self._mine.get(pair)
             if sum(counts.unpack_from(mm, total_at)) >= total_limit:
                 return TOO_MANY
+            if per_client_limit is not None and per_client_limit <= 0:
+                return TOO_MANY_FROM
             slot = mine[0] if mine is not None else self._conn_slot(index, client)
             if slot >= 0:
                 if (per_client_limit is not None
