@@ -227,6 +227,16 @@ def test_a_list_that_lists_everything_refuses_no_one(server: DNSServer,
     assert any("127.0.0.1" in r.getMessage() and BL in r.getMessage() for r in caplog.records)
 
 
+def test_a_flood_of_listing_codes_is_kept_short(server: DNSServer) -> None:
+    """Thousands of A records in one answer (over TCP): the listing keeps a few codes, and the
+    log line of each refusal stays short."""
+    codes = [f"127.0.{i // 256}.{i % 256}" for i in range(2, 3000)]
+    server.add(f"2.0.0.127.{BL}", "A", *codes)
+    (verdict,) = run(connection(Pipeline([lists(server)]), CLIENT))
+    assert verdict.action == "reject" and len(verdict.reason) < 200
+    assert verdict.reason.startswith("listed in bl.example (127.0.0.")
+
+
 def test_second_connection_is_answered_from_the_cache(server: DNSServer) -> None:
     server.add(f"2.0.0.127.{BL}", "A", "127.0.0.2")
     server.add(f"2.0.0.127.{BL}", "TXT", '"spam source"')

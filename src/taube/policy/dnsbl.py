@@ -40,7 +40,7 @@ from .authcommon import printable
 from .pipeline import Check, Context, Verdict
 from .relay import client_address
 
-__all__ = ["ERROR_CODES", "NOTE", "DNSLists", "ListLookup", "ListResult", "Listing",
+__all__ = ["ERROR_CODES", "MAX_CODES", "NOTE", "DNSLists", "ListLookup", "ListResult", "Listing",
            "dnswl_listed", "query_name"]
 
 log = logging.getLogger("taube.policy.dnsbl")
@@ -66,13 +66,17 @@ MAX_REASON = 200
 """Characters of a list's TXT reason quoted to the client: enough for a URL and a sentence, and
 a reply line well under RFC 5321's 512 octets (section 4.5.3.1.5) with the rest of the text."""
 
+MAX_CODES = 8
+"""Listing codes (A records) kept per zone: lists give one, or a few for several reasons."""
+
 _MAX_LOGGED = 1000  # (zone, code) pairs logged once per process; bounded against a hostile list
 
 
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """The client is listed in ``zone``: the A records (``codes``) and the TXT reason, printable
-    ASCII at most :data:`MAX_REASON` characters ("" when the list gives none)."""
+    """The client is listed in ``zone``: the A records (``codes``, at most :data:`MAX_CODES`)
+    and the TXT reason, printable ASCII at most :data:`MAX_REASON` characters ("" when the list
+    gives none)."""
 
     zone: str
     codes: tuple[str, ...]
@@ -227,7 +231,9 @@ class DNSLists(Check):
             log.warning("DNS list %s: no answer for %s (%s); not treated as listed",
                         zone, client_ip, exc)
             return "temperror"
-        codes = tuple(code for code in answer.records if self._is_listing(zone, code))
+        # A few codes say what the list means; thousands (one answer over TCP holds them)
+        # would only make every refusal's log line long.
+        codes = tuple(code for code in answer.records if self._is_listing(zone, code))[:MAX_CODES]
         if not codes:
             return None
         if await self._lists_everything(zone):
