@@ -5,15 +5,25 @@ Every directory lookup runs in a worker thread: the directory is SQLite, and a l
 waits on its lock or the disk must not stall the other connections. The threads are this
 module's own (:data:`LOOKUPS`), not the loop's default pool, whose threads may all be waiting
 on commits' fsyncs under load: a RCPT is never queued behind them.
+
+What a lookup found is kept for :data:`ANSWER_TTL` seconds (:class:`Answers`) and answered on
+the event loop: a burst of mail for one recipient costs one directory read per interval instead
+of a thread hop per RCPT (the hop costs more CPU than the read, and hands the interpreter lock
+back and forth with the commit threads). "Unknown user" is never kept, so a user or alias
+added with the command line is found by the next RCPT; one removed stops receiving within
+:data:`ANSWER_TTL`, as does a domain's change between local and remote; a SIGHUP, which
+builds new checks, forgets every answer at once. A sender check (``sender_login_match``) keeps
+only the answer that the user owns the address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from ..directory.base import Directory
 from ..directory.resolve import Resolution, resolve_recipient
@@ -27,12 +37,50 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..sharedstate import SharedState
 
-__all__ = ["LocalPolicy", "LocalRules", "owns_sender", "postmaster_for"]
+__all__ = ["ANSWER_TTL", "Answers", "LocalPolicy", "LocalRules", "owns_sender", "postmaster_for"]
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 # Directory lookups of the SMTP sessions (see the module docstring): quick SQLite reads, a few
 # threads suffice; they never wait behind the commit threads' fsyncs.
 LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="taube-lookup")
+# Seconds a directory answer is reused (see the module docstring): long enough
+# that a busy recipient is read about once per interval, short enough that a removed user is
+# soon refused.
+ANSWER_TTL = 2.0
+# Answers kept at most; a full table forgets its expired answers, or all of them.
+ANSWERS_MAX = 4096
+
+
+class Answers(Generic[K, T]):
+    """Directory answers by key, each for ``ttl`` seconds of ``clock``; at most ``limit``."""
+
+    def __init__(self, ttl: float = ANSWER_TTL, limit: int = ANSWERS_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self.clock = clock
+        self._answers: dict[K, tuple[float, T]] = {}
+
+    def get(self, key: K) -> T | None:
+        kept = self._answers.get(key)
+        if kept is None:
+            return None
+        if kept[0] <= self.clock():
+            del self._answers[key]
+            return None
+        return kept[1]
+
+    def put(self, key: K, answer: T) -> None:
+        now = self.clock()
+        if len(self._answers) >= self.limit:
+            self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
+            if len(self._answers) >= self.limit:  # all fresh: a flood of distinct addresses
+                self._answers.clear()
+        self._answers[key] = (now + self.ttl, answer)
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
 
 class _PostmasterSettings(Protocol):
@@ -90,11 +138,15 @@ class LocalPolicy(Check):
     name = "local"
 
     def __init__(self, rules: LocalRules, directory: Directory, relay: RelayPolicy,
-                 state: SharedState | None = None) -> None:
+                 state: SharedState | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rules = rules
         self.directory = directory
         self.relay = relay
         self.state = state
+        # Answers given on the loop for a while (see the module docstring).
+        self.resolved: Answers[tuple[str, str, str], tuple[str, Resolution]] = Answers(clock=clock)
+        self.owned: Answers[tuple[str, str], bool] = Answers(clock=clock)
 
     async def _lookup(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(LOOKUPS, fn, *args)
@@ -106,20 +158,27 @@ class LocalPolicy(Check):
     async def mail(self, ctx: Context) -> Verdict:
         user, sender = ctx.user, ctx.tx.sender
         if (user is not None and sender and self.rules.sender_login_match
-                and not await self._lookup(owns_sender, self.directory, user, sender)):
+                and not await self._owns(user, sender)):
             return Verdict.reject(
                 Reply(code=553, enhanced="5.7.1",
                       text=f"<{sender}>: Sender address rejected: not owned by user {user}"),
                 "sender login mismatch")
         return Verdict.cont()
 
+    async def _owns(self, user: str, sender: str) -> bool:
+        key = (user, sender)
+        if self.owned.get(key):
+            return True
+        owned = await self._lookup(owns_sender, self.directory, user, sender)
+        if owned:
+            self.owned.put(key, True)
+        return owned
+
     # --- RCPT ------------------------------------------------------------------------------
     async def rcpt(self, ctx: Context) -> Verdict:
         rcpt = ctx.tx.rcpt
         assert rcpt is not None
-        resolution = await self._lookup(self._resolve, rcpt.address, rcpt.local, rcpt.domain)
-        address = resolution[0]
-        resolved: Resolution = resolution[1]
+        address, resolved = await self._resolution(rcpt.address, rcpt.local, rcpt.domain)
         if resolved.status == "unknown_user":
             return Verdict.reject(
                 Reply(code=550, enhanced="5.1.1", text=f"<{address}>: Recipient address rejected: "
@@ -131,6 +190,17 @@ class LocalPolicy(Check):
                                   f"relay to {rcpt.domain} from untrusted client")
         rcpt.address, rcpt.targets = address, list(resolved.targets)
         return Verdict.cont()
+
+    async def _resolution(self, address: str, local: str, domain: str) -> tuple[str, Resolution]:
+        """:meth:`_resolve`, from :attr:`resolved` when it is there; an unknown user is always
+        looked up again, so that one added meanwhile is found."""
+        key = (address, local, domain)
+        answer = self.resolved.get(key)
+        if answer is None:
+            answer = await self._lookup(self._resolve, address, local, domain)
+            if answer[1].status != "unknown_user":
+                self.resolved.put(key, answer)
+        return answer
 
     def _resolve(self, address: str, local: str, domain: str) -> tuple[str, Resolution]:
         """(blocking) The address as replies show it, and where it leads."""
