@@ -25,6 +25,8 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,20 +45,29 @@ WARM_UP_SIZE = 1024
 
 
 class MemoryServer(TaubeServer):
-    """taube with room for many connections and large messages."""
+    """taube with room for many connections and large messages, only [smtp] listening."""
+
+    max_connections = 100000
 
     def config_text(self) -> str:
-        return (f'hostname = "{self.domain}"\n'
-                'data_dir = "var"\n'
-                f'domains = ["{self.domain}"]\n'
-                'trusted_networks = ["127.0.0.0/8"]\n'
-                "[smtp]\n"
-                f'listen = ["{HOST}:{self.port}"]\n'
-                "max_connections = 100000\n"
-                "max_connections_per_client = 100000\n"
-                f"max_message_size = {64 * MIB}\n"
+        return (super().config_text()
+                + f"max_message_size = {64 * MIB}\n"
                 "[submission]\nlisten = []\n[smtps]\nlisten = []\n"
                 "[pop3]\nlisten = []\n[pop3s]\nlisten = []\n")
+
+
+@contextmanager
+def running(variant: Variant) -> Iterator[tuple[TaubeServer, int]]:
+    """A fresh MemoryServer of ``variant`` and its PID; stopped and removed afterwards."""
+    with fresh_directory("taube-memory-bench-") as workdir:
+        server = variant.apply(MemoryServer(workdir))
+        assert isinstance(server, TaubeServer)
+        server.start()
+        try:
+            assert server.root_pid is not None
+            yield server, server.root_pid
+        finally:
+            server.stop()
 
 
 @dataclass
@@ -150,55 +161,42 @@ def settled_rss(pid: int) -> float:
 
 def measure_idle(variant: Variant, connections: int) -> IdleMeasurement:
     m = IdleMeasurement(variant.name, connections)
-    with fresh_directory("taube-memory-bench-") as workdir:
-        server = variant.apply(MemoryServer(workdir))
-        server.start()
-        try:
-            pid = server.root_pid
-            assert pid is not None
-            m.server_open_files_limit = [open_files_limit(p) for p in descendants(pid)]
-            m.rss_before_mb = settled_rss(pid)
+    with running(variant) as (server, pid):
+        m.server_open_files_limit = [open_files_limit(p) for p in descendants(pid)]
+        m.rss_before_mb = settled_rss(pid)
 
-            async def hold() -> None:
-                writers = await open_idle(server.port, connections, m.errors)
-                m.opened = len(writers)
-                m.rss_held_mb = await asyncio.to_thread(settled_rss, pid)
-                m.greeting_ms = await time_greetings(server.port, PROBES)
-                for writer in writers:
-                    writer.close()
+        async def hold() -> None:
+            writers = await open_idle(server.port, connections, m.errors)
+            m.opened = len(writers)
+            m.rss_held_mb = await asyncio.to_thread(settled_rss, pid)
+            m.greeting_ms = await time_greetings(server.port, PROBES)
+            for writer in writers:
+                writer.close()
 
-            run_async(hold())
-        finally:
-            server.stop()
-        m.event_loop = server.event_loop()  # type: ignore[attr-defined]
+        run_async(hold())
+    m.event_loop = server.event_loop()
     return m
 
 
 def measure_sizes(variant: Variant, sizes: list[int]) -> list[SizeMeasurement]:
     found = []
-    with fresh_directory("taube-memory-bench-") as workdir:
-        server = variant.apply(MemoryServer(workdir))
-        server.start()
-        try:
-            pid = server.root_pid
-            assert pid is not None
-            # an untimed first message: what the first transaction loads lazily (modules,
-            # thread pool) is not the message size's doing
-            warm_up = run_smtp_load("loadgen", server.port, 1, 1, WARM_UP_SIZE).accepted or 0
-            for size in sizes:
-                m = SizeMeasurement(variant.name, size)
-                outcome = run_smtp_load("loadgen", server.port, 1, 1, size)
-                m.accepted, m.errors = outcome.accepted == 1, outcome.errors
-                m.rss_mb = settled_rss(pid)
-                m.peak_rss_mb = tree_memory(pid).peak_rss_mb
-                found.append(m)
-        finally:
-            server.stop()
+    with running(variant) as (server, pid):
+        # an untimed first message: what the first transaction loads lazily (modules,
+        # thread pool) is not the message size's doing
+        warm_up = run_smtp_load("loadgen", server.port, 1, 1, WARM_UP_SIZE).accepted or 0
+        for size in sizes:
+            m = SizeMeasurement(variant.name, size)
+            outcome = run_smtp_load("loadgen", server.port, 1, 1, size)
+            m.accepted, m.errors = outcome.accepted == 1, outcome.errors
+            m.rss_mb = settled_rss(pid)
+            m.peak_rss_mb = tree_memory(pid).peak_rss_mb
+            found.append(m)
+        server.stop()  # before the Maildir is read: nothing is still being written
         stored = sorted(f.stat().st_size for f in Path(server.maildir_new()).iterdir())
-        sent = sorted([WARM_UP_SIZE] * warm_up + [m.size for m in found if m.accepted])
-        # each stored file is the message plus taube's trace header fields, never less
-        if len(stored) != len(sent) or any(s < n or s > n + 4096 for s, n in zip(stored, sent)):
-            found[-1].errors[f"Maildir holds sizes {stored} for {sent}"] = 1
+    sent = sorted([WARM_UP_SIZE] * warm_up + [m.size for m in found if m.accepted])
+    # each stored file is the message plus taube's trace header fields, never less
+    if len(stored) != len(sent) or any(s < n or s > n + 4096 for s, n in zip(stored, sent)):
+        found[-1].errors[f"Maildir holds sizes {stored} for {sent}"] = 1
     return found
 
 

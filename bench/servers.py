@@ -158,8 +158,25 @@ def run_taube(executable: Path, config: Path, cwd: Path, *args: str, stdin: byte
                                 f"{last_line}\n{output[-1500:]}")
 
 
-class ProcessServer:
-    """A server that is one child process, stopped with SIGTERM."""
+class TreeStats:
+    """CPU time and memory of all the processes below ``root_pid``."""
+
+    @property
+    def root_pid(self) -> int | None:
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> float | None:
+        pid = self.root_pid
+        return None if pid is None else tree_cpu_seconds(pid)
+
+    def memory(self) -> Memory | None:
+        pid = self.root_pid
+        return None if pid is None else tree_memory(pid)
+
+
+class ProcessServer(TreeStats):
+    """A server that is one child process (with its own children, if any), stopped with
+    SIGTERM."""
 
     name = "process"
     delivers_later = False
@@ -211,13 +228,6 @@ class ProcessServer:
         """The PID at the top of the server's processes (one we started)."""
         return None if self.process is None else self.process.pid
 
-    def cpu_seconds(self) -> float | None:
-        pid = self.root_pid
-        return None if pid is None else tree_cpu_seconds(pid)
-
-    def memory(self) -> Memory | None:
-        pid = self.root_pid
-        return None if pid is None else tree_memory(pid)
 
 
 @dataclass(frozen=True)
@@ -286,6 +296,7 @@ class TaubeServer(ProcessServer):
     domain = DOMAIN
     users: tuple[str, ...] = (USER,)  # added with `taube user add`
     workers: int | None = None  # [server] workers, when set
+    max_connections = 500  # in total and per client
 
     @property
     def config(self) -> Path:
@@ -301,8 +312,8 @@ class TaubeServer(ProcessServer):
                 'trusted_networks = ["127.0.0.0/8"]\n'
                 "[smtp]\n"
                 f'listen = ["{HOST}:{self.port}"]\n'
-                "max_connections = 500\n"
-                "max_connections_per_client = 500\n")
+                f"max_connections = {self.max_connections}\n"
+                f"max_connections_per_client = {self.max_connections}\n")
 
     def event_loop(self) -> str | None:
         return logged_event_loop(self.log)
@@ -348,7 +359,7 @@ class SmtpSinkServer(ProcessServer):
             raise ServerUnavailable("smtp-sink is not installed (bash bench/install-peers.sh)")
 
 
-class PostfixServer:
+class PostfixServer(TreeStats):
     """A private Postfix instance; acknowledges after its queue fsync, delivers afterwards.
 
     With ``relayhost`` (``[127.0.0.1]:PORT``) it relays everything not for ``domain`` there.
@@ -391,13 +402,6 @@ class PostfixServer:
         """Postfix's master (from its pid file): it starts and reaps every other process."""
         return self.instance.master_pid()
 
-    def cpu_seconds(self) -> float | None:
-        pid = self.root_pid
-        return None if pid is None else tree_cpu_seconds(pid)
-
-    def memory(self) -> Memory | None:
-        pid = self.root_pid
-        return None if pid is None else tree_memory(pid)
 
 
 SERVERS: dict[str, type[ProcessServer] | type[PostfixServer]] = {
