@@ -10,12 +10,18 @@ one object may serve a whole pool.
 
 Old rows are purged now and then by whichever process is writing, in batches of a bounded
 size, so that no decision ever waits for a purge of the whole table.
+
+The files hold client addresses, senders and recipients: they are the server's alone (mode
+0600, whatever the umask; SQLite gives its -wal and -shm files the database file's mode), and
+a file an earlier version left readable by others is made private when it is opened.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -25,6 +31,8 @@ from typing import Literal
 __all__ = ["StateDB"]
 
 log = logging.getLogger("taube.policy.statedb")
+
+_PRIVATE = 0o600  # read and write for the server's user only
 
 
 class StateDB(ABC):
@@ -42,6 +50,7 @@ class StateDB(ABC):
         self._lock = threading.Lock()
         self._next_purge = 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(self.path)
         # isolation_level=None: no implicit transactions; a statement commits by itself, and a
         # subclass that needs several statements says BEGIN IMMEDIATE.
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
@@ -74,3 +83,18 @@ class StateDB(ABC):
             self._purge(now)
         except sqlite3.Error as exc:
             log.warning("%s: purge failed: %s", self.path, exc)
+
+
+def _make_private(path: Path) -> None:
+    """Create ``path`` with mode 0600 if it is missing (before SQLite would, with the umask's
+    mode), and take every permission for others from it and its WAL files."""
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, _PRIVATE))
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(each.stat().st_mode)
+            if mode & 0o077:
+                each.chmod(mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours to change: say so, and go on
+            log.warning("%s: cannot make it private (mode 0600): %s", each, exc)
