@@ -1,8 +1,10 @@
 """The SQLite state files of the checks (policy/statedb.py), through both of their kinds (the
-greylisting triples, the rate counters): who may read them."""
+greylisting triples, the rate counters): who may read them, and what the checks do when the
+file cannot be opened."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from taube.policy.greylist import GreylistDB
-from taube.policy.rates import RateCounter
+from taube.policy.greylist import GREYLISTED, Greylist, GreylistDB
+from taube.policy.pipeline import Context, Pipeline, Recipient, Verdict
+from taube.policy.rates import RateCheck, RateCounter, RateLimits
 from taube.policy.statedb import StateDB
 from tests.clock import Clock
 
@@ -77,3 +80,44 @@ def test_a_file_others_could_read_is_made_private(tmp_path: Path,
     found = modes(tmp_path)
     again.close()
     assert set(found.values()) == {0o600}
+
+
+def test_greylisting_that_cannot_open_its_file_lets_mail_through(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """data_dir unwritable (here: a file where the directory should be): the server still
+    starts, each decision lets the client through with a log line, never a traceback or a
+    refusal, and greylisting works again once the file can be made."""
+    data_dir = tmp_path / "data"
+    data_dir.write_text("not a directory")
+    grey = Greylist.open(data_dir, delay=300.0, expiry=86400.0, trusted=lambda ip: False,
+                         clock=Clock())
+    assert asyncio.run(attempt(grey)) == Verdict.cont()
+    assert "greylist" in caplog.text and str(data_dir) in caplog.text
+    data_dir.unlink()
+    data_dir.mkdir()
+    assert asyncio.run(attempt(grey)).reply == GREYLISTED
+    grey.close()
+
+
+def test_rate_counters_that_cannot_open_their_file_count_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.write_text("not a directory")
+    check = RateCheck.open(data_dir, RateLimits(messages=1), lambda ip: False, clock=Clock())
+    assert [asyncio.run(mail(check)).refused for _ in range(3)] == [False] * 3
+    assert "rate counters" in caplog.text
+    data_dir.unlink()
+    data_dir.mkdir()
+    assert [asyncio.run(mail(check)).refused for _ in range(2)] == [False, True]
+    check.close()
+
+
+async def attempt(check: Greylist) -> Verdict:
+    ctx = Context(client_ip="192.0.2.1")
+    ctx.tx.sender = "s@example.org"
+    ctx.tx.rcpt = Recipient(address="r@example.net", local="r", domain="example.net")
+    return await Pipeline([check]).rcpt(ctx)
+
+
+async def mail(check: RateCheck) -> Verdict:
+    return await Pipeline([check]).mail(Context(client_ip="192.0.2.1"))

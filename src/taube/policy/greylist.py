@@ -26,7 +26,10 @@ process that serves SMTP opens its own connection to the same file; each decisio
 ``BEGIN IMMEDIATE`` transaction, so concurrent processes neither corrupt nor double-count a
 triple (the second waits up to :data:`BUSY_TIMEOUT`). Look-ups run in this module's own small
 thread pool (:data:`WORKERS`), off the event loop, as :mod:`taube.policy.local` does for the
-directory. The clock is the wall clock (the state outlives the process); tests inject their own.
+directory. The clock is the wall clock (the state outlives the process); tests inject their own. When the
+file cannot be opened or written (data_dir read-only or full), the client is let through and the
+fault logged: greylisting is a filter, and deferring every sender until the file is fixed would
+lose mail.
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ __all__ = ["BUSY_TIMEOUT", "GREYLISTED", "RETRY_WINDOW", "Decision", "Greylist",
 log = logging.getLogger("taube.policy.greylist")
 
 GREYLISTED = Reply(code=451, enhanced="4.7.1", text="Greylisted, try again later")
-UNAVAILABLE = Reply(code=451, enhanced="4.3.0", text="Temporary local problem, try again later")
 
 RETRY_WINDOW = 2 * 86400.0
 """How long a triple that never passed is kept (Postgrey's ``--retry-window`` default)."""
@@ -133,7 +135,7 @@ class GreylistDB(StateDB):
         key = (network[:MAX_FIELD], sender.lower()[:MAX_FIELD], recipient.lower()[:MAX_FIELD])
         with self._lock:
             now = self.clock()
-            db = self._db
+            db = self._connection()
             db.execute("BEGIN IMMEDIATE")  # the write lock first: no two processes both insert
             try:
                 row = db.execute("SELECT first_seen, last_seen, passed FROM triples "
@@ -167,7 +169,7 @@ class GreylistDB(StateDB):
 
     def _purge(self, now: float) -> int:
         # Forgotten triples, at most PURGE_BATCH, oldest first through the last_seen index.
-        cursor = self._db.execute(
+        cursor = self._connection().execute(
             "DELETE FROM triples WHERE rowid IN (SELECT rowid FROM triples WHERE last_seen < ? "
             "AND (passed = 0 OR last_seen < ?) ORDER BY last_seen LIMIT ?)",
             (now - min(self.expiry, RETRY_WINDOW), now - self.expiry, PURGE_BATCH))
@@ -176,7 +178,7 @@ class GreylistDB(StateDB):
     def count(self) -> int:
         """The triples stored."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM triples").fetchone()[0])
+            return int(self._connection().execute("SELECT count(*) FROM triples").fetchone()[0])
 
 
 class Greylist(Check):
@@ -213,9 +215,11 @@ class Greylist(Check):
             decision = await asyncio.get_running_loop().run_in_executor(
                 WORKERS, self.db.check, network, sender, rcpt.address)
         except sqlite3.Error as exc:
-            # As Postfix when its policy server fails: defer, never accept unchecked or refuse.
-            log.error("greylist database %s: %s", self.db.path, exc)
-            return Verdict.tempfail(UNAVAILABLE, f"greylist database: {exc}")
+            # Fail open: a broken or unwritable file (data_dir read-only or full) must not
+            # defer all mail from outside until senders give up; greylisting is a filter.
+            log.error("greylist database %s: %s; <%s> -> <%s> from %s not greylisted",
+                      self.db.path, exc, sender, rcpt.address, ctx.client_ip)
+            return Verdict.cont()
         if decision.greylisted:
             return Verdict.tempfail(GREYLISTED, f"greylisted ({decision.outcome}) {network} "
                                                 f"<{sender}> -> <{rcpt.address}>, retry in "

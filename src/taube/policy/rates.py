@@ -121,7 +121,7 @@ class RateCounter(StateDB):
             now = self.clock()
             # fetchall: step the statement to its end, so that its implicit transaction commits
             # now and the write lock is not held until the cursor is collected.
-            (row,) = self._db.execute(_HIT, (kind, _client_key(client_ip), now,
+            (row,) = self._connection().execute(_HIT, (kind, _client_key(client_ip), now,
                                              self.window)).fetchall()
             self._purge_now_and_then(now)
         return int(row[0])
@@ -129,7 +129,7 @@ class RateCounter(StateDB):
     def count(self, kind: Kind, client_ip: str) -> int:
         """The events in the client's current window (0 when it is closed)."""
         with self._lock:
-            row = self._db.execute("SELECT start, count FROM rates WHERE kind = ? AND client = ?",
+            row = self._connection().execute("SELECT start, count FROM rates WHERE kind = ? AND client = ?",
                                    (kind, _client_key(client_ip))).fetchone()
             now = self.clock()
         if row is None or abs(now - row[0]) >= self.window:
@@ -138,7 +138,7 @@ class RateCounter(StateDB):
 
     def _purge(self, now: float) -> int:
         # Closed windows, at most PURGE_BATCH, oldest first through the start index.
-        cursor = self._db.execute(
+        cursor = self._connection().execute(
             "DELETE FROM rates WHERE rowid IN (SELECT rowid FROM rates WHERE start <= ? "
             "ORDER BY start LIMIT ?)", (now - self.window, PURGE_BATCH))
         return cursor.rowcount

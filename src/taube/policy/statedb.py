@@ -39,7 +39,12 @@ class StateDB(ABC):
     """One state file: ``schema`` (idempotent SQL) applied at opening; ``synchronous`` "NORMAL"
     (a power loss may forget the last commits, never corrupt the file) or "OFF" (for counters
     that mean nothing after a minute); ``clock``: wall-clock seconds, the same in every process.
-    A subclass says how to purge (:meth:`_purge`) and how often (``purge_interval``)."""
+    A subclass says how to purge (:meth:`_purge`) and how often (``purge_interval``), and
+    reaches the file through :meth:`_connection`.
+
+    A file that cannot be opened (data_dir read-only or full, the file not ours) does not stop
+    the server: the error is logged, every method raises :class:`sqlite3.Error` (the checks let
+    mail through), and the next use tries to open it again."""
 
     purge_interval: float = 600.0
 
@@ -49,20 +54,51 @@ class StateDB(ABC):
         self.clock = clock
         self._lock = threading.Lock()
         self._next_purge = 0.0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _make_private(self.path)
+        self._schema = schema
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+        try:
+            self._connection()
+        except sqlite3.Error as exc:
+            log.error("%s: %s; mail is let through unchecked until it can be opened",
+                      self.path, exc)
+
+    def _connection(self) -> sqlite3.Connection:
+        """(lock held, or before any thread has the object) The open connection, opened now
+        if it is not yet. sqlite3.Error when it cannot be, OSError included."""
+        if self._db is not None:
+            return self._db
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"{self.path} is closed")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(self.path)
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"cannot create the file: {exc}") from exc
         # isolation_level=None: no implicit transactions; a statement commits by itself, and a
         # subclass that needs several statements says BEGIN IMMEDIATE.
-        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(f"PRAGMA synchronous = {synchronous}")
-        self._db.executescript(schema)
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.executescript(self._schema)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
 
     def close(self) -> None:
+        """Close the file; no use opens it again."""
         with self._lock:
-            self._db.close()
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def purge(self) -> int:
         """Remove one bounded batch of old rows now; how many went."""
