@@ -1,17 +1,22 @@
 """The SQLite state files of the checks (policy/statedb.py), through both of their kinds (the
 greylisting triples, the rate counters): who may read them, and what the checks do when the
-file cannot be opened."""
+file cannot be opened or their threads are all taken."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from taube.policy import greylist as greylist_module
+from taube.policy import rates as rates_module
 from taube.policy.greylist import GREYLISTED, Greylist, GreylistDB
 from taube.policy.pipeline import Context, Pipeline, Recipient, Verdict
 from taube.policy.rates import RateCheck, RateCounter, RateLimits
@@ -121,3 +126,34 @@ async def attempt(check: Greylist) -> Verdict:
 
 async def mail(check: RateCheck) -> Verdict:
     return await Pipeline([check]).mail(Context(client_ip="192.0.2.1"))
+
+
+@pytest.mark.parametrize("kind", ["greylist", "rates"])
+def test_a_decision_waits_for_a_thread_only_so_long(
+        tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every worker thread is held (another process's write lock, a slow disk): the session
+    has its answer by the check's deadline, the client let through with a log line, instead of
+    queueing behind the others without end."""
+    module = greylist_module if kind == "greylist" else rates_module
+    pool = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    pool.submit(release.wait, 5)  # the only thread, taken
+    monkeypatch.setattr(module, "WORKERS", pool)
+    monkeypatch.setattr(module, "DEADLINE", 0.2)
+    check: Greylist | RateCheck
+    if kind == "greylist":
+        check = Greylist.open(tmp_path, delay=300.0, expiry=86400.0, trusted=lambda ip: False,
+                              clock=Clock())
+    else:
+        check = RateCheck.open(tmp_path, RateLimits(messages=1), lambda ip: False, clock=Clock())
+    try:
+        started = time.monotonic()
+        verdict = asyncio.run(attempt(check) if isinstance(check, Greylist) else mail(check))
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+        check.close()
+    assert verdict == Verdict.cont() and elapsed < 0.2 + 1.0
+    assert "no answer within" in caplog.text

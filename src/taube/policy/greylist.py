@@ -51,7 +51,7 @@ from .pipeline import Check, Context, Verdict
 from .relay import client_address
 from .statedb import StateDB
 
-__all__ = ["BUSY_TIMEOUT", "GREYLISTED", "RETRY_WINDOW", "Decision", "Greylist", "GreylistDB",
+__all__ = ["BUSY_TIMEOUT", "DEADLINE", "GREYLISTED", "RETRY_WINDOW", "Decision", "Greylist", "GreylistDB",
            "client_network"]
 
 log = logging.getLogger("taube.policy.greylist")
@@ -63,6 +63,10 @@ RETRY_WINDOW = 2 * 86400.0
 
 BUSY_TIMEOUT = 5.0
 """Seconds one decision waits for another process's write (SQLite busy_timeout)."""
+
+DEADLINE = BUSY_TIMEOUT + 1.0
+"""Seconds a session waits for its decision, a wait for a free thread included; past it the
+client is let through (fail open) and the fault logged."""
 
 PURGE_INTERVAL = 600.0
 """Seconds between two purges of forgotten triples by one process."""
@@ -212,8 +216,13 @@ class Greylist(Check):
             return Verdict.cont()
         network = client_network(ctx.client_ip)
         try:
-            decision = await asyncio.get_running_loop().run_in_executor(
-                WORKERS, self.db.check, network, sender, rcpt.address)
+            async with asyncio.timeout(DEADLINE):
+                decision = await asyncio.get_running_loop().run_in_executor(
+                    WORKERS, self.db.check, network, sender, rcpt.address)
+        except TimeoutError:
+            log.error("greylist database %s: no answer within %g s; <%s> -> <%s> from %s not "
+                      "greylisted", self.db.path, DEADLINE, sender, rcpt.address, ctx.client_ip)
+            return Verdict.cont()
         except sqlite3.Error as exc:
             # Fail open: a broken or unwritable file (data_dir read-only or full) must not
             # defer all mail from outside until senders give up; greylisting is a filter.

@@ -50,7 +50,7 @@ from .statedb import StateDB
 if TYPE_CHECKING:
     from ..config import SMTPSettings
 
-__all__ = ["WINDOW", "Kind", "RateCheck", "RateCounter", "RateLimits"]
+__all__ = ["DEADLINE", "WINDOW", "Kind", "RateCheck", "RateCounter", "RateLimits"]
 
 log = logging.getLogger("taube.policy.rates")
 
@@ -65,6 +65,10 @@ WINDOW = 60.0
 
 BUSY_TIMEOUT = 2.0
 """Seconds one event waits for another process's write before it is let through."""
+
+DEADLINE = BUSY_TIMEOUT + 1.0
+"""Seconds a session waits for one event to be counted, a wait for a free thread included;
+past it the event is let through uncounted and the fault logged."""
 
 PURGE_BATCH = 1000
 """Rows of closed windows removed at most per purge: bounded work, however many clients."""
@@ -189,8 +193,13 @@ class RateCheck(Check):
         if limit <= 0 or self.trusted(ctx.client_ip):
             return Verdict.cont()
         try:
-            count = await asyncio.get_running_loop().run_in_executor(
-                WORKERS, self.counter.hit, kind, ctx.client_ip)
+            async with asyncio.timeout(DEADLINE):
+                count = await asyncio.get_running_loop().run_in_executor(
+                    WORKERS, self.counter.hit, kind, ctx.client_ip)
+        except TimeoutError:
+            log.error("rate counters %s: no answer within %g s; %s from %s not counted",
+                      self.counter.path, DEADLINE, kind, ctx.client_ip)
+            return Verdict.cont()
         except sqlite3.Error as exc:
             log.error("rate counters %s: %s; %s from %s not counted", self.counter.path, exc,
                       kind, ctx.client_ip)
