@@ -157,3 +157,21 @@ def test_a_decision_waits_for_a_thread_only_so_long(
         check.close()
     assert verdict == Verdict.cont() and elapsed < 0.2 + 1.0
     assert "no answer within" in caplog.text
+
+
+def test_purging_keeps_up_with_a_flood_of_new_rows(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each purge removes one bounded batch; when a batch comes back full, the next decision
+    purges again instead of waiting a whole interval, so that rows made faster than one batch
+    per interval (a spam run's one-shot triples, clients rotating through an IPv6 /64) cannot
+    grow the file without end."""
+    monkeypatch.setattr(greylist_module, "PURGE_BATCH", 3)
+    clock = Clock()
+    db = GreylistDB(tmp_path / "g.db", delay=300.0, expiry=86400.0, clock=clock)
+    for i in range(10):
+        db.check("192.0.2.0/24", "s@example.org", f"old{i}@example.net")  # never pass
+    clock.now += greylist_module.RETRY_WINDOW + greylist_module.PURGE_INTERVAL
+    for i in range(4):
+        db.check("198.51.100.0/24", "s@example.org", f"new{i}@example.net")
+    assert db.count() == 4
+    db.close()

@@ -125,6 +125,11 @@ class GreylistDB(StateDB):
 
     purge_interval = PURGE_INTERVAL
 
+    @property
+    def purge_batch(self) -> int:  # type: ignore[override]
+        """:data:`PURGE_BATCH`, read when used."""
+        return PURGE_BATCH
+
     def __init__(self, path: Path, *, delay: float, expiry: float,
                  clock: Callable[[], float] = time.time) -> None:
         # NORMAL: a power loss may forget the last decisions, and a forgotten triple only means

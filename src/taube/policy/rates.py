@@ -119,14 +119,19 @@ class RateCounter(StateDB):
         self.window = float(window)
         self.purge_interval = self.window
 
+    @property
+    def purge_batch(self) -> int:  # type: ignore[override]
+        """:data:`PURGE_BATCH`, read when used."""
+        return PURGE_BATCH
+
     def hit(self, kind: Kind, client_ip: str) -> int:
         """Count one event now; the events in the client's current window, this one included."""
         with self._lock:
             now = self.clock()
             # fetchall: step the statement to its end, so that its implicit transaction commits
             # now and the write lock is not held until the cursor is collected.
-            (row,) = self._connection().execute(_HIT, (kind, _client_key(client_ip), now,
-                                             self.window)).fetchall()
+            (row,) = self._connection().execute(
+                _HIT, (kind, _client_key(client_ip), now, self.window)).fetchall()
             self._purge_now_and_then(now)
         return int(row[0])
 

@@ -9,7 +9,9 @@ on the event loop. One connection per object, used by one thread at a time (a lo
 one object may serve a whole pool.
 
 Old rows are purged now and then by whichever process is writing, in batches of a bounded
-size, so that no decision ever waits for a purge of the whole table.
+size, so that no decision ever waits for a purge of the whole table; a batch that comes back
+full is followed by another at the next decision, so that the purge keeps up however fast rows
+are made.
 
 The files hold client addresses, senders and recipients: they are the server's alone (mode
 0600, whatever the umask; SQLite gives its -wal and -shm files the database file's mode), and
@@ -39,14 +41,16 @@ class StateDB(ABC):
     """One state file: ``schema`` (idempotent SQL) applied at opening; ``synchronous`` "NORMAL"
     (a power loss may forget the last commits, never corrupt the file) or "OFF" (for counters
     that mean nothing after a minute); ``clock``: wall-clock seconds, the same in every process.
-    A subclass says how to purge (:meth:`_purge`) and how often (``purge_interval``), and
-    reaches the file through :meth:`_connection`.
+    A subclass says how to purge (:meth:`_purge`), how many rows one purge removes at most
+    (``purge_batch``) and how often (``purge_interval``), and reaches the file through
+    :meth:`_connection`.
 
     A file that cannot be opened (data_dir read-only or full, the file not ours) does not stop
     the server: the error is logged, every method raises :class:`sqlite3.Error` (the checks let
     mail through), and the next use tries to open it again."""
 
     purge_interval: float = 600.0
+    purge_batch: int = 1000
 
     def __init__(self, path: Path, schema: str, *, synchronous: Literal["NORMAL", "OFF"],
                  busy_timeout: float, clock: Callable[[], float]) -> None:
@@ -116,7 +120,8 @@ class StateDB(ABC):
             return
         self._next_purge = now + self.purge_interval
         try:
-            self._purge(now)
+            if self._purge(now) >= self.purge_batch:
+                self._next_purge = now  # more to go: the next decision takes another batch
         except sqlite3.Error as exc:
             log.warning("%s: purge failed: %s", self.path, exc)
 
