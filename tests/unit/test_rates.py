@@ -113,6 +113,15 @@ def test_kinds_and_clients_are_counted_apart(check: RateCheck) -> None:
         "421 4.7.0 Error: too many connections from ::ffff:192.0.2.10"]
 
 
+def test_ipv6_clients_are_counted_per_64(check: RateCheck) -> None:
+    """An IPv6 client holds a whole /64 (RFC 6177: the least an end site gets) and may take a
+    new address for every connection: counted per address, it would never meet a limit."""
+    assert mails(check, 2, "2001:db8:1:2::1") == ["ok", "ok"]
+    assert mails(check, 2, "2001:db8:1:2:ffff::9") == [
+        "ok", "450 4.7.1 Error: too many messages from 2001:db8:1:2:ffff::9"]
+    assert mails(check, 1, "2001:db8:1:3::1") == ["ok"]  # the next /64: another client
+
+
 def test_the_window_rolls_over(check: RateCheck, clock: Clock) -> None:
     """anvil's fixed window: it opens at the first event and ends WINDOW seconds later."""
     assert mails(check, 3) == ["ok"] * 3

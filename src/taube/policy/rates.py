@@ -2,8 +2,14 @@
 (``smtpd_client_connection_rate_limit``, ``_message_rate_limit``, ``_recipient_rate_limit``).
 
 ``[smtp] max_connection_rate``, ``max_message_rate`` and ``max_recipient_rate`` count new
-connections, MAIL commands and RCPT commands per client address and minute; 0 switches a limit
-off, clients in ``trusted_networks`` are never counted. Over the limit:
+connections, MAIL commands and RCPT commands per client and minute; 0 switches a limit off,
+clients in ``trusted_networks`` are never counted. A client is an IPv4 address, or an IPv6 /64:
+an end site gets at least a /64 (RFC 6177) and a client may take a new address of it for every
+connection, which counted per address would never meet a limit (as greylisting's networks).
+Postfix's anvil counted per address until 3.8, which added smtpd_client_ipv6_prefix_length to
+count IPv6 clients per network (its default /84 is kinder to providers that put several
+customers in one /64; here the /64 matches greylisting and what one site may hold). Over the
+limit:
 
 * connect: ``421 4.7.0 Error: too many connections from <ip>`` (and the connection is closed);
 * MAIL: ``450 4.7.1 Error: too many messages from <ip>``;
@@ -33,6 +39,7 @@ fault logged: Postfix's smtpd also goes on without limits when anvil does not an
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import sqlite3
 import time
@@ -50,7 +57,7 @@ from .statedb import StateDB
 if TYPE_CHECKING:
     from ..config import SMTPSettings
 
-__all__ = ["DEADLINE", "WINDOW", "Kind", "RateCheck", "RateCounter", "RateLimits"]
+__all__ = ["DEADLINE", "IPV6_PREFIX", "WINDOW", "Kind", "RateCheck", "RateCounter", "RateLimits"]
 
 log = logging.getLogger("taube.policy.rates")
 
@@ -62,6 +69,9 @@ _LIMITS: dict[Kind, str] = {"connection": "connections", "message": "messages",
 
 WINDOW = 60.0
 """Seconds of one counting window (anvil_rate_time_unit)."""
+
+IPV6_PREFIX = 64
+"""The IPv6 network counted as one client (see the module docstring)."""
 
 BUSY_TIMEOUT = 2.0
 """Seconds one event waits for another process's write before it is let through."""
@@ -104,9 +114,14 @@ RETURNING count
 
 
 def _client_key(client_ip: str) -> str:
-    """One spelling per address (an IPv4-mapped IPv6 address counts as its IPv4 address)."""
+    """Who is counted: an IPv4 address, or an IPv6 client's /64 (see the module docstring);
+    one spelling each (an IPv4-mapped IPv6 address counts as its IPv4 address)."""
     ip = client_address(client_ip)
-    return client_ip[:256] if ip is None else str(ip)
+    if ip is None:
+        return client_ip[:256]
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False))
+    return str(ip)
 
 
 class RateCounter(StateDB):
