@@ -124,6 +124,11 @@ def test_no_signature_is_none_and_the_message_is_not_read(server: DNSServer) -> 
     b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; d=example.net; s=rsa\r\n",  # twice d=
     b"DKIM-Signature: this is no tag list\r\n",
     b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; l=; bh=AAAA; b=AAAA\r\n",
+    # more digits than Python's int() takes (4300): a result, not a ValueError
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; bh=AAAA; b=AAAA; t="
+    + b"9" * 5000 + b"\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; bh=AAAA; b=AAAA; x="
+    + b"9" * 5000 + b"\r\n",
     b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; bh=AAAA; b=AAAA; "
     b"i=@example.net\r\n",  # i= outside d=
     b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=rsa; h=from; bh=AAAA; b=AAAA; "

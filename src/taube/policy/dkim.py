@@ -142,7 +142,7 @@ def _read(index: int, value: bytes) -> _Signature:
     algorithm = _text(tags.get(b"a"))
     try:
         dkim.validate_signature_fields(tags)
-    except dkim.ValidationError as exc:
+    except (dkim.ValidationError, ValueError) as exc:  # ValueError: t= or x= of 4300+ digits
         reason = str(exc)[:200]
         return _Signature(index, domain, selector, algorithm, None,
                           DKIMResult("neutral", domain, selector, algorithm, reason))
