@@ -46,6 +46,10 @@ def never() -> float:
     (b"v=DMARC1; p=NONE; ", DMARCRecord("example.org", "none")),
     (b"v=DMARC1; p=reject; pct=150; adkim=x; aspf=", DMARCRecord("example.org", "reject")),
     (b"v=DMARC1; p=reject; pct=-5", DMARCRecord("example.org", "reject")),
+    (b"v=DMARC1; p=reject; pct=" + b"9" * 5000, DMARCRecord("example.org", "reject")),  # int()
+    (b"v=DMARC1; p=reject; pct=007", DMARCRecord("example.org", "reject", pct=7)),
+    (b"v=DMARC1; p=reject; pct=000", DMARCRecord("example.org", "reject", pct=0)),
+    (b"v=DMARC1; p=reject; pct=", DMARCRecord("example.org", "reject")),
     (b"v=DMARC1; p=bogus; rua=mailto:d@example.org", DMARCRecord("example.org", "none")),
     (b"v=DMARC1; rua=mailto:d@example.org", DMARCRecord("example.org", "none")),
     (b"v=DMARC1; p=reject; sp=bogus; rua=mailto:d@example.org", DMARCRecord("example.org", "none")),

@@ -135,12 +135,19 @@ def parse_record(text: bytes, domain: str) -> DMARCRecord | None:
         if b"mailto:" not in tags.get(b"rua", b"").lower():
             return None
         p, sp = "none", None
-    pct = tags.get(b"pct", b"100")
     return DMARCRecord(
-        domain=domain, p=p, sp=sp,
-        pct=int(pct) if pct.isdigit() and int(pct) <= 100 else 100,
+        domain=domain, p=p, sp=sp, pct=_percent(tags.get(b"pct", b"100")),
         adkim="s" if tags.get(b"adkim", b"r").lower() == b"s" else "r",
         aspf="s" if tags.get(b"aspf", b"r").lower() == b"s" else "r")
+
+
+def _percent(text: bytes) -> int:
+    """pct= (section 6.3): 0 to 100, else the default 100. The length is looked at before
+    int(), which refuses more than 4300 digits with a ValueError."""
+    if not text.isdigit() or len(text.lstrip(b"0")) > 3:
+        return 100
+    value = int(text)
+    return value if value <= 100 else 100
 
 
 async def _records(dns: DNSClient, domain: str) -> list[bytes]:
