@@ -16,7 +16,7 @@ from taube.policy.pipeline import Pipeline, Recipient
 from taube.policy.spf import SPFCheck, SPFResult, check_host
 from tests.dnsserver import DNSServer
 from tests.mailauth import (CLIENT, FAST, HOSTNAME, SLACK, TRUSTED, checks, client, context, run,
-                            trusted)
+                            trusted, txt)
 
 
 @pytest.fixture
@@ -69,6 +69,22 @@ def test_void_lookup_limit_is_permerror(server: DNSServer) -> None:
     server.add("example.org", "TXT",
                '"v=spf1 a:n1.example.org a:n2.example.org a:n3.example.org -all"')
     assert spf(server).result == "permerror"
+
+
+def test_dns_lookup_limit_is_permerror(server: DNSServer) -> None:
+    """RFC 7208 4.6.4: more than 10 terms that ask the DNS (include here), a redirect loop,
+    more than 10 MX names: pyspf stops with permerror, never runs on."""
+    includes = " ".join(f"include:i{i}.example.org" for i in range(11))
+    server.add("example.org", "TXT", txt(f"v=spf1 {includes} -all"))
+    for i in range(11):
+        server.add(f"i{i}.example.org", "TXT", '"v=spf1 ip4:192.0.2.1 -all"')
+    server.add("loop.example.org", "TXT", '"v=spf1 redirect=loop.example.org"')
+    server.add("mx.example.org", "TXT", '"v=spf1 mx -all"')
+    server.add("mx.example.org", "MX", *[f"{i} m{i}.example.org." for i in range(11)])
+    assert spf(server).result == "permerror"
+    assert spf(server, "a@loop.example.org").result == "permerror"
+    assert spf(server, "a@mx.example.org").result == "permerror"
+    assert len(server.queries) < 40
 
 
 def test_mechanisms_that_ask_the_dns(server: DNSServer) -> None:
