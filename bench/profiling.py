@@ -99,32 +99,63 @@ def frame_name(frame: str) -> str:
     return LINE_NUMBER.sub(")", frame.strip())
 
 
+def stack_owner(frames: list[str]) -> tuple[str, str]:
+    """(process, thread kind) of one py-spy stack: the innermost ``process PID:"command"`` frame
+    shortened to the program it runs, the ``thread (TID): NAME`` frame's name without the pool
+    index (``taube-io_12`` is ``taube-io``)."""
+    process, thread = "?", "?"
+    for frame in frames:
+        if frame.startswith("process "):
+            command = frame.partition(":")[2].strip('"').split()
+            if "taube.delivery.process" in command:
+                process = "queue runner"
+            else:
+                process = "taube " + next((word for word in command[1:]
+                                           if not word.startswith(("/", "-"))), "?")
+        elif frame.startswith("thread "):
+            thread = re.sub(r"_\d+$", "", frame.partition(": ")[2].strip())
+    return process, thread
+
+
 def summarize_collapsed(path: Path, top: int = TOP) -> str | None:
-    """Self and total samples per function from py-spy's ``--format raw`` output (one stack per
-    line, root first, frames separated by ``;``, the count last). The process and thread frames
-    py-spy puts at the root are left out."""
-    own: Counter[str] = Counter()
+    """From py-spy's ``--format raw`` output (one stack per line, root first, frames separated
+    by ``;``, the count last): the samples per process and thread kind, then the functions with
+    the most samples of their own in the event loop threads (``MainThread``: Python CPU work),
+    in the other threads (the commit and lookup pools: mostly blocked in system calls such as
+    fsync), and by total samples anywhere on the stack."""
+    owners: Counter[tuple[str, str]] = Counter()
+    loop_own: Counter[str] = Counter()
+    other_own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
     samples = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = [frame_name(f) for f in stack.split(";")
+        raw = stack.split(";")
+        n = int(count)
+        samples += n
+        owner = stack_owner(raw)
+        owners[owner] += n
+        frames = [frame_name(f) for f in raw
                   if not f.startswith(("process ", "thread ")) and f.strip()]
         if not frames:
             continue
-        n = int(count)
-        samples += n
-        own[frames[-1]] += n
+        (loop_own if owner[1] == "MainThread" else other_own)[frames[-1]] += n
         for name in set(frames):
             anywhere[name] += n
     if not samples:
         return None
     out = io.StringIO()
     out.write(f"{samples} samples at {SAMPLE_RATE}/s over all threads and processes\n\n")
-    for title, counter in (("self", own), ("total (self + callees)", anywhere)):
-        out.write(f"top {top} by {title}:\n")
+    out.write("samples per process and thread:\n")
+    for (process, thread), n in owners.most_common():
+        out.write(f"{100 * n / samples:6.1f}%  {n:7d}  {process} {thread}\n")
+    out.write("\n")
+    for title, counter in (("self, event loop threads", loop_own),
+                           ("self, other threads", other_own),
+                           ("total (self + callees), all threads", anywhere)):
+        out.write(f"top {top} by {title} (% of all samples):\n")
         for name, n in counter.most_common(top):
             out.write(f"{100 * n / samples:6.1f}%  {n:7d}  {name}\n")
         out.write("\n")
