@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Generator
 
 from ..config import AuthSettings, POP3Settings
 from ..proto import sasl
@@ -32,8 +31,8 @@ from ..proto.pop3 import (
     StartTLS,
     Update,
 )
-from ..store.mailbox import Mailbox
-from .connection import Connection
+from ..store.mailbox import Mailbox, MessageContent
+from .connection import Connection, ConnectionClosed
 from .services import Services
 from .session import EngineSession, Goodbye
 
@@ -41,8 +40,23 @@ __all__ = ["POP3Session"]
 
 log = logging.getLogger("taube.pop3")
 SMALL_MESSAGE = 128 * 1024  # read on the event loop up to this size (see _retrieve)
+# Octets read (in a worker thread) and written at a time for larger messages: several times
+# asyncio's 64 KiB write-buffer high-water mark, so each write fills the socket and the next
+# read overlaps the wait for the client, and few enough that memory stays flat per connection.
+CHUNK = 256 * 1024
 # RFC 3206 4: a temporary condition, not these credentials (the right password is refused too)
 BLOCKED = "[SYS/TEMP] too many authentication failures, try again later"
+
+
+class ContentAborted(ConnectionClosed):
+    """A RETR/TOP answer cannot be finished (the message became unreadable, or the client
+    stopped reading): the connection ends without the final dot."""
+
+
+def _discard(future: asyncio.Future[bytes]) -> None:
+    """Collect the outcome of a read nobody waits for any more (no "never retrieved" log)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class POP3Session(EngineSession[POP3Connection]):
@@ -167,35 +181,78 @@ class POP3Session(EngineSession[POP3Connection]):
 
     # --- transaction -----------------------------------------------------------------------
     async def _retrieve(self, event: Retrieve) -> None:
-        assert self.mailbox is not None
-        message = self.mailbox.messages[event.number - 1]
-        loop = asyncio.get_running_loop()
-        # A small message is one read from the page cache: cheaper on the loop than a round trip
-        # through a worker thread. Large ones are read chunk by chunk in a thread.
+        """RETR and TOP (RFC 1939 section 7): the message read in large chunks, each chunk one
+        write, the engine stuffing and cutting it (no work per line here).
+
+        A message of up to :data:`SMALL_MESSAGE` octets is read on the event loop (from the page
+        cache, one read costs less than a round trip through a worker thread) and leaves with
+        its ``+OK`` and the final dot in a single write. A larger one is read :data:`CHUNK`
+        octets at a time in a worker thread, the next chunk while the last one drains."""
+        mailbox = self.mailbox
+        assert mailbox is not None
+        message = mailbox.messages[event.number - 1]
         small = message.size <= SMALL_MESSAGE
-
-        async def next_chunk() -> bytes | None:
-            return next(chunks, None) if small else await loop.run_in_executor(None, next, chunks, None)
-
         try:
-            chunks: Generator[bytes, None, None] = self.mailbox.read(message)
-            first = await next_chunk()
+            content = mailbox.open(message)
         except OSError as e:
             log.error("cannot read message %s: %s", message.uid, e)
             self.conn.reject("[SYS/TEMP] cannot read the message")
             return
-        self.conn.accept()
         try:
-            chunk = first
-            while chunk is not None:
-                self.conn.send_content(chunk)
-                await self._flush()
-                if not self.conn.wants_content:
-                    break  # TOP has what it needs: not read to the end, so not marked seen
-                chunk = await next_chunk()
+            try:
+                # size + 1: the read that comes back short is the one that finds the end
+                first = (content.read(message.size + 1) if small else
+                         await asyncio.get_running_loop().run_in_executor(None, content.read, CHUNK))
+            except OSError as e:
+                log.error("cannot read message %s: %s", message.uid, e)
+                self.conn.reject("[SYS/TEMP] cannot read the message")
+                return
+            self.conn.accept()
+            await self._stream(content, first, message.uid)
         finally:
-            chunks.close()
-        self.conn.end_content()
+            content.close()
+        if event.lines is None:  # RETR sent it all; TOP is a look, not a reading
+            mailbox.seen(message)
+
+    async def _stream(self, content: MessageContent, chunk: bytes, uid: str) -> None:
+        """Send the accepted message from ``chunk`` on and end it; stop reading as soon as TOP
+        has its lines."""
+        conn = self.conn
+        loop = asyncio.get_running_loop()
+        while True:
+            conn.send_content(chunk)
+            if content.at_end or not conn.wants_content:
+                break
+            ahead = loop.run_in_executor(None, content.read, CHUNK)
+            try:
+                await self._send_content()
+            except BaseException:
+                ahead.add_done_callback(_discard)  # content.close() waits for the read itself
+                raise
+            try:
+                chunk = await ahead
+            except OSError as e:
+                # Part of the message is out: no -ERR is possible, and the final dot would pass
+                # the part off as the whole message. Closing without it tells the client.
+                log.error("cannot read message %s, closing: %s", uid, e)
+                raise ContentAborted(uid) from e
+        conn.end_content()
+        await self._send_content()  # the last chunk and the final dot: one write
+
+    async def _send_content(self) -> None:
+        """Write what the engine queued. While the client is slow to read, wait for it, but
+        only as long as the autologout timer (RFC 1939 section 3): a client that stops reading
+        in the middle of a message is treated as one that stopped talking."""
+        self.io.write(self.conn.data_to_send())
+        transport = self.io.transport
+        if transport is not None and not transport.get_write_buffer_size() and not transport.is_closing():
+            return  # all of it went straight into the socket: nothing to wait for
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.io.drain()
+        except TimeoutError:
+            log.info("timeout client=%s: not reading the message", self.client_ip)
+            raise ContentAborted("client stopped reading") from None
 
     async def _update(self, event: Update) -> None:
         """RFC 1939 6: only now are the messages marked with DELE removed."""

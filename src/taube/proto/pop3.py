@@ -484,7 +484,10 @@ class POP3Connection(Engine):
             if (number := self._message(words[0])) is not None:
                 self._ok(f"{number} {value(self._messages[number - 1])}")
         else:
-            self._multi(header, [f"{n} {value(m)}" for n, m in self._visible()])
+            # One bytes object for the whole listing instead of a reply per line; its lines start
+            # with a message number, so none needs dot-stuffing.
+            self._ok(header)
+            self._send("".join([f"{n} {value(m)}\r\n" for n, m in self._visible()]).encode() + b".\r\n")
 
     def _do_retr(self, arg: str) -> None:
         if not arg or " " in arg:

@@ -1,75 +1,44 @@
-"""A Maildir opened for POP3: a snapshot listing, streamed retrieval, deletion at UPDATE.
+"""A Maildir opened for POP3: a snapshot listing, retrieval in chunks, deletion at UPDATE.
 
 POP3 numbers messages 1..n for the whole session (RFC 1939 section 5), so the listing is a
-snapshot taken at login; mail arriving later waits for the next session. Sizes are the octets
-RETR sends: files taube delivered already have CRLF line ends, so their size is the file size;
-a file with bare LF line ends (delivered by another program) is measured once, counting each LF
-that lacks a CR.
-
-UIDs (RFC 1939 7, UIDL) are the Maildir base name, the part before ``:2,``: it never changes when
-a message moves from ``new/`` to ``cur/`` or gets flags, so IMAP and POP3 clients agree. A base
-name outside the UIDL alphabet or over 70 octets is replaced by its SHA-1.
+snapshot taken at login (:mod:`taube.store.listing`: from the file names, cached while the
+directories are unchanged); mail arriving later waits for the next session. Sizes are the octets
+RETR sends: CRLF line ends. Files taube delivered already have them, so reading them changes
+nothing; a file with bare LF line ends (delivered by another program) gets a CR before each.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import re
+import threading
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from . import durable
 from .durable import fsync_directory
+from .listing import LISTINGS, ListingCache, MailboxMessage
 
 log = logging.getLogger("taube.pop3")
 
-__all__ = ["Mailbox", "MailboxFactory", "MaildirMailbox", "MailboxMessage"]
-
-_UID_OK = re.compile(r"[\x21-\x7e]{1,70}")
-READ_CHUNK = 64 * 1024
+__all__ = ["Mailbox", "MailboxFactory", "MaildirMailbox", "MailboxMessage", "MessageContent",
+           "MessageFile", "to_crlf"]
 
 
-@dataclass(frozen=True, slots=True)
-class MailboxMessage:
-    path: Path  # where it was when listed (new/ or cur/)
-    uid: str
-    size: int  # octets as sent by RETR (CRLF line ends)
+class MessageContent(Protocol):
+    """One message opened for RETR or TOP."""
 
+    at_end: bool  # the last read reached the end of the message
 
-_TIME_NAME = re.compile(r"(\d+)\.(?:M(\d+))?")
+    def read(self, size: int) -> bytes:
+        """The next ``size`` octets as stored (fewer only at the end, b"" after it), in CRLF
+        form: a stored bare LF comes back as CRLF, so a chunk may be a little longer."""
+        ...
 
-
-def _delivery_order(name: str) -> tuple[int, int, str]:
-    """Maildir names start with ``<seconds>.M<microseconds>``, unpadded: compare the numbers,
-    not the text (``M99999`` comes before ``M100000``)."""
-    m = _TIME_NAME.match(name)
-    if not m:
-        return (1 << 62, 0, name)
-    return (int(m.group(1)), int(m.group(2) or 0), name)
-
-
-def _uid(name: str) -> str:
-    base = name.split(":", 1)[0]
-    return base if _UID_OK.fullmatch(base) else hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _crlf_size(path: Path, size: int) -> int:
-    """The size with CRLF line ends: the file size plus one per LF not preceded by CR."""
-    extra = 0
-    previous = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            extra += chunk.count(b"\n") - chunk.count(b"\r\n")
-            if chunk[:1] == b"\n" and previous == b"\r":
-                extra -= 1
-            previous = chunk[-1:]
-    return size + extra
+    def close(self) -> None: ...
 
 
 class Mailbox(Protocol):
@@ -79,7 +48,13 @@ class Mailbox(Protocol):
 
     def load(self) -> list[MailboxMessage]: ...
 
-    def read(self, message: MailboxMessage) -> Generator[bytes, None, None]: ...
+    def open(self, message: MailboxMessage) -> MessageContent:
+        """The message for reading; OSError if it cannot be opened."""
+        ...
+
+    def seen(self, message: MailboxMessage) -> None:
+        """RETR sent the whole message: record that the user has seen it."""
+        ...
 
     def delete(self, messages: list[MailboxMessage]) -> None: ...
 
@@ -88,54 +63,118 @@ class Mailbox(Protocol):
 MailboxFactory = Callable[[str], Mailbox]
 
 
+class MessageFile:
+    """A message file open for reading: plain ``os.read`` on a descriptor (no buffered file
+    object: each RETR reads its message once, in as few calls as possible).
+
+    :meth:`read` may run in a worker thread while the event loop calls :meth:`close` (the
+    client went away in the middle of a large message). The descriptor is then closed by the
+    read once it returns, never under it: a number closed early could be reused by the next
+    open file or socket and read from by mistake."""
+
+    __slots__ = ("_closing", "_crlf", "_fd", "_lock", "_previous", "_reading", "at_end")
+
+    def __init__(self, path: str, *, crlf: bool = False) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._crlf = crlf  # known to have CRLF line ends: no need to look for bare LFs
+        self._lock = threading.Lock()
+        self._reading = False
+        self._closing = False
+        self._previous = b""  # the last octet read: a CR there may pair with an LF next
+        self.at_end = False
+
+    def read(self, size: int) -> bytes:
+        with self._lock:
+            if self._closing:
+                raise ValueError("read of a closed message file")
+            self._reading = True
+        try:
+            data = self._read(size)
+        finally:
+            with self._lock:
+                self._reading = False
+                if self._closing:
+                    self._close()
+        if not self._crlf and data.count(b"\n") != data.count(b"\r\n"):
+            data = to_crlf(data, self._previous)
+        if data:
+            self._previous = data[-1:]
+        return data
+
+    def _read(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        left = size
+        while left > 0 and not self.at_end:
+            # A regular file reads short only at its end, but not every filesystem promises it
+            # (NFS may): read on until the size is reached or a read comes back empty.
+            data = os.read(self._fd, left)
+            if data:
+                parts.append(data)
+                left -= len(data)
+            else:
+                self.at_end = True
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            if not self._reading:
+                self._close()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class MaildirMailbox:
     """One user's Maildir as seen by one POP3 session."""
 
-    def __init__(self, maildir: Path) -> None:
+    def __init__(self, maildir: Path, listings: ListingCache | None = None) -> None:
         self.maildir = maildir
         self.messages: list[MailboxMessage] = []
+        self._listings = LISTINGS if listings is None else listings
+        self._moved: dict[str, str] = {}  # uid -> where this session moved it (new/ -> cur/)
+        self._new = os.path.join(maildir, "new", "")  # the listing's paths in new/ start so
 
     def load(self) -> list[MailboxMessage]:
         """Take the snapshot: ``cur/`` then ``new/``, each oldest first (names start with the
         delivery time)."""
-        found: list[MailboxMessage] = []
-        for sub in ("cur", "new"):
-            directory = self.maildir / sub
-            files: list[os.DirEntry[str]] = []  # no Maildir yet: nothing was ever delivered
-            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-                files = [e for e in entries if e.name[:1] != "." and e.is_file(follow_symlinks=False)]
-            for entry in sorted(files, key=lambda e: _delivery_order(e.name)):
-                found.append(MailboxMessage(directory / entry.name, _uid(entry.name), _pop3_size(entry)))
-        self.messages = found
-        return found
+        self.messages = self._listings.listing(str(self.maildir))
+        self._moved.clear()
+        return self.messages
 
-    def read(self, message: MailboxMessage) -> Generator[bytes, None, None]:
-        """The message in chunks with CRLF line ends (the POP3 engine dot-stuffs them).
+    def open(self, message: MailboxMessage) -> MessageFile:
+        """The message, wherever it is now: where it was listed, where this session moved it,
+        or in ``cur/`` under new flags (another client)."""
+        path = self._moved.get(message.uid, message.path)
+        try:
+            return MessageFile(path, crlf=message.crlf)
+        except FileNotFoundError:
+            return MessageFile(self._current_path(message), crlf=message.crlf)
 
-        A message retrieved from ``new/`` is moved to ``cur/`` marked seen (``:2,S``), so an IMAP
-        server sharing the Maildir sees it as read."""
-        path = self._current_path(message)
-        with open(path, "rb") as f:
-            previous = b""
-            while chunk := f.read(READ_CHUNK):
-                yield _to_crlf(chunk, previous)
-                previous = chunk[-1:]
-        self._mark_seen(path)
-
-    def _current_path(self, message: MailboxMessage) -> Path:
-        if message.path.exists():
-            return message.path
-        base = message.path.name.split(":", 1)[0]
-        for candidate in (self.maildir / "cur").glob(f"{_glob_escape(base)}*"):
-            return candidate
-        raise FileNotFoundError(message.path)
-
-    def _mark_seen(self, path: Path) -> None:
-        if path.parent.name != "new":
+    def seen(self, message: MailboxMessage) -> None:
+        """A message retrieved from ``new/`` is moved to ``cur/`` marked seen (``:2,S``), so an
+        IMAP server sharing the Maildir sees it as read."""
+        path = self._moved.get(message.uid, message.path)
+        if not path.startswith(self._new):
             return
-        target = self.maildir / "cur" / f"{path.name}:2,S"
-        with contextlib.suppress(FileNotFoundError):
+        target = os.path.join(self.maildir, "cur", f"{path[len(self._new):]}:2,S")
+        with contextlib.suppress(FileNotFoundError):  # gone or moved by another client
             os.rename(path, target)
+            self._moved[message.uid] = target
+
+    def _current_path(self, message: MailboxMessage) -> str:
+        path = self._moved.get(message.uid, message.path)
+        if os.path.exists(path):
+            return path
+        base = os.path.basename(message.path).split(":", 1)[0]
+        cur = os.path.join(self.maildir, "cur")
+        with contextlib.suppress(FileNotFoundError), os.scandir(cur) as entries:
+            for entry in entries:
+                if entry.name.split(":", 1)[0] == base:
+                    return entry.path
+        raise FileNotFoundError(message.path)
 
     def delete(self, messages: list[MailboxMessage]) -> None:
         """RFC 1939 6 (UPDATE): remove the messages marked deleted, all of them or none.
@@ -170,7 +209,7 @@ class MaildirMailbox:
         try:
             for number, message in enumerate(messages):
                 try:
-                    path = self._current_path(message)
+                    path = Path(self._current_path(message))
                 except FileNotFoundError:
                     continue  # already gone (another client, or the user's mail program)
                 hidden = tmp / f"deleted.{stamp}.{number}"
@@ -201,29 +240,9 @@ class MaildirMailbox:
                 fsync_directory(directory)
 
 
-_W_SIZE = re.compile(r",W=(\d+)")
-_OUR_NAME = re.compile(r"\d+\.M\d+P\d+Q[0-9A-Za-z]+\..*,S=(\d+)")  # maildir_filename()
-
-
-def _pop3_size(entry: os.DirEntry[str]) -> int:
-    """The octets RETR sends. taube's own files are stored with CRLF and name their size
-    (``,S=``), so no stat is needed; others may declare it in the Maildir++ ``W=`` field, or are
-    measured."""
-    name = entry.name
-    if m := _W_SIZE.search(name):
-        return int(m.group(1))
-    if m := _OUR_NAME.match(name):
-        return int(m.group(1))
-    return _crlf_size(Path(entry.path), entry.stat(follow_symlinks=False).st_size)
-
-
-def _to_crlf(chunk: bytes, previous: bytes) -> bytes:
+def to_crlf(chunk: bytes, previous: bytes) -> bytes:
     """Bare LF -> CRLF, also across chunk borders (``previous`` is the last byte before)."""
     out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if chunk[:1] == b"\n" and previous == b"\r":
         out = out[1:]  # that LF completed a CRLF split across chunks
     return out
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
