@@ -247,4 +247,6 @@ def test_postmaster_is_always_accepted(make_server) -> None:
 
 
 def test_missing_postmaster_is_warned_about(server: TaubeServer) -> None:
-    assert "postmaster postmaster@example.test is neither a user nor an alias" in server.log
+    # logged once the queue runner has started, which may be after the listener greets
+    wait_for(lambda: "postmaster postmaster@example.test is neither a user nor an alias"
+             in server.log, what="the postmaster warning")
