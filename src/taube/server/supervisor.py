@@ -62,7 +62,6 @@ class WorkerProcess:
         self.supervisor = supervisor
         self.slot = slot
         self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -139,7 +138,6 @@ class WorkerProcess:
             if self._stopping:
                 return
             started = loop.time()
-            self.restarts += 1
             try:
                 await self._spawn()
             except (OSError, WorkerFailed) as e:
