@@ -272,6 +272,17 @@ def test_from_field_after_many_others_is_evaluated(server: DNSServer) -> None:
     assert (doubled.result, doubled.from_domain) == ("fail", "example.org")
 
 
+def test_an_idn_author_is_looked_up_by_its_idna2008_name(server: DNSServer) -> None:
+    """straße.example is xn--strae-oqa.example (IDNA2008, RFC 5891); Python's own codec
+    (IDNA2003) makes it strasse.example, another domain, whose owner's policy (or lack of one)
+    would then decide for the spoofed one."""
+    server.add("_dmarc.xn--strae-oqa.example", "TXT", '"v=DMARC1; p=reject"')
+    server.add("_dmarc.strasse.example", "TXT", '"v=DMARC1; p=none"')
+    result = dmarc(server, "Alice <alice@Straße.example>")
+    assert (result.result, result.from_domain, result.disposition) == (
+        "fail", "xn--strae-oqa.example", "reject")
+
+
 def test_folded_from_with_a_display_name(server: DNSServer) -> None:
     server.add("_dmarc.example.org", "TXT", '"v=DMARC1; p=reject"')
     result = dmarc(server, '"Alice, the Sender"\r\n <Alice@Example.ORG>',

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import dkim
+import idna
 from dkim.util import parse_tag_value
 
 from ..lookup import DNSClient, TempError
@@ -127,7 +128,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 def ascii_domain(name: str) -> str | None:
     """``name`` as a lower-case ASCII domain of at least two labels (U-labels converted to
-    A-labels, RFC 5890), or None when it is none: an address literal, with or without its
+    A-labels, RFC 5890 and 5891), or None when it is none: an address literal, with or without its
     brackets (an all-numeric top label is no domain, RFC 3696 section 2), a label longer than 63
     octets or empty, more than 253 octets (RFC 1035 2.3.4). Underscores are allowed, as DNS
     names (not host names) may carry them."""
@@ -135,9 +136,11 @@ def ascii_domain(name: str) -> str | None:
     if not text or text.startswith("["):
         return None
     if not text.isascii():
+        # IDNA2008 with the UTS 46 mapping, as registries and mail clients have it: Python's
+        # own "idna" codec is IDNA2003, which maps "ß" to "ss" and so names another domain.
         try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError:
+            text = idna.encode(text, uts46=True, transitional=False).decode("ascii")
+        except UnicodeError:  # idna.IDNAError among them
             return None
     text = text.lower()
     labels = text.split(".")
