@@ -11,7 +11,13 @@ import pytest
 from taube.config import Settings
 from taube.queue.store import QueueStore
 from taube.server.channel import RunnerChannel, request_pair
-from taube.server.sockets import bind_services, close_all, fd_spec, parse_fd_spec, slot_sockets
+from taube.server.sockets import (
+    bind_services,
+    close_all,
+    fd_spec,
+    parse_fd_spec,
+    slot_sockets,
+)
 from tests.e2e.conftest import free_port
 
 
