@@ -227,6 +227,22 @@ def test_a_list_that_lists_everything_refuses_no_one(server: DNSServer,
     assert any("127.0.0.1" in r.getMessage() and BL in r.getMessage() for r in caplog.records)
 
 
+def test_a_listed_client_waits_for_two_lookups_in_a_row_at_most(server: DNSServer) -> None:
+    """The TXT reason and the list's test entry are asked together after the A record: with
+    both unanswered, the refusal comes after one more DNS timeout, not two."""
+    server.add(f"2.0.0.127.{BL}", "A", "127.0.0.2")
+    server.drop(f"2.0.0.127.{BL}", "TXT")
+    server.drop(f"1.0.0.127.{BL}")
+
+    async def timed() -> tuple[Verdict, float]:
+        started = asyncio.get_running_loop().time()
+        (verdict,) = await connection(Pipeline([lists(server, timeout=1.0)]), CLIENT)
+        return verdict, asyncio.get_running_loop().time() - started
+
+    verdict, elapsed = run(timed())
+    assert verdict.action == "reject" and 1.0 <= elapsed < 1.8
+
+
 def test_a_flood_of_listing_codes_is_kept_short(server: DNSServer) -> None:
     """Thousands of A records in one answer (over TCP): the listing keeps a few codes, and the
     log line of each refusal stays short."""

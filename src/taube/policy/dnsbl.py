@@ -207,7 +207,8 @@ class DNSLists(Check):
 
     async def lookup(self, client_ip: str) -> ListResult:
         """Every zone for ``client_ip`` at once; never raises (a failure is a zone in
-        ``errors``). Bounded by the DNS client's deadline for each of the two queries."""
+        ``errors``). Bounded by twice the DNS client's deadline: the A record, then the TXT
+        reason and the test entry together."""
         try:
             zones = (*self.blocklists, *self.allowlists)
             found = await asyncio.gather(*(self._zone(client_ip, zone) for zone in zones))
@@ -236,15 +237,22 @@ class DNSLists(Check):
         codes = tuple(code for code in answer.records if self._is_listing(zone, code))[:MAX_CODES]
         if not codes:
             return None
-        if await self._lists_everything(zone):
+        # Both at once: a listed client waits for two look-ups in a row, not three.
+        everything, reason = await asyncio.gather(self._lists_everything(zone),
+                                                  self._reason(name))
+        if everything:
             return "temperror"
-        try:
-            reason = _reason((await self.dns.query(name, "TXT")).texts())
-        except TempError:
-            reason = ""  # the A record decides; the reason is a courtesy
         log.info("client %s listed in %s (%s)%s", client_ip, zone, ", ".join(codes),
                  f": {reason}" if reason else "")
         return Listing(zone=zone, codes=codes, reason=reason)
+
+    async def _reason(self, name: str) -> str:
+        """The list's TXT reason for ``name``, cleaned; "" when there is none or no answer (the
+        A record decides; the reason is a courtesy)."""
+        try:
+            return _reason((await self.dns.query(name, "TXT")).texts())
+        except TempError:
+            return ""
 
     async def _lists_everything(self, zone: str) -> bool:
         """Whether ``zone`` lists 127.0.0.1, its never-listed test entry (RFC 5782 section 5).
