@@ -137,6 +137,32 @@ def test_sighup_reaches_every_worker(make_server) -> None:
     assert {by[queue_id] for queue_id in ids} == set(workers)
 
 
+def test_connection_limits_hold_across_workers(make_server) -> None:
+    """Per-client limit 3 for an untrusted client: the fourth connection is refused whichever
+    worker takes it, and a closed one frees its place (the shared table, not each worker)."""
+    server = start(make_server, trusted=(), smtp_toml="max_connections_per_client = 3")
+    held = []
+    for _ in range(3):
+        client = RawSMTP(server.port)  # reads the greeting
+        assert client.greeting.startswith("220 ")
+        held.append(client)
+    for _ in range(4):  # whichever worker the kernel picks
+        extra = RawSMTP(server.port)
+        assert extra.greeting.startswith("421 4.7.0"), "a fourth connection was accepted"
+        extra.sock.close()
+    held.pop().sock.close()
+
+    def admitted() -> bool:
+        client = RawSMTP(server.port)
+        try:
+            return client.greeting.startswith("220 ")
+        finally:
+            client.sock.close()
+    wait_for(admitted, what="a place freed by the closed connection")
+    for client in held:
+        client.sock.close()
+
+
 def test_sigterm_stops_every_process(make_server) -> None:
     server = start(make_server)
     assert server.proc is not None
