@@ -163,6 +163,27 @@ def test_connection_limits_hold_across_workers(make_server) -> None:
         client.sock.close()
 
 
+def test_a_killed_workers_connections_stop_counting(make_server) -> None:
+    server = start(make_server, trusted=(), smtp_toml="max_connections_per_client = 6")
+    held = [RawSMTP(server.port) for _ in range(6)]  # the kernel spreads them over both workers
+    assert all(client.greeting.startswith("220 ") for client in held)
+    victim = worker_pids(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: worker_pids(server)[0] != victim, what="worker 0 started again")
+    for client in held:
+        client.sock.close()
+
+    def all_admitted() -> bool:
+        clients = [RawSMTP(server.port) for _ in range(6)]
+        try:
+            return all(client.greeting.startswith("220 ") for client in clients)
+        finally:
+            for client in clients:
+                client.sock.close()
+    # the dead worker's share was given back: all six places are free again
+    wait_for(all_admitted, what="six connections admitted")
+
+
 def test_sigterm_stops_every_process(make_server) -> None:
     server = start(make_server)
     assert server.proc is not None
