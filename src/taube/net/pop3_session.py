@@ -101,6 +101,8 @@ class POP3Session(EngineSession[POP3Connection]):
 
     async def _handle(self, event: Event) -> None:
         match event:
+            case Retrieve():  # by far the most frequent: first
+                await self._retrieve(event)
             case Login():
                 await self._login(event)
             case ApopLogin():
@@ -113,8 +115,6 @@ class POP3Session(EngineSession[POP3Connection]):
                 await self._open(event)
             case StartTLS():
                 await self._start_tls()
-            case Retrieve():
-                await self._retrieve(event)
             case Update():
                 await self._update(event)
 
@@ -208,7 +208,13 @@ class POP3Session(EngineSession[POP3Connection]):
                 self.conn.reject("[SYS/TEMP] cannot read the message")
                 return
             self.conn.accept()
-            await self._stream(content, first, message.uid)
+            if content.at_end:  # the usual case: the whole message in one read, one write
+                self.conn.send_content(first)
+                self.conn.end_content()
+                if self._write():
+                    await self._drain()
+            else:
+                await self._stream(content, first, message.uid)
         finally:
             content.close()
         if event.lines is None:  # RETR sent it all; TOP is a look, not a reading
@@ -225,7 +231,8 @@ class POP3Session(EngineSession[POP3Connection]):
                 break
             ahead = loop.run_in_executor(None, content.read, CHUNK)
             try:
-                await self._send_content()
+                if self._write():
+                    await self._drain()
             except BaseException:
                 ahead.add_done_callback(_discard)  # content.close() waits for the read itself
                 raise
@@ -237,16 +244,20 @@ class POP3Session(EngineSession[POP3Connection]):
                 log.error("cannot read message %s, closing: %s", uid, e)
                 raise ContentAborted(uid) from e
         conn.end_content()
-        await self._send_content()  # the last chunk and the final dot: one write
+        if self._write():  # the last chunk and the final dot: one write
+            await self._drain()
 
-    async def _send_content(self) -> None:
-        """Write what the engine queued. While the client is slow to read, wait for it, but
-        only as long as the autologout timer (RFC 1939 section 3): a client that stops reading
-        in the middle of a message is treated as one that stopped talking."""
+    def _write(self) -> bool:
+        """Write what the engine queued; True unless all of it went straight into the socket
+        (then there is nothing to wait for, and no coroutine is needed to find that out)."""
         self.io.write(self.conn.data_to_send())
         transport = self.io.transport
-        if transport is not None and not transport.get_write_buffer_size() and not transport.is_closing():
-            return  # all of it went straight into the socket: nothing to wait for
+        return transport is None or transport.is_closing() or transport.get_write_buffer_size() > 0
+
+    async def _drain(self) -> None:
+        """Wait while the client is slow to read, but only as long as the autologout timer
+        (RFC 1939 section 3): a client that stops reading in the middle of a message is treated
+        as one that stopped talking."""
         try:
             async with asyncio.timeout(self.timeout):
                 await self.io.drain()
@@ -257,6 +268,9 @@ class POP3Session(EngineSession[POP3Connection]):
     async def _update(self, event: Update) -> None:
         """RFC 1939 6: only now are the messages marked with DELE removed."""
         assert self.mailbox is not None
+        if not event.deleted_uids:  # nothing to remove: no thread, no fsync
+            self.conn.accept()
+            return
         by_uid = {m.uid: m for m in self.mailbox.messages}
         doomed = [by_uid[uid] for uid in event.deleted_uids]
         self.committing = True
