@@ -35,6 +35,7 @@ from ..net.tls import TLSProvider
 from ..pidfile import remove_pid, write_pid
 from ..queue.spool import Spool
 from ..sharedstate import SharedTable, create_shared
+from ..sharedstate_table import WorkerIdInUse
 from ..store.maildir import MaildirStore
 from .channel import request_pair
 from .sockets import Bound, bind_services, close_all, fd_spec, slot_sockets
@@ -127,7 +128,11 @@ class WorkerProcess:
             assert self.process is not None
             code = await self.process.wait()
             # its connections are no longer open: they must stop counting against the limits
-            self.supervisor.state.release_worker(self.slot)
+            try:
+                self.supervisor.state.release_worker(self.slot)
+            except WorkerIdInUse:  # a stray process still holds the id: the restart will say so
+                log.error("worker %d (pid %d): its slot in the shared state is still held by "
+                          "another process", self.slot, self.process.pid)
             if self._stopping:
                 return
             quick_deaths = 0 if loop.time() - started >= STABLE_AFTER else quick_deaths + 1
