@@ -21,6 +21,13 @@ Rules enforced here, and why:
   thousands of small ones count alike. Nothing here parses MIME: any nesting of body parts is
   plain lines, so the work is linear in the octets, and what is kept between reads is one line.
 
+Most reads hold nothing but proper lines: every line end a CRLF, no other CR or LF, no line
+over the limit. Such a read is decoded by a few scans over the whole read (``find``,
+``count``, ``replace``, a look for a long line once per half a line limit), with no Python work
+per line (:meth:`DataDecoder._feed_clean`); anything else goes through the line-by-line rules
+above (:meth:`DataDecoder._feed_lines`), which decide every case the scans do not vouch for.
+Both give the same result for a clean read, and the tests compare them on random input.
+
 The other direction, message content to the wire (:func:`stuff`, and :class:`ContentEncoder` for
 POP3's RETR and TOP): a line starts after every LF, so a leading dot is doubled wherever any
 client could see a line start, and the terminating ``.`` always follows a CRLF.
@@ -86,6 +93,53 @@ class DataDecoder:
         """Decode ``data``; once the end marker is seen, ``ended`` is true and ``rest`` holds
         the bytes that followed it (the next commands)."""
         buf = self._pending + data if self._pending else data
+        if self._after_crlf and not self._overlong:  # at a line start, nothing carried over
+            result = self._feed_clean(buf)
+            if result is not None:
+                return result
+        return self._feed_lines(buf)
+
+    def _feed_clean(self, buf: bytes) -> DecodeResult | None:
+        """``buf`` (from a line start) decoded by whole-buffer scans, or None when its content
+        is not all proper lines: then :meth:`_feed_lines` decides, and nothing was changed.
+
+        In proper lines the first line that is ``.`` CRLF is the first ``CRLF . CRLF`` (or the
+        buffer's start), every line start is a CRLF's end, so unstuffing is one ``replace``,
+        and the header section ends at the first empty line, the first ``CRLF CRLF``."""
+        if buf.startswith(b".\r\n"):
+            end = 0
+        else:
+            end = buf.find(b"\r\n.\r\n")
+            end = end + 2 if end >= 0 else -1
+        whole = buf[:end] if end >= 0 else buf[:buf.rfind(b"\n") + 1]
+        lf = whole.count(b"\n")
+        if lf != whole.count(b"\r\n") or lf != whole.count(b"\r") or _has_long_line(whole):
+            return None
+        if self._in_headers and whole:
+            self._header_lines(whole)
+        content = whole.replace(b"\r\n.", b"\r\n")
+        if content[:1] == b".":
+            content = content[1:]
+        if end >= 0:
+            self._pending = b""
+            return DecodeResult(content, True, buf[end + 3:])
+        return DecodeResult(content, False, b"", self._hold(buf[len(whole):]))
+
+    def _header_lines(self, whole: bytes) -> None:
+        """The header section's share of proper lines ``whole``: counted, Received: fields
+        counted (after unstuffing, as :meth:`_line` sees them), its end noted."""
+        if whole.startswith(b"\r\n"):
+            end, ended = 2, True
+        else:
+            found = whole.find(b"\r\n\r\n")
+            end, ended = (found + 4, True) if found >= 0 else (len(whole), False)
+        self._count_header(end)
+        head = (b"\r\n" + whole[:end]).replace(b"\r\n.", b"\r\n")
+        self.received_count += head.lower().count(b"\r\nreceived:")
+        self._in_headers = not ended
+
+    def _feed_lines(self, buf: bytes) -> DecodeResult:
+        """``buf`` decoded line by line, every rule of the module docstring applied."""
         out: list[bytes] = []
         dropped = 0
         start = 0
@@ -112,22 +166,26 @@ class DataDecoder:
             if self._in_headers:
                 self._count_header(len(line))
             out.append(self._line(line))
-        tail = buf[start:]
-        if len(tail) >= MAX_TEXT_LINE:
-            # A line's first drop starts at the line start: its stuffing dot is no content.
-            stuffed = not self._overlong and tail[:1] == b"."
-            dropped += len(tail) - 1 - stuffed
-            self.line_too_long = True
-            self._overlong = True
-            self._pending = tail[-1:]  # keep a trailing CR so CRLF split across reads is seen
-            if self._in_headers:
-                self._count_header(len(tail) - 1)  # dropped now, so counted now
-            if b"\r" in tail[:-1]:
-                self._dropped_cr = True
-                self.bare_newline = True
-        else:
-            self._pending = tail
+        dropped += self._hold(buf[start:])
         return DecodeResult(b"".join(out), False, b"", dropped)
+
+    def _hold(self, tail: bytes) -> int:
+        """Keep the unfinished last line for the next read, or drop what is over the limit of
+        an overlong one; the content octets dropped."""
+        if len(tail) < MAX_TEXT_LINE:
+            self._pending = tail
+            return 0
+        # A line's first drop starts at the line start: its stuffing dot is no content.
+        stuffed = not self._overlong and tail[:1] == b"."
+        self.line_too_long = True
+        self._overlong = True
+        self._pending = tail[-1:]  # keep a trailing CR so CRLF split across reads is seen
+        if self._in_headers:
+            self._count_header(len(tail) - 1)  # dropped now, so counted now
+        if b"\r" in tail[:-1]:
+            self._dropped_cr = True
+            self.bare_newline = True
+        return len(tail) - 1 - stuffed
 
     def _count_header(self, octets: int) -> None:
         if self._header_left is not None and not self.header_too_large:
@@ -158,6 +216,25 @@ class DataDecoder:
             self._in_headers = False
         elif line[:9].lower() == b"received:":
             self.received_count += 1
+
+
+def _has_long_line(lines: bytes) -> bool:
+    """Whether a line of ``lines`` (whole lines, each ending in LF) is longer than
+    :data:`MAX_TEXT_LINE` octets with its line end. Such a line holds a whole aligned block of
+    half that length without LF: only blocks are searched, so the Python work is one ``find``
+    per 500 octets, not one per line."""
+    size = len(lines)
+    if size <= MAX_TEXT_LINE:
+        return False
+    step = MAX_TEXT_LINE // 2
+    find = lines.find
+    for block in range(0, size - step + 1, step):
+        if find(b"\n", block, block + step) < 0:
+            start = lines.rfind(b"\n", 0, block) + 1
+            end = find(b"\n", block + step) + 1  # the last line ends in LF: never 0 here
+            if end - start > MAX_TEXT_LINE:
+                return True
+    return False
 
 
 def _normalize(line: bytes) -> bytes:
