@@ -30,6 +30,9 @@ TOP = 30
 SAMPLE_RATE = 200  # per second: enough samples in a run of a few seconds
 CPROFILE_ENV = "TAUBE_CPROFILE"
 LINE_NUMBER = re.compile(r":\d+\)$")
+# Leaves where a pool thread waits for work (py-spy cannot always tell such a thread is idle):
+# counted apart, not among the functions that use time.
+WAITING = frozenset({"_worker (concurrent/futures/thread.py)", "Condition.wait (threading.py)"})
 
 
 def py_spy() -> str | None:
@@ -122,12 +125,13 @@ def summarize_collapsed(path: Path, top: int = TOP) -> str | None:
     by ``;``, the count last): the samples per process and thread kind, then the functions with
     the most samples of their own in the event loop threads (``MainThread``: Python CPU work),
     in the other threads (the commit and lookup pools: mostly blocked in system calls such as
-    fsync), and by total samples anywhere on the stack."""
+    fsync), and by total samples anywhere on the stack; pool threads waiting for work are
+    counted apart."""
     owners: Counter[tuple[str, str]] = Counter()
     loop_own: Counter[str] = Counter()
     other_own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
-    samples = 0
+    samples = waiting = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -141,6 +145,9 @@ def summarize_collapsed(path: Path, top: int = TOP) -> str | None:
                   if not f.startswith(("process ", "thread ")) and f.strip()]
         if not frames:
             continue
+        if owner[1] != "MainThread" and frames[-1] in WAITING:
+            waiting += n
+            continue
         (loop_own if owner[1] == "MainThread" else other_own)[frames[-1]] += n
         for name in set(frames):
             anywhere[name] += n
@@ -151,7 +158,8 @@ def summarize_collapsed(path: Path, top: int = TOP) -> str | None:
     out.write("samples per process and thread:\n")
     for (process, thread), n in owners.most_common():
         out.write(f"{100 * n / samples:6.1f}%  {n:7d}  {process} {thread}\n")
-    out.write("\n")
+    out.write(f"{100 * waiting / samples:6.1f}%  {waiting:7d}  of them pool threads waiting for "
+              "work (left out below)\n\n")
     for title, counter in (("self, event loop threads", loop_own),
                            ("self, other threads", other_own),
                            ("total (self + callees), all threads", anywhere)):
