@@ -26,6 +26,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from ..config import AuthSettings
 from ..proto.common import NEED_DATA
 from .connection import Connection
+from .deadline import ReadDeadline
 from .login_throttle import LoginThrottle
 from .services import TLS_HANDSHAKE_TIMEOUT, Services
 
@@ -80,6 +81,7 @@ class EngineSession(Generic[E]):
         self.login = LoginThrottle(services, client_ip, auth=auth)
         self.stopping = False  # set by the listener on shutdown
         self.committing = False  # durable work in a worker thread: the listener never cuts it
+        self._deadline: ReadDeadline | None = None  # made by the first read, in the session's task
 
     @property
     def idle(self) -> bool:
@@ -96,6 +98,8 @@ class EngineSession(Generic[E]):
                 raise
             self._say_goodbye("shutdown")
         finally:
+            if self._deadline is not None:
+                self._deadline.close()
             self._release()
             await self._close()
 
@@ -125,13 +129,22 @@ class EngineSession(Generic[E]):
     async def _read(self) -> bytes | None:
         """What the peer sent, within the read deadline; None when the deadline passed (the
         engine's timeout reply is then written)."""
+        deadline = self._deadline or self._new_deadline()
+        deadline.start(self._read_timeout())
         try:
-            async with asyncio.timeout(self._read_timeout()):
-                return await self.io.read()
-        except TimeoutError:
+            return await self.io.read()
+        except asyncio.CancelledError:
+            if not deadline.expired():
+                raise
             self.log.info("timeout client=%s state=%s", self.client_ip, self.conn.state.value)
             self._say_goodbye("timeout")
             return None
+        finally:
+            deadline.stop()
+
+    def _new_deadline(self) -> ReadDeadline:
+        self._deadline = ReadDeadline()
+        return self._deadline
 
     async def _flush(self) -> None:
         """Send what the engine queued; waits while the peer is slow to read."""
