@@ -25,6 +25,7 @@ from ..queue.bounce import RecipientReport
 from ..queue.envelope import Envelope
 from ..queue.notify import original_recipient, wants
 from ..queue.spool import SpoolFile, StorageError, StorageFullError
+from .offload import COMMITS
 from .services import Services
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class Spooler:
         self.client_ip = client_ip
         self._file: SpoolFile | None = None
         self._head: bytearray | None = None  # the start of the message, when it is wanted
+        self._head_complete = False  # _head holds the whole header section
         self._start = 0  # where the client's message starts (after our Received)
         # Octets of the message kept: a report's headers, or the whole header section for the
         # data_end checks (the engine refuses a larger one: [smtp] max_header_size).
@@ -64,6 +66,7 @@ class Spooler:
         self._start = len(received)
         if header_wanted or _reports_delivery(tx.sender, tx.targets):
             self._head = bytearray()
+            self._head_complete = False
             self._head_max = len(received) + max(REPORT_HEAD_MAX,
                                                  self._header_limit + 2 if header_wanted else 0)
             self._keep(received)
@@ -76,11 +79,23 @@ class Spooler:
         spool_file.write(data)
         self._keep(data)
         if spool_file.needs_spill:  # file I/O waits on the journal: never on the loop
-            await asyncio.get_running_loop().run_in_executor(None, spool_file.spill)
+            await COMMITS.run(spool_file.spill)
 
     def _keep(self, data: bytes) -> None:
-        if self._head is not None and len(self._head) < self._head_max:
-            self._head += data[: self._head_max - len(self._head)]
+        """Keep the start of the message up to the empty line that ends the client's header
+        section (or ``_head_max`` octets): the checks and a report need no body, and a big
+        message is not copied a second time."""
+        head = self._head
+        if head is None or self._head_complete or len(head) >= self._head_max:
+            return
+        before = len(head)
+        head += data[: self._head_max - before]
+        # The empty line: CRLF CRLF, the first CRLF being our Received's last when the client
+        # sent no header field at all; looked for only in what is new, and the 3 octets before.
+        end = head.find(b"\r\n\r\n", max(self._start - 2, before - 3))
+        if end >= 0:
+            del head[end + 4:]
+            self._head_complete = True
 
     def header_section(self) -> bytes:
         """The client's header section (RFC 5322 2.1) up to and with the CRLF of its last field
@@ -112,7 +127,7 @@ class Spooler:
             with spool_file.open_content(start) as f:
                 return f.read()
 
-        return await asyncio.get_running_loop().run_in_executor(None, read)
+        return await COMMITS.run(read)
 
     async def sign(self, signer: Signer, sender: str) -> SigningResult:
         """The DKIM signatures for the client's message (RFC 6376), made in a worker thread
@@ -124,7 +139,7 @@ class Spooler:
             with spool_file.open_content(start) as f:
                 return signer.sign(f, sender=sender)
 
-        return await asyncio.get_running_loop().run_in_executor(None, sign)
+        return await COMMITS.run(sign)
 
     def discard(self) -> None:
         """The transaction ended without a ``250``: nothing of it stays in the spool."""
@@ -153,7 +168,7 @@ class Spooler:
             params=dict(tx.mail_params),
         )
         try:
-            await asyncio.get_running_loop().run_in_executor(None, spool_file.commit, envelope)
+            await COMMITS.run(spool_file.commit, envelope)
         except StorageError as e:  # one log line, no traceback
             full = isinstance(e, StorageFullError)
             self._log(tx, envelope, f"deferred (storage {'full' if full else 'error'}: {e})")
