@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import threading
@@ -47,6 +48,9 @@ _MAX_COMPONENT = 255  # NAME_MAX of Linux filesystems, in bytes
 # Everything that could make a local part something other than one plain path component, plus
 # "%" itself so that the escaping stays reversible (two addresses never share a Maildir).
 _UNSAFE_LOCAL = re.compile(r"[%/\x00-\x1f\x7f]")
+# Maildir paths remembered by address: every message computes its recipients' paths at least
+# twice (spool file, then delivery), and path arithmetic is not free. A full table starts over.
+_PATHS_MAX = 4096
 # Maildir spec: "/" and ":" in the host name become \057 and \072; "," too, because Dovecot reads
 # ",S=" and ",W=" fields after the host name.
 _HOST_ESCAPES = str.maketrans({"/": r"\057", ":": r"\072", ",": r"\054"})
@@ -90,8 +94,13 @@ def maildir_filename(queue_id: str, hostname: str, size: int, when: float | None
     now = time.time() if when is None else when
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
-    host = hostname.translate(_HOST_ESCAPES)
-    return f"{sec}.M{usec}P{os.getpid()}Q{queue_id}.{host},S={size}"
+    return f"{sec}.M{usec}P{os.getpid()}Q{queue_id}.{_escaped_host(hostname)},S={size}"
+
+
+@functools.lru_cache(maxsize=16)
+def _escaped_host(hostname: str) -> str:
+    """The host name as a Maildir file name part (one per server: computed once)."""
+    return hostname.translate(_HOST_ESCAPES)
 
 
 class MaildirStore:
@@ -101,16 +110,23 @@ class MaildirStore:
         self.root = root
         self._known: set[Path] = set()  # Maildirs complete and durable, checked in this process
         self._lock = threading.Lock()
+        self._paths: dict[str, Path] = {}  # maildir_path() by address
 
     def maildir_path(self, address: str) -> Path:
         """``root/<domain>/<escaped local part>`` for a normalised ``local@domain`` address.
 
         See :func:`escape_local_part` for the escaping; the mapping is one-to-one.
         """
-        local, at, domain = address.rpartition("@")
-        if not at:
-            raise ValueError(f"not an address: {address!r}")
-        return self.root / _check_domain(domain) / escape_local_part(local)
+        path = self._paths.get(address)
+        if path is None:
+            local, at, domain = address.rpartition("@")
+            if not at:
+                raise ValueError(f"not an address: {address!r}")
+            path = self.root / _check_domain(domain) / escape_local_part(local)
+            if len(self._paths) >= _PATHS_MAX:
+                self._paths.clear()
+            self._paths[address] = path
+        return path
 
     def ensure(self, maildir: Path) -> None:
         """Make sure ``maildir`` with ``tmp/ new/ cur/`` exists and its names are durable.
