@@ -31,10 +31,19 @@ def client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
 class RelayPolicy:
     def __init__(self, trusted_networks: Iterable[Network]) -> None:
         self._networks = tuple(trusted_networks)
+        # Answers by address string: several checks ask for each message, and parsing the
+        # address costs more than the rest of the answer. Bounded; a reload makes a new policy.
+        self._trusted: dict[str, bool] = {}
 
     def is_trusted(self, client_ip: str) -> bool:
-        ip = client_address(client_ip)
-        return ip is not None and any(ip in net for net in self._networks)
+        trusted = self._trusted.get(client_ip)
+        if trusted is None:
+            ip = client_address(client_ip)
+            trusted = ip is not None and any(ip in net for net in self._networks)
+            if len(self._trusted) >= 4096:
+                self._trusted.clear()
+            self._trusted[client_ip] = trusted
+        return trusted
 
     def may_relay(self, client_ip: str, *, authenticated: bool = False) -> bool:
         return authenticated or self.is_trusted(client_ip)

@@ -50,4 +50,6 @@ def received_header(
 
 def _clean(text: str) -> str:
     """Keep client-chosen text from breaking the header: no CR, LF, or other controls."""
+    if text.isprintable():  # the usual case, checked at C speed
+        return text
     return "".join(ch if ch.isprintable() else "?" for ch in text)
