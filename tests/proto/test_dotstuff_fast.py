@@ -80,7 +80,7 @@ def test_random_octets_in_fixed_reads(lines: list[bytes], size: int) -> None:
 ])
 def test_long_lines_found_by_block(lines: list[bytes]) -> None:
     whole = b"".join(line + b"\r\n" for line in lines)
-    assert dotstuff._has_long_line(whole) == any(len(line) + 2 > MAX_TEXT_LINE for line in lines)  # noqa: SLF001
+    assert dotstuff._has_long_line(whole + b"x" * 5000, len(whole)) == any(len(line) + 2 > MAX_TEXT_LINE for line in lines)  # noqa: SLF001
 
 
 def test_ordinary_mail_takes_no_line_by_line_work(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,19 +111,21 @@ class DataDecoder:
         else:
             end = buf.find(b"\r\n.\r\n")
             end = end + 2 if end >= 0 else -1
-        whole = buf[:end] if end >= 0 else buf[:buf.rfind(b"\n") + 1]
-        lf = whole.count(b"\n")
-        if lf != whole.count(b"\r\n") or lf != whole.count(b"\r") or _has_long_line(whole):
+        cut = end if end >= 0 else buf.rfind(b"\n") + 1  # the whole lines: scanned in place
+        lf = buf.count(b"\n", 0, cut)
+        if (lf != buf.count(b"\r\n", 0, cut) or lf != buf.count(b"\r", 0, cut)
+                or _has_long_line(buf, cut)):
             return None
+        whole = buf if cut == len(buf) else buf[:cut]
         if self._in_headers and whole:
             self._header_lines(whole)
-        content = whole.replace(b"\r\n.", b"\r\n")
+        content = whole.replace(b"\r\n.", b"\r\n")  # the same object when nothing is stuffed
         if content[:1] == b".":
             content = content[1:]
         if end >= 0:
             self._pending = b""
             return DecodeResult(content, True, buf[end + 3:])
-        return DecodeResult(content, False, b"", self._hold(buf[len(whole):]))
+        return DecodeResult(content, False, b"", self._hold(buf[cut:]))
 
     def _header_lines(self, whole: bytes) -> None:
         """The header section's share of proper lines ``whole``: counted, Received: fields
@@ -218,12 +220,11 @@ class DataDecoder:
             self.received_count += 1
 
 
-def _has_long_line(lines: bytes) -> bool:
-    """Whether a line of ``lines`` (whole lines, each ending in LF) is longer than
+def _has_long_line(lines: bytes, size: int) -> bool:
+    """Whether a line of ``lines[:size]`` (whole lines, each ending in LF) is longer than
     :data:`MAX_TEXT_LINE` octets with its line end. Such a line holds a whole aligned block of
     half that length without LF: only blocks are searched, so the Python work is one ``find``
     per 500 octets, not one per line."""
-    size = len(lines)
     if size <= MAX_TEXT_LINE:
         return False
     step = MAX_TEXT_LINE // 2
