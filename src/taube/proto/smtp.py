@@ -146,6 +146,11 @@ __all__ = [
     "Vrfy",
 ]
 
+# The wire form of the catalogue's fixed replies, made once: most replies of a session are these
+# (250 after MAIL and RCPT, 354). Keyed by identity: they are module constants, never collected.
+_ENCODED: dict[int, bytes] = {id(r): r.encode() for r in vars(R).values() if isinstance(r, Reply)}
+
+
 class SMTPConnection(Commands, Engine):
     """One SMTP server connection's protocol state. See the module docstring."""
 
@@ -304,7 +309,7 @@ class SMTPConnection(Commands, Engine):
 
     # --- internals -------------------------------------------------------------------------
     def _send(self, reply: Reply) -> None:
-        self._out.append(reply.encode())
+        self._out.append(_ENCODED.get(id(reply)) or reply.encode())
 
     def _encode_error(self, error: Reply) -> bytes:
         return error.encode()
