@@ -88,22 +88,28 @@ def test_a_shorter_deadline_than_the_timer_is_kept(loop: str) -> None:
     run(loop, main)
 
 
+async def session_reading(seconds: float) -> tuple[asyncio.Task[bytes | None], ReadDeadline]:
+    """A session's task, started and now waiting in a read that never gets data."""
+    running = asyncio.get_running_loop()
+    deadlines: list[ReadDeadline] = []
+
+    async def session() -> bytes | None:
+        deadlines.append(ReadDeadline())
+        return await read(deadlines[0], seconds, running.create_future())
+
+    task = running.create_task(session())
+    await asyncio.sleep(0)  # let it start reading
+    return task, deadlines[0]
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_cancellation_from_elsewhere_is_not_a_timeout(loop: str) -> None:
     async def main() -> None:
-        running = asyncio.get_running_loop()
-        deadlines: list[ReadDeadline] = []
-
-        async def session() -> bytes | None:
-            deadlines.append(ReadDeadline())
-            return await read(deadlines[0], 3600, running.create_future())
-
-        task = running.create_task(session())
-        await asyncio.sleep(0)  # let it start reading
+        task, deadline = await session_reading(3600)
         task.cancel()  # a shutdown
         with pytest.raises(asyncio.CancelledError):
             await task
-        deadlines[0].close()
+        deadline.close()
     run(loop, main)
 
 
@@ -111,20 +117,12 @@ def test_a_cancellation_from_elsewhere_is_not_a_timeout(loop: str) -> None:
 def test_a_shutdown_at_the_moment_of_the_timeout_still_stops_the_session(loop: str) -> None:
     """Both cancel the task before it runs again: the shutdown's cancellation is not withdrawn."""
     async def main() -> None:
-        running = asyncio.get_running_loop()
-        deadlines: list[ReadDeadline] = []
-
-        async def session() -> bytes | None:
-            deadlines.append(ReadDeadline())
-            return await read(deadlines[0], 0, running.create_future())
-
-        task = running.create_task(session())
-        await asyncio.sleep(0)  # reading, with a deadline that has passed already
-        deadlines[0]._wake()  # the timer's callback, as the loop would run it ...
+        task, deadline = await session_reading(0)  # a deadline that has passed already
+        deadline._wake()  # the timer's callback, as the loop would run it ...
         task.cancel()  # ... and the listener's, in the same iteration
         with pytest.raises(asyncio.CancelledError):
             await task
-        deadlines[0].close()
+        deadline.close()
     run(loop, main)
 
 
