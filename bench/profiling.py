@@ -112,6 +112,8 @@ def stack_owner(frames: list[str]) -> tuple[str, str]:
             command = frame.partition(":")[2].strip('"').split()
             if "taube.delivery.process" in command:
                 process = "queue runner"
+            elif "-m" in command[:-1]:
+                process = command[command.index("-m") + 1]  # e.g. taube.server.worker
             else:
                 process = "taube " + next((word for word in command[1:]
                                            if not word.startswith(("/", "-"))), "?")
