@@ -253,9 +253,8 @@ def summarize(measurements: list[Measurement]) -> list[Row]:
                                     ("vs_dovecot_argon2id", "dovecot-argon2id")):
                 value = peers.get((row.test, row.concurrency, peer))
                 setattr(row, attribute, row.median / value if value else None)
-    return sorted(rows, key=lambda r: (TESTS.index(r.test), r.concurrency,
-                                       not r.implementation.startswith("taube"),
-                                       r.implementation))
+    # stable: within a cell the implementations stay in the order they were measured
+    return sorted(rows, key=lambda r: (TESTS.index(r.test), r.concurrency))
 
 
 HEADERS = ["implementation", "test", "concurrency", "median rate", "min–max", "MB/s", "runs",

@@ -387,8 +387,8 @@ def summarize(measurements: list[Measurement]) -> list[Row]:
                 row.accept_ratio = row.accept_median / peer.accept_median
             if row.end_to_end_median and peer.end_to_end_median:
                 row.end_to_end_ratio = row.end_to_end_median / peer.end_to_end_median
-    return sorted(rows, key=lambda r: (r.concurrency, not r.implementation.startswith("taube"),
-                                       r.implementation))
+    # stable: within a concurrency the implementations stay in the order they were measured
+    return sorted(rows, key=lambda r: r.concurrency)
 
 
 HEADERS = ["implementation", "concurrency", "accept msgs/s", "end-to-end msgs/s", "e2e min–max",
