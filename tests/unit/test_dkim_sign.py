@@ -18,7 +18,7 @@ import dkim.util
 import pytest
 
 from taube.signing import keys as keys_module
-from taube.signing.dkim import CHUNK, MAX_FROM, Signer, SigningResult
+from taube.signing.dkim import CHUNK, KEYS_RECHECK, MAX_FROM, Signer, SigningResult
 from taube.signing.keys import KeyStore
 
 NOW = 1_700_000_000  # t= comes from the injected clock
@@ -349,10 +349,12 @@ def test_keys_are_read_once_and_again_after_a_change(store: KeyStore, signer: Si
 
 def test_applies_to_authenticated_users_and_trusted_networks(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
-    signer = Signer(store, trusted=lambda ip: ip.startswith("10."))
+    now = [100.0]
+    signer = Signer(store, trusted=lambda ip: ip.startswith("10."), monotonic=lambda: now[0])
     # No key at all: nothing applies, and the message is never read back for it.
     assert not signer.applies(client_ip="10.1.2.3", user="alice@example.org")
     store.generate("example.org", "s1", kind="ed25519")
+    now[0] += KEYS_RECHECK
     assert signer.applies(client_ip="10.1.2.3", user=None)
     assert signer.applies(client_ip="192.0.2.1", user="alice@example.org")
     assert not signer.applies(client_ip="192.0.2.1", user=None)
@@ -388,11 +390,25 @@ def test_sign_async_with_the_modules_own_pool(store: KeyStore, signer: Signer) -
     assert verify_each(asyncio.run(main()).header + data, store) == [True]
 
 
-def test_has_keys_follows_the_key_directory(tmp_path: Path) -> None:
+def test_has_keys_follows_the_key_directory_within_a_second(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     store = KeyStore(tmp_path)
-    signer = Signer(store)
+    now = [100.0]
+    signer = Signer(store, monotonic=lambda: now[0])
+    stats: list[bool] = []  # the looks at dkim/ (a stat, a listing when it changed)
+    look = signer._look_for_keys  # noqa: SLF001
+
+    def counting() -> bool:
+        stats.append(look())
+        return stats[-1]
+
+    monkeypatch.setattr(signer, "_look_for_keys", counting)
     assert not signer.has_keys()
     store.generate("example.org", "s1", kind="ed25519")
+    assert not signer.has_keys() and len(stats) == 1  # the answer of a moment ago: no stat
+    now[0] += KEYS_RECHECK
     assert signer.has_keys()
     store.delete("example.org", "s1")
+    now[0] += KEYS_RECHECK
     assert not signer.has_keys()
+    assert len(stats) == 3

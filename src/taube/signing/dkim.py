@@ -88,6 +88,8 @@ MAX_FROM = 8192
 _ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
 _CANONICALIZATION = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _FIELD = b"DKIM-Signature"
+# Seconds Signer.has_keys() keeps its answer (see there).
+KEYS_RECHECK = 1.0
 
 # Signing in worker threads: the RSA and Ed25519 arithmetic and the body hash are CPU work that
 # must not stall the event loop. Two threads: the machine has two cores and the queue runner
@@ -207,21 +209,26 @@ class Signer:
 
     ``trusted(client_ip)``: whether a client is in trusted_networks (e.g.
     ``RelayPolicy(settings.networks()).is_trusted``); with ``user`` it decides :meth:`applies`.
-    ``clock`` gives the ``t=`` time (RFC 6376 section 3.5). ``executor`` runs
-    :meth:`sign_async` (default: a small pool of this module's own). Thread-safe.
+    ``clock`` gives the ``t=`` time (RFC 6376 section 3.5); ``monotonic`` paces
+    :meth:`has_keys`. ``executor`` runs :meth:`sign_async` (default: a small pool of this
+    module's own). Thread-safe.
     """
 
     def __init__(self, keys: KeyStore, *, trusted: Callable[[str], bool] = lambda ip: False,
                  clock: Callable[[], float] = time.time, executor: Executor | None = None,
-                 max_header: int = MAX_HEADER) -> None:
+                 max_header: int = MAX_HEADER,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
         self._trusted = trusted
         self._clock = clock
+        self._monotonic = monotonic
         self._executor = executor or _POOL
         self._max_header = max_header
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
         self._any_keys: tuple[int, bool] | None = None  # (mtime of dkim/, a domain directory in it)
+        self._keys_checked = -KEYS_RECHECK  # when has_keys() last looked (monotonic)
+        self._keys_answer = False
 
     def applies(self, *, client_ip: str, user: str | None) -> bool:
         """Whether mail from this client is ours to sign: submitted by an authenticated user
@@ -230,10 +237,21 @@ class Signer:
         return (user is not None or self._trusted(client_ip)) and self.has_keys()
 
     def has_keys(self) -> bool:
-        """Whether the key store holds a domain's key directory: one stat of ``dkim/`` per call
-        and a listing only when it changed, so that a server without keys does not read every
-        message back to find that out. A domain added or removed with ``taube dkim`` changes the
-        directory and is seen at the next message."""
+        """Whether the key store holds a domain's key directory, so that a server without keys
+        does not read every message back to find that out. Asked on the event loop for every
+        message from trusted networks and authenticated users: the answer is kept for
+        :data:`KEYS_RECHECK` seconds, then one stat of ``dkim/`` (a listing only when it
+        changed). A system call on the loop hands the interpreter lock to the commit threads
+        and waits to get it back, which cost more than the stat itself. A domain added or
+        removed with ``taube dkim`` is seen within that second."""
+        now = self._monotonic()
+        if now - self._keys_checked < KEYS_RECHECK:
+            return self._keys_answer
+        self._keys_answer = self._look_for_keys()
+        self._keys_checked = now
+        return self._keys_answer
+
+    def _look_for_keys(self) -> bool:
         try:
             stamp = os.stat(self.keys.root).st_mtime_ns
         except OSError:
