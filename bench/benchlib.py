@@ -200,6 +200,17 @@ def print_skipped(skipped: dict[str, str]) -> None:
         print(f"skipped {name}: {reason.splitlines()[0]}")
 
 
+def exit_status(failed: bool, skipped: dict[str, str]) -> int:
+    """1 when a message was lost, torn or duplicated; else 2 when a taube variant could not be
+    measured at all (a bench without taube measured nothing it is for); else 0."""
+    if failed:
+        return 1
+    if any(name.startswith("taube") for name in skipped):
+        print("FAILURE: taube could not be measured (see 'skipped' above)", file=sys.stderr)
+        return 2
+    return 0
+
+
 def keep_log(log: Path, folder: Path, stem: str) -> str | None:
     """Copies a failed run's server log to ``folder/stem.log``, before its directory goes."""
     if not log.exists():

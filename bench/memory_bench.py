@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import (RESULTS_DIR, add_json, add_taube_options, conditions, finish,
+from benchlib import (RESULTS_DIR, add_json, add_taube_options, conditions, exit_status, finish,
                       fresh_directory, int_list, machine_now, new_parser, print_skipped,
                       print_table, run_async, run_smtp_load, taube_variants, write_results)
 from procstats import descendants, open_files_limit, raise_open_files_limit, tree_memory
@@ -50,10 +50,7 @@ class MemoryServer(TaubeServer):
     max_connections = 100000
 
     def config_text(self) -> str:
-        return (super().config_text()
-                + f"max_message_size = {64 * MIB}\n"
-                "[submission]\nlisten = []\n[smtps]\nlisten = []\n"
-                "[pop3]\nlisten = []\n[pop3s]\nlisten = []\n")
+        return super().config_text() + f"max_message_size = {64 * MIB}\n"
 
 
 @contextmanager
@@ -279,10 +276,10 @@ def main() -> int:
     write_results(args.json, header, skipped, [*idle, *sizes], [], lambda m: (
         {"per_connection_kib": m.per_connection_kib, "greeting_median_ms": m.greeting_median_ms}
         if isinstance(m, IdleMeasurement) else {}))
-    if any(not m.accepted or m.errors for m in sizes):
+    failed = any(not m.accepted or m.errors for m in sizes)
+    if failed:
         print("FAILURE: a message was refused or not stored whole", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(failed, skipped)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json,
-                      add_runs_messages_size, add_taube_options, conditions, cpu_used,
-                      errors_note, finish, group_by, implementations, keep_log, machine_now,
-                      median, new_parser, print_skipped, print_table, run_async, taube_variants,
-                      variant_of, write_results)
+from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json, add_runs_messages_size,
+                      add_taube_options, conditions, cpu_used, errors_note, exit_status, finish,
+                      group_by, implementations, keep_log, machine_now, median, new_parser,
+                      print_skipped, print_table, run_async, taube_variants, variant_of,
+                      write_results)
 from pop3_load import HOST, LoadResult, run_download, run_logins
 from pop3_servers import SERVERS, Pop3Server, TaubePop3
 from profiling import Profile
@@ -340,11 +340,11 @@ def main() -> int:
         print(f"{name} had errors; its log: {kept}")
     finish(header)
     write_results(args.json, header, skipped, measurements, rows, derived)
-    if any(m.integrity_failure for m in measurements):
+    failed = any(m.integrity_failure for m in measurements)
+    if failed:
         print("FAILURE: a message was retrieved torn or a listing did not match the mailbox",
               file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(failed, skipped)
 
 
 if __name__ == "__main__":

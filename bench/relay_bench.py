@@ -28,12 +28,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json,
-                      add_runs_messages_size, add_taube_options, conditions, cpu_used,
-                      errors_note, finish, fresh_directory, group_by, implementations, keep_log,
-                      machine_now, median, new_parser, poll, print_skipped, print_table,
-                      require_positive, run_interleaved, run_smtp_load, taube_variants,
-                      variant_of, write_results)
+from benchlib import (RESULTS_DIR, add_choices, add_concurrency, add_json, add_runs_messages_size,
+                      add_taube_options, conditions, cpu_used, errors_note, exit_status, finish,
+                      fresh_directory, group_by, implementations, keep_log, machine_now, median,
+                      new_parser, poll, print_skipped, print_table, require_positive,
+                      run_interleaved, run_smtp_load, taube_variants, variant_of, write_results)
 from postfix_sasl import DovecotAuth
 from profiling import Profile
 from servers import (HOST, STOP_TIMEOUT, PostfixServer, ServerUnavailable, SmtpSinkServer,
@@ -149,6 +148,9 @@ class TaubeRelay(TaubeServer):
                 "[delivery]\n"
                 f'relayhost = "[{HOST}]:{self.sink_port}"\n')
 
+    def other_sections(self) -> str:
+        return ""  # all in config_text: [submission] is the measured listener
+
     def queued_count(self) -> int:
         """Envelopes plus data files still in the queue."""
         return count_files(self.queue / "envelopes") + count_files(self.queue / "messages")
@@ -242,8 +244,9 @@ class Measurement:
 
     @property
     def clean(self) -> bool:
-        return (self.run > 0 and self.accepted == self.messages and not self.errors and not self.lost_or_extra
-                and self.end_to_end_seconds is not None and self.queue_left == 0)
+        return (self.run > 0 and self.accepted == self.messages and not self.errors
+                and not self.lost_or_extra and self.end_to_end_seconds is not None
+                and self.queue_left == 0)
 
 
 def measure(relay: TaubeRelay | PostfixRelay, sink: Sink, loadgen_name: str, concurrency: int,
@@ -452,11 +455,11 @@ def main() -> int:
                 HEADERS, [table_cells(row) for row in rows], {"implementation", "notes"}, 150)
     print_skipped(skipped)
     write_results(args.json, header, skipped, measurements, rows, derived)
-    if any(m.lost_or_extra for m in measurements):
+    failed = any(m.lost_or_extra for m in measurements)
+    if failed:
         print("FAILURE: a sink did not receive exactly the acknowledged messages, or a queue "
               "kept some", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(failed, skipped)
 
 
 if __name__ == "__main__":

@@ -315,13 +315,20 @@ class TaubeServer(ProcessServer):
                 f"max_connections = {self.max_connections}\n"
                 f"max_connections_per_client = {self.max_connections}\n")
 
+    def other_sections(self) -> str:
+        """After [smtp]: the other listeners off, so that their default ports (2587, 2465,
+        2110, 2995), which a taube running on the machine may hold, are never bound."""
+        return ("[submission]\nlisten = []\n[smtps]\nlisten = []\n"
+                "[pop3]\nlisten = []\n[pop3s]\nlisten = []\n")
+
     def event_loop(self) -> str | None:
         return logged_event_loop(self.log)
 
     def prepare(self) -> None:
         if not self.executable.exists():
             raise ServerUnavailable(f"{self.executable} is not installed")
-        self.config.write_text(self.config_text() + server_section(self.workers))
+        self.config.write_text(self.config_text() + self.other_sections()
+                               + server_section(self.workers))
         for user in self.users:
             run_taube(self.executable, self.config, self.workdir, "user", "add",
                       f"{user}@{self.domain}", stdin=b"bench-password\n")

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 
 import loadgen as builtin_loadgen
-from benchlib import (LOADGENS, RESULTS_DIR, add_choices, add_json, add_taube_options,
-                      conditions, cpu_used, errors_note, finish, fresh_directory, group_by,
+from benchlib import (LOADGENS, RESULTS_DIR, add_choices, add_json, add_taube_options, conditions,
+                      cpu_used, errors_note, exit_status, finish, fresh_directory, group_by,
                       implementations, keep_log, machine_now, median, new_parser, poll,
                       print_skipped, print_table, run_interleaved, run_smtp_load,
                       smtp_source_skipped, taube_variants, variant_of, write_results)
@@ -319,11 +319,11 @@ def main() -> int:
                 [table_cells(row) for row in rows], LEFT_HEADERS, 160)
     print_skipped(skipped)
     write_results(args.json, header, skipped, measurements, rows, derived)
-    if any(m.problems for m in measurements):
+    failed = any(m.problems for m in measurements)
+    if failed:
         print("FAILURE: a Maildir did not hold exactly the acknowledged messages, each whole "
               "and once", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(failed, skipped)
 
 
 if __name__ == "__main__":
